@@ -1,0 +1,191 @@
+//! Builds the running bridge from a [`Config`] and shuts it down cleanly.
+//!
+//! Start-up resolves secrets and builds every sink before binding a port, so a bad config fails
+//! fast. Shutdown is ordered: `/readyz` turns 503, the webhook listener stops accepting and
+//! finishes in-flight pushes (bounded by `shutdown_timeout_ms`), then every sink is flushed
+//! with the time left, and only then does the admin listener stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::connector::Sink;
+use crate::http::admin::{self, AdminState};
+use crate::http::{webhook_router, WebhookConnector};
+use crate::metrics::Metrics;
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A connector's secret could not be read.
+    #[error("connector `{connector}`: {source}")]
+    Secret {
+        /// The connector.
+        connector: String,
+        /// Why.
+        source: crate::secret::SecretError,
+    },
+    /// A connector's Kafka sink could not be built.
+    #[error("connector `{connector}`: {source}")]
+    Kafka {
+        /// The connector.
+        connector: String,
+        /// Why.
+        source: crate::kafka::KafkaBuildError,
+    },
+}
+
+/// A running bridge.
+pub struct Running {
+    /// Where the webhook listener is bound (useful with port 0).
+    pub webhook_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    /// The process metrics.
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    admin_stop: CancellationToken,
+    webhook_task: JoinHandle<std::io::Result<()>>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+    sinks: Vec<(String, Arc<dyn Sink>)>,
+    shutdown_timeout: Duration,
+}
+
+fn build_sink(
+    name: &str,
+    config: &SinkConfig,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Sink>, AppError> {
+    match config {
+        SinkConfig::Kafka(k) => {
+            let sink = k
+                .build(name, metrics.clone())
+                .map_err(|source| AppError::Kafka {
+                    connector: name.to_owned(),
+                    source,
+                })?;
+            Ok(Arc::new(sink))
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Builds every connector and starts both listeners.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let metrics = Metrics::new();
+    let mut sinks = Vec::new();
+    let mut routes = Vec::new();
+    for (name, connector) in &config.connectors {
+        let sink = build_sink(name, &connector.sink, &metrics)?;
+        match &connector.source {
+            SourceConfig::Webhook(w) => {
+                let webhook = WebhookConnector::build(name, w, sink.clone(), metrics.clone())
+                    .map_err(|source| AppError::Secret {
+                        connector: name.clone(),
+                        source,
+                    })?;
+                let path = w.route_path(name);
+                tracing::info!(connector = %name, %path, "webhook connector ready");
+                routes.push((path, Arc::new(webhook)));
+            }
+        }
+        sinks.push((name.clone(), sink));
+    }
+
+    let shutdown = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let webhook_listener = bind(config.http.listen_addr).await?;
+    let admin_listener = bind(config.admin.listen_addr).await?;
+    let webhook_addr = webhook_listener.local_addr().expect("bound address");
+    let admin_addr = admin_listener.local_addr().expect("bound address");
+
+    let webhook_app = webhook_router(routes);
+    let stop = shutdown.clone();
+    let webhook_task = tokio::spawn(async move {
+        axum::serve(webhook_listener, webhook_app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    let admin_app = admin::router(AdminState {
+        metrics: metrics.clone(),
+        sinks: sinks.clone(),
+        ready_timeout: Duration::from_millis(config.admin.ready_timeout_ms),
+        shutdown: shutdown.clone(),
+    });
+    let stop = admin_stop.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(%webhook_addr, %admin_addr, connectors = sinks.len(), "entity-bridge started");
+    Ok(Running {
+        webhook_addr,
+        admin_addr,
+        metrics,
+        shutdown,
+        admin_stop,
+        webhook_task,
+        admin_task,
+        sinks,
+        shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+    })
+}
+
+impl Running {
+    /// A token that, when cancelled, begins the shutdown (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Drains and stops everything. Returns `false` when the bound was hit and work was cut off.
+    pub async fn shutdown(self) -> bool {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.shutdown.cancel();
+        let mut clean = true;
+        match tokio::time::timeout_at(deadline.into(), self.webhook_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "webhook listener ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "webhook listener task failed"),
+            Err(_) => {
+                clean = false;
+                tracing::warn!("in-flight pushes did not finish within shutdown_timeout_ms");
+            }
+        }
+        for (name, sink) in &self.sinks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = sink.flush(left.max(Duration::from_millis(100))).await {
+                clean = false;
+                tracing::warn!(connector = %name, error = %e, "sink not fully flushed");
+            }
+        }
+        self.admin_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_task).await;
+        tracing::info!(clean, "entity-bridge stopped");
+        clean
+    }
+
+    /// Runs until `shutdown_token()` is cancelled, then drains like [`Running::shutdown`].
+    pub async fn run_until_stopped(self) -> bool {
+        self.shutdown.cancelled().await;
+        self.shutdown().await
+    }
+}

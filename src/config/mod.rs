@@ -1,0 +1,275 @@
+//! The bridge's configuration: structs that are the documentation, and their validation.
+//!
+//! Every struct here denies unknown keys and documents each field; durations carry their unit
+//! in the name. Loading and layering (defaults < `bridge.toml` < `connectors/*.toml` < env)
+//! lives in [`load`]; semantic checks that serde cannot express live in [`Config::validate`].
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, ConfigSources};
+
+use crate::http::WebhookSourceConfig;
+use crate::kafka::KafkaSinkConfig;
+
+/// The whole bridge: listeners, logging and the connectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The listener that receives webhook pushes for every webhook connector.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Keep it off the public network.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging output.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Upper bound for a graceful shutdown: finishing in-flight requests and flushing sinks.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// The connectors by name; each `connectors/<name>.toml` file fills one entry.
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            connectors: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+/// The webhook listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port to listen on for webhook pushes.
+    #[serde(default = "default_http_listen")]
+    pub listen_addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen_addr: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port of the admin endpoints (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default = "default_admin_listen")]
+    pub listen_addr: SocketAddr,
+    /// Timeout of each sink's readiness probe behind `/readyz`.
+    #[serde(default = "default_ready_timeout_ms")]
+    pub ready_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen_addr: default_admin_listen(),
+            ready_timeout_ms: default_ready_timeout_ms(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8081))
+}
+
+fn default_ready_timeout_ms() -> u64 {
+    3_000
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `entity_bridge=debug,rdkafka=warn`. `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` for humans, `json` for log shippers.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One connector: a source wired to a sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Where events go.
+    pub sink: SinkConfig,
+}
+
+/// A connector's source, chosen by `type`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// RESO webhook pushes received over HTTP.
+    Webhook(WebhookSourceConfig),
+}
+
+/// A connector's sink, chosen by `type`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Apache Kafka (or any Kafka-protocol broker).
+    Kafka(KafkaSinkConfig),
+}
+
+/// A configuration error, naming the file and key where it can be fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or parsed, or a key has the wrong type or is unknown.
+    #[error("{0}")]
+    Figment(Box<figment::Error>),
+    /// A value is well-formed but not acceptable.
+    #[error("{file}: `{key}`: {detail}")]
+    Invalid {
+        /// The file to fix (or `environment` / `defaults`).
+        file: String,
+        /// The dotted key inside that file.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A path given on the command line does not exist or is unreadable.
+    #[error("{path}: {detail}")]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Figment(Box::new(e))
+    }
+}
+
+/// Connector names become metric labels, env-var segments and default URL paths.
+fn valid_connector_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
+impl Config {
+    /// A copy safe to print: secrets are references already; inline values that look secret
+    /// (e.g. a `sasl.password` passed through to librdkafka) are replaced by `***`.
+    pub fn masked(&self) -> Config {
+        let mut copy = self.clone();
+        for connector in copy.connectors.values_mut() {
+            match &mut connector.sink {
+                SinkConfig::Kafka(k) => *k = k.masked(),
+            }
+        }
+        copy
+    }
+
+    /// Checks what serde cannot: names, paths, templates, cross-field rules.
+    /// `file_of` maps a connector name to the file that defined it, for error messages.
+    pub fn validate(&self, file_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let mut paths = BTreeMap::new();
+        for (name, connector) in &self.connectors {
+            let invalid = |key: &str, detail: String| ConfigError::Invalid {
+                file: file_of(name),
+                key: key.to_owned(),
+                detail,
+            };
+            if !valid_connector_name(name) {
+                return Err(invalid(
+                    "(file name)",
+                    format!("connector name `{name}` must match [a-z0-9][a-z0-9_-]{{0,63}}"),
+                ));
+            }
+            match &connector.source {
+                SourceConfig::Webhook(w) => {
+                    w.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                    let path = w.route_path(name);
+                    if let Some(other) = paths.insert(path.clone(), name.clone()) {
+                        return Err(invalid(
+                            "source.path",
+                            format!("path `{path}` is also used by connector `{other}`"),
+                        ));
+                    }
+                }
+            }
+            match &connector.sink {
+                SinkConfig::Kafka(k) => {
+                    k.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connector_names() {
+        for ok in ["mls", "mls_1", "a-b", "0x"] {
+            assert!(valid_connector_name(ok), "{ok}");
+        }
+        for bad in ["", "Mls", "_x", "a b", "a.b", &"x".repeat(65)] {
+            assert!(!valid_connector_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! What flows through a connector and the contract every sink obeys.
+//!
+//! A [`Message`] is one EntityEvent with the routing facts already extracted and its raw JSON kept
+//! as bytes (never re-serialized). A [`Sink`] durably accepts a batch of messages: `send` returns
+//! `Ok` only once every message is durable (Kafka `acks=all` delivery reports, …). Sources map a
+//! [`SinkError`] to their upstream answer: the webhook source turns it into 400 / 413 / 429 / 503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// One EntityEvent on its way from a source to a sink.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// `EntityEventSequence` of the event (positive).
+    pub sequence: i64,
+    /// `ResourceName`, e.g. `Property`.
+    pub resource_name: String,
+    /// `ResourceRecordKey`: the partitioning key, so one record's events stay in order.
+    pub record_key: String,
+    /// The `EntityEventSource` label of the push, when the producer sent one.
+    pub source_label: Option<Arc<str>>,
+    /// The event object's exact JSON bytes, as the producer sent them.
+    pub payload: Bytes,
+}
+
+/// Why a message cannot be accepted by a sink no matter how often it is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// The message cannot be routed (e.g. an unknown `ResourceName` under a `reject` policy).
+    Unroutable,
+    /// The message is larger than the bus accepts.
+    TooLarge,
+}
+
+/// A sink's failure, classified by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Message `index` of the batch can never be accepted; nothing of the batch was sent.
+    #[error("message {index} rejected: {detail}")]
+    Rejected {
+        /// Position of the message in the batch.
+        index: usize,
+        /// The field of the event that caused the rejection, when one did.
+        field: Option<&'static str>,
+        /// What is wrong, fit to show to the producer.
+        detail: String,
+        /// Category of the rejection.
+        kind: RejectKind,
+    },
+    /// The sink is saturated (e.g. the producer queue is full); try again shortly.
+    #[error("sink overloaded: {reason}")]
+    Overloaded {
+        /// What is saturated.
+        reason: String,
+    },
+    /// The bus is unreachable or did not confirm in time; the batch may be partly written.
+    #[error("sink unavailable: {reason}")]
+    Unavailable {
+        /// What failed (no payload data, no secrets).
+        reason: String,
+    },
+}
+
+/// What a caller should do with a failed operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAction {
+    /// Try the same thing again, after the given delay when one is known.
+    Retry {
+        /// A delay requested by the peer, if any.
+        after: Option<Duration>,
+    },
+    /// Retrying cannot help: the input itself is unacceptable.
+    Poison,
+    /// The component is broken (configuration, programming error); stop.
+    Fatal,
+}
+
+/// Classifies an error for retry decisions.
+pub trait Retriable {
+    /// What to do about this error.
+    fn retry_action(&self) -> RetryAction;
+}
+
+impl Retriable for SinkError {
+    fn retry_action(&self) -> RetryAction {
+        match self {
+            SinkError::Rejected { .. } => RetryAction::Poison,
+            SinkError::Overloaded { .. } | SinkError::Unavailable { .. } => {
+                RetryAction::Retry { after: None }
+            }
+        }
+    }
+}
+
+/// Durably accepts batches of messages (delivery contract, rule 1).
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Returns `Ok` only when every message of `batch` is durable or delivered.
+    async fn send(&self, batch: &[Message]) -> Result<(), SinkError>;
+    /// Readiness probe: `Ok` when the sink can currently reach its bus.
+    async fn ready(&self) -> Result<(), SinkError>;
+    /// Delivers or waits for everything queued, up to `timeout`; called once at shutdown.
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
+}
+
+/// Calls `f(resource, count)` once per distinct ResourceName of a batch.
+pub fn count_by_resource(batch: &[Message], mut f: impl FnMut(&str, u64)) {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for m in batch {
+        match counts.iter_mut().find(|(r, _)| *r == m.resource_name) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&m.resource_name, 1)),
+        }
+    }
+    for (resource, n) in counts {
+        f(resource, n);
+    }
+}

@@ -1,0 +1,38 @@
+//! HTTP: the webhook listener (producers push here) and the admin listener (probes, metrics).
+
+pub mod admin;
+mod auth;
+mod config;
+pub mod problem;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use tower_http::decompression::RequestDecompressionLayer;
+
+pub use auth::TokenSet;
+pub use config::WebhookSourceConfig;
+pub use webhook::WebhookConnector;
+
+use problem::Problem;
+
+/// The webhook router: `POST <path>` for every webhook connector, gzip bodies accepted.
+pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>) -> Router {
+    let mut router = Router::new();
+    for (path, connector) in routes {
+        router = router.route(&path, post(webhook::handle).with_state(connector));
+    }
+    router
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no webhook connector serves this path",
+            )
+            .into_response()
+        })
+        .layer(RequestDecompressionLayer::new())
+}

@@ -1,0 +1,316 @@
+//! The webhook source: RCP-28 pushes in, one sink batch per push, an honest answer out.
+//!
+//! Order of checks, cheapest first, so unauthenticated or malformed traffic costs little:
+//! bearer token (401) → content type (415) → in-flight request slot (429) → body size (413) →
+//! in-flight byte budget (429) → `EntityEventSource` header and payload validation (400) →
+//! `sink.send`. The answer is 200 only after the sink confirmed every event; a sink that is
+//! saturated gives 429 and an unreachable bus 503, both with `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::Semaphore;
+
+use super::auth::TokenSet;
+use super::config::WebhookSourceConfig;
+use super::problem::{Item, Problem};
+use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
+use crate::event::{parse_payload, ParseOptions, Payload};
+use crate::metrics::Metrics;
+use crate::secret::SecretError;
+
+/// Longest accepted `EntityEventSource` header (RCP-28: String(255)).
+pub const MAX_SOURCE_LABEL_CHARS: usize = 255;
+const SOURCE_HEADER: &str = "EntityEventSource";
+
+/// One webhook connector's request handling state.
+pub struct WebhookConnector {
+    name: String,
+    tokens: TokenSet,
+    sink: Arc<dyn Sink>,
+    parse: ParseOptions,
+    max_body_bytes: usize,
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    overload_retry_after: u64,
+    unavailable_retry_after: u64,
+    metrics: Metrics,
+}
+
+impl WebhookConnector {
+    /// Resolves the tokens and wires the connector to its sink.
+    pub fn build(
+        name: &str,
+        config: &WebhookSourceConfig,
+        sink: Arc<dyn Sink>,
+        metrics: Metrics,
+    ) -> Result<Self, SecretError> {
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|t| t.resolve())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(WebhookConnector {
+            name: name.to_owned(),
+            tokens: TokenSet::new(&tokens),
+            sink,
+            parse: ParseOptions {
+                coerce_numeric_record_key: config.coerce_numeric_record_key,
+            },
+            max_body_bytes: config.max_body_bytes,
+            requests: Arc::new(Semaphore::new(config.max_in_flight_requests)),
+            bytes: Arc::new(Semaphore::new(config.max_in_flight_bytes)),
+            overload_retry_after: config.overload_retry_after_seconds,
+            unavailable_retry_after: config.unavailable_retry_after_seconds,
+            metrics,
+        })
+    }
+
+    fn overloaded(&self, detail: &str) -> Problem {
+        self.metrics.request_rejected(&self.name, "overloaded");
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).retry_after(self.overload_retry_after)
+    }
+
+    async fn process(&self, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+        if !self.tokens.verify(headers.get(header::AUTHORIZATION)) {
+            self.metrics.request_rejected(&self.name, "unauthorized");
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid `Authorization: Bearer <token>` header is required",
+            ));
+        }
+        if !is_json(&headers) {
+            self.metrics
+                .request_rejected(&self.name, "unsupported_media_type");
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ));
+        }
+        let _request_slot = self
+            .requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.overloaded("too many requests in flight; retry later"))?;
+        let in_flight = self.metrics.requests_in_flight(&self.name);
+        in_flight.inc();
+        let _in_flight = scopeguard(move || in_flight.dec());
+
+        let body = read_body(body, self.max_body_bytes)
+            .await
+            .inspect_err(|p| {
+                let outcome = if p.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "invalid"
+                };
+                self.metrics.request_rejected(&self.name, outcome);
+            })?;
+        let _byte_budget = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(body.len().max(1) as u32)
+            .map_err(|_| self.overloaded("too many request bytes in flight; retry later"))?;
+        let bytes_gauge = self.metrics.request_bytes_in_flight(&self.name);
+        let len = body.len() as i64;
+        bytes_gauge.add(len);
+        let _bytes = scopeguard(move || bytes_gauge.sub(len));
+
+        let source_label = source_label(&headers).inspect_err(|_| {
+            self.metrics.request_rejected(&self.name, "invalid");
+        })?;
+        let payload = parse_payload(&body, self.parse).map_err(|e| {
+            self.metrics.request_rejected(&self.name, "invalid");
+            Problem::new(StatusCode::BAD_REQUEST, e.to_string())
+                .with_errors(e.violations.into_iter().map(Item::from))
+        })?;
+        let messages = to_messages(&payload, source_label);
+        count_by_resource(&messages, |resource, n| {
+            self.metrics.events_received(&self.name, resource, n)
+        });
+        if !messages.is_empty() {
+            self.sink
+                .send(&messages)
+                .await
+                .map_err(|e| self.sink_problem(e, &payload))?;
+        }
+        tracing::debug!(connector = %self.name, events = messages.len(), "push accepted");
+        Ok(Json(serde_json::json!({ "accepted": messages.len() })).into_response())
+    }
+
+    fn sink_problem(&self, error: SinkError, payload: &Payload) -> Problem {
+        match error {
+            SinkError::Rejected {
+                index,
+                field,
+                detail,
+                kind,
+            } => {
+                let mut pointer = if payload.multi_valued {
+                    format!("/value/{index}")
+                } else {
+                    String::new()
+                };
+                if let Some(field) = field {
+                    pointer.push('/');
+                    pointer.push_str(field);
+                }
+                let (status, outcome) = match kind {
+                    RejectKind::Unroutable => (StatusCode::BAD_REQUEST, "unroutable"),
+                    RejectKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                };
+                self.metrics.request_rejected(&self.name, outcome);
+                Problem::new(status, format!("nothing was published: {detail}")).with_errors([
+                    Item {
+                        pointer: Some(pointer),
+                        header: None,
+                        detail,
+                    },
+                ])
+            }
+            SinkError::Overloaded { reason } => {
+                tracing::info!(connector = %self.name, %reason, "sink overloaded; answering 429");
+                self.overloaded("the bus is saturated; retry later")
+            }
+            SinkError::Unavailable { reason } => {
+                tracing::warn!(connector = %self.name, %reason, "sink unavailable; answering 503");
+                self.metrics.request_rejected(&self.name, "unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the events could not be made durable; nothing should be considered accepted, retry later",
+                )
+                .retry_after(self.unavailable_retry_after)
+            }
+        }
+    }
+}
+
+/// The axum handler for `POST <path>`.
+pub async fn handle(
+    State(connector): State<Arc<WebhookConnector>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let response = match connector.process(headers, body).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    };
+    connector.metrics.http_request(
+        &connector.name,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes (after decompression)"),
+        )),
+        Err(e) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
+fn source_label(headers: &HeaderMap) -> Result<Option<Arc<str>>, Problem> {
+    let Some(value) = headers.get(SOURCE_HEADER) else {
+        return Ok(None);
+    };
+    let bad = |detail: &str| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("header `{SOURCE_HEADER}` {detail}"),
+        )
+        .with_errors([Item {
+            pointer: None,
+            header: Some(SOURCE_HEADER.into()),
+            detail: detail.into(),
+        }])
+    };
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| bad("must be UTF-8"))?;
+    let text = text.trim();
+    if text.chars().count() > MAX_SOURCE_LABEL_CHARS {
+        return Err(bad("must be at most 255 characters"));
+    }
+    Ok((!text.is_empty()).then(|| Arc::from(text)))
+}
+
+fn to_messages(payload: &Payload, source_label: Option<Arc<str>>) -> Vec<Message> {
+    payload
+        .events
+        .iter()
+        .map(|e| Message {
+            sequence: e.sequence,
+            resource_name: e.resource_name.clone(),
+            record_key: e.record_key.clone(),
+            source_label: source_label.clone(),
+            payload: e.raw.clone(),
+        })
+        .collect()
+}
+
+/// Runs `f` when dropped (keeps gauges right on every exit path, including cancellation).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+    }
+
+    #[test]
+    fn source_label_rules() {
+        let mut h = HeaderMap::new();
+        assert!(source_label(&h).unwrap().is_none());
+        h.insert(SOURCE_HEADER, HeaderValue::from_static("IDX Feed 123"));
+        assert_eq!(source_label(&h).unwrap().as_deref(), Some("IDX Feed 123"));
+        h.insert(
+            SOURCE_HEADER,
+            HeaderValue::from_str(&"x".repeat(256)).unwrap(),
+        );
+        let p = source_label(&h).unwrap_err();
+        assert_eq!(p.errors[0].header.as_deref(), Some(SOURCE_HEADER));
+    }
+}

@@ -1,0 +1,345 @@
+//! The Kafka sink: one record per EntityEvent, confirmed by `acks=all` delivery reports.
+//!
+//! A batch is routed completely before anything is produced (so a rejected event leaves the
+//! push unpublished), missing topics are created through the admin API once, then every record
+//! is enqueued at once and the delivery reports are awaited together — no per-event round trip.
+//! The idempotent producer keeps librdkafka's internal retries free of duplicates and in order.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::config::KafkaSinkConfig;
+use super::topics::TopicRouter;
+use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
+use crate::metrics::Metrics;
+
+/// Errors building the sink (bad librdkafka options, unreadable secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaBuildError {
+    /// librdkafka refused the configuration.
+    #[error("librdkafka rejected the configuration: {0}")]
+    Client(#[from] KafkaError),
+    /// A `librdkafka_secrets` entry could not be read.
+    #[error("librdkafka_secrets.\"{key}\": {source}")]
+    Secret {
+        /// The librdkafka key.
+        key: String,
+        /// Why it could not be read.
+        source: crate::secret::SecretError,
+    },
+    /// The topic template is invalid.
+    #[error(transparent)]
+    Template(#[from] super::topics::TemplateError),
+}
+
+/// Publishes batches of EntityEvents to Kafka.
+pub struct KafkaSink {
+    connector: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    router: TopicRouter,
+    config: KafkaSinkConfig,
+    max_message_bytes: usize,
+    known_topics: Mutex<HashSet<String>>,
+    create_lock: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+}
+
+impl KafkaSinkConfig {
+    /// The librdkafka client configuration, secrets resolved.
+    pub fn client_config(&self, connector: &str) -> Result<ClientConfig, KafkaBuildError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", format!("entity-bridge.{connector}"))
+            .set("linger.ms", "5");
+        for (key, value) in &self.librdkafka {
+            cc.set(key, value);
+        }
+        for (key, secret) in &self.librdkafka_secrets {
+            let value = secret.resolve().map_err(|source| KafkaBuildError::Secret {
+                key: key.clone(),
+                source,
+            })?;
+            cc.set(key, value.expose());
+        }
+        // Set last: the delivery contract is not negotiable.
+        cc.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string());
+        Ok(cc)
+    }
+
+    /// Builds the sink (does not contact the broker yet).
+    pub fn build(&self, connector: &str, metrics: Metrics) -> Result<KafkaSink, KafkaBuildError> {
+        let cc = self.client_config(connector)?;
+        let max_message_bytes = self
+            .librdkafka
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        Ok(KafkaSink {
+            connector: connector.to_owned(),
+            producer: cc.create()?,
+            admin: cc.create()?,
+            router: TopicRouter::new(self)?,
+            config: self.clone(),
+            max_message_bytes,
+            known_topics: Mutex::new(HashSet::new()),
+            create_lock: tokio::sync::Mutex::new(()),
+            metrics,
+        })
+    }
+}
+
+fn unavailable(reason: impl Into<String>) -> SinkError {
+    SinkError::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+impl KafkaSink {
+    fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.delivery_timeout_ms)
+    }
+
+    /// Routes every message; fails on the first that cannot be published at all.
+    fn route_all(&self, batch: &[Message]) -> Result<Vec<String>, SinkError> {
+        batch
+            .iter()
+            .enumerate()
+            .map(|(index, m)| {
+                if m.payload.len() + m.record_key.len() > self.max_message_bytes {
+                    return Err(SinkError::Rejected {
+                        index,
+                        field: None,
+                        detail: format!(
+                            "event is {} bytes; the Kafka sink accepts at most {} per event",
+                            m.payload.len() + m.record_key.len(),
+                            self.max_message_bytes
+                        ),
+                        kind: RejectKind::TooLarge,
+                    });
+                }
+                self.router
+                    .route(&m.resource_name, m.source_label.as_deref())
+                    .ok_or_else(|| SinkError::Rejected {
+                        index,
+                        field: Some("ResourceName"),
+                        detail: format!(
+                            "no topic is configured for ResourceName `{}`",
+                            m.resource_name
+                        ),
+                        kind: RejectKind::Unroutable,
+                    })
+            })
+            .collect()
+    }
+
+    /// Makes sure every topic exists, creating missing ones once (single flight).
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), SinkError> {
+        let unknown = |topics: &[String]| -> BTreeSet<String> {
+            let known = self.known_topics.lock().expect("topic cache lock");
+            topics
+                .iter()
+                .filter(|t| !known.contains(*t))
+                .cloned()
+                .collect()
+        };
+        if unknown(topics).is_empty() {
+            return Ok(());
+        }
+        let _guard = self.create_lock.lock().await;
+        let missing = unknown(topics);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.config.topic_partitions,
+                    TopicReplication::Fixed(self.config.topic_replication_factor),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.delivery_timeout()))
+            .operation_timeout(Some(self.delivery_timeout()));
+        let results = tokio::time::timeout(
+            self.delivery_timeout(),
+            self.admin.create_topics(&new_topics, &opts),
+        )
+        .await
+        .map_err(|_| unavailable("timed out creating topics"))?
+        .map_err(|e| unavailable(format!("cannot create topics: {e}")))?;
+        for result in results {
+            match result {
+                Ok(topic) => {
+                    tracing::info!(connector = %self.connector, %topic, "created topic");
+                    self.known_topics.lock().expect("lock").insert(topic);
+                }
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.known_topics.lock().expect("lock").insert(topic);
+                }
+                Err((topic, code)) => {
+                    if self.topic_exists(&topic).await {
+                        self.known_topics.lock().expect("lock").insert(topic);
+                    } else {
+                        tracing::warn!(connector = %self.connector, %topic, error = %code, "cannot create topic");
+                        return Err(unavailable(format!(
+                            "cannot create topic `{topic}`: {code}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the broker's metadata lists `topic` (used when creation was refused, e.g. ACLs).
+    async fn topic_exists(&self, topic: &str) -> bool {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        let timeout = self.delivery_timeout();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|t| t.name() == topic && t.error().is_none())
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn produce_all(&self, batch: &[Message], topics: &[String]) -> Result<(), SinkError> {
+        let mut pending = Vec::with_capacity(batch.len());
+        for (message, topic) in batch.iter().zip(topics) {
+            let sequence = message.sequence.to_string();
+            let mut headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header {
+                    key: "EntityEventSequence",
+                    value: Some(sequence.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ResourceName",
+                    value: Some(message.resource_name.as_bytes()),
+                });
+            if let Some(source) = &message.source_label {
+                headers = headers.insert(Header {
+                    key: "EntityEventSource",
+                    value: Some(source.as_bytes()),
+                });
+            }
+            headers = headers.insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+            let record = FutureRecord::to(topic)
+                .key(message.record_key.as_bytes())
+                .payload(&message.payload[..])
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(SinkError::Overloaded {
+                        reason: "producer queue is full".into(),
+                    })
+                }
+                Err((e, _)) => return Err(unavailable(format!("cannot enqueue: {e}"))),
+            }
+        }
+        // librdkafka bounds each delivery by message.timeout.ms; the outer timeout is a guard.
+        let guard = self.delivery_timeout() + Duration::from_secs(2);
+        let reports = tokio::time::timeout(guard, join_all(pending))
+            .await
+            .map_err(|_| unavailable("delivery reports timed out"))?;
+        for (index, report) in reports.into_iter().enumerate() {
+            match report {
+                Ok(Ok(_delivery)) => {}
+                Ok(Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    _,
+                ))) => {
+                    return Err(SinkError::Rejected {
+                        index,
+                        field: None,
+                        detail: "the broker refused the event as too large".into(),
+                        kind: RejectKind::TooLarge,
+                    })
+                }
+                Ok(Err((e, _))) => return Err(unavailable(format!("delivery failed: {e}"))),
+                Err(_canceled) => return Err(unavailable("producer shut down")),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = async {
+            let topics = self.route_all(batch)?;
+            if self.config.create_topics {
+                self.ensure_topics(&topics).await?;
+            }
+            self.produce_all(batch, &topics).await
+        }
+        .await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(SinkError::Rejected { .. }) => "rejected",
+            Err(SinkError::Overloaded { .. }) => "overloaded",
+            Err(SinkError::Unavailable { .. }) => "unavailable",
+        };
+        self.metrics
+            .publish_duration(&self.connector, outcome, started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            count_by_resource(batch, |resource, n| {
+                self.metrics.events_published(&self.connector, resource, n)
+            });
+        }
+        result
+    }
+
+    async fn ready(&self) -> Result<(), SinkError> {
+        if let Some(fatal) = self.producer.client().fatal_error() {
+            return Err(unavailable(format!("producer fatal error: {}", fatal.1)));
+        }
+        let producer = self.producer.clone();
+        let timeout = Duration::from_secs(5).min(self.delivery_timeout());
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| unavailable(format!("metadata task failed: {e}")))?
+            .map_err(|e| unavailable(format!("broker metadata unreachable: {e}")))?;
+        Ok(())
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| unavailable(format!("flush task failed: {e}")))?
+            .map_err(|e| unavailable(format!("flush incomplete: {e}")))
+    }
+}

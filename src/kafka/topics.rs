@@ -1,0 +1,214 @@
+//! Choosing a Kafka topic for an event: template rendering, sanitizing and the routing policy.
+//!
+//! Kept apart from the producer so the rules are unit-testable without a broker and so the
+//! sink can route a whole batch before producing anything (a rejected event must leave the
+//! rest of its push unpublished).
+
+use std::collections::BTreeMap;
+
+use super::config::{KafkaSinkConfig, UnknownResource};
+
+/// Longest legal Kafka topic name.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+/// A template that failed to parse.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// `{Name}` is not a known placeholder.
+    #[error("unknown placeholder `{{{0}}}` (known: {{ResourceName}}, {{EntityEventSource}})")]
+    UnknownPlaceholder(String),
+    /// A `{` without its `}`.
+    #[error("unclosed `{{` in template")]
+    Unclosed,
+    /// The template has no text at all.
+    #[error("template is empty")]
+    Empty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    ResourceName,
+    Source,
+}
+
+/// A parsed topic/routing-key template with `{ResourceName}` and `{EntityEventSource}`.
+#[derive(Debug, Clone)]
+pub struct TopicTemplate {
+    parts: Vec<Part>,
+}
+
+impl TopicTemplate {
+    /// Parses a template.
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        if text.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..].find('}').ok_or(TemplateError::Unclosed)? + open;
+            parts.push(match &rest[open + 1..close] {
+                "ResourceName" => Part::ResourceName,
+                "EntityEventSource" => Part::Source,
+                other => return Err(TemplateError::UnknownPlaceholder(other.to_owned())),
+            });
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        Ok(TopicTemplate { parts })
+    }
+
+    /// Renders the template; the result is not yet sanitized.
+    pub fn render(&self, resource_name: &str, source_label: Option<&str>) -> String {
+        let mut out = String::with_capacity(64);
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::ResourceName => out.push_str(resource_name),
+                Part::Source => out.push_str(source_label.unwrap_or_default()),
+            }
+        }
+        out
+    }
+}
+
+/// Makes `name` a legal Kafka topic: characters outside `[A-Za-z0-9._-]` become `_`, the result
+/// is cut to 249 bytes, and `.` / `..` / empty become `_`.
+pub fn sanitize_topic(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_TOPIC_LEN)
+        .collect();
+    if out.is_empty() || out == "." || out == ".." {
+        out = "_".into();
+    }
+    out
+}
+
+/// Checks a configured (not templated) topic name; configured names are never rewritten.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_TOPIC_LEN || name == "." || name == ".." {
+        return Err(format!("`{name}` is not a legal Kafka topic name"));
+    }
+    if sanitize_topic(name) != name {
+        return Err(format!(
+            "`{name}` is not a legal Kafka topic name (allowed: A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok(())
+}
+
+/// Decides the topic of each event.
+#[derive(Debug, Clone)]
+pub struct TopicRouter {
+    template: TopicTemplate,
+    topics: BTreeMap<String, String>,
+    unknown: UnknownResource,
+    default_topic: Option<String>,
+}
+
+impl TopicRouter {
+    /// Builds the router from validated config.
+    pub fn new(config: &KafkaSinkConfig) -> Result<Self, TemplateError> {
+        Ok(TopicRouter {
+            template: TopicTemplate::parse(&config.topic_template)?,
+            topics: config.topics.clone(),
+            unknown: config.unknown_resource,
+            default_topic: config.default_topic.clone(),
+        })
+    }
+
+    /// The topic for an event, or `None` when policy rejects its ResourceName.
+    pub fn route(&self, resource_name: &str, source_label: Option<&str>) -> Option<String> {
+        if let Some(topic) = self.topics.get(resource_name) {
+            return Some(topic.clone());
+        }
+        let from_template = || sanitize_topic(&self.template.render(resource_name, source_label));
+        if self.topics.is_empty() {
+            return Some(from_template());
+        }
+        match self.unknown {
+            UnknownResource::Template => Some(from_template()),
+            UnknownResource::DefaultTopic => self.default_topic.clone(),
+            UnknownResource::Reject => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_renders_and_sanitizes() {
+        let t = TopicTemplate::parse("reso.{EntityEventSource}.{ResourceName}").unwrap();
+        assert_eq!(
+            sanitize_topic(&t.render("Property", Some("IDX Feed 123"))),
+            "reso.IDX_Feed_123.Property"
+        );
+        assert_eq!(t.render("Media", None), "reso..Media");
+        assert_eq!(sanitize_topic("a/b:c\u{e9}"), "a_b_c_");
+        assert_eq!(sanitize_topic(".."), "_");
+        assert_eq!(sanitize_topic(&"x".repeat(300)).len(), MAX_TOPIC_LEN);
+    }
+
+    #[test]
+    fn template_errors() {
+        assert!(matches!(
+            TopicTemplate::parse("reso.{Nope}"),
+            Err(TemplateError::UnknownPlaceholder(p)) if p == "Nope"
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("reso.{ResourceName"),
+            Err(TemplateError::Unclosed)
+        ));
+        assert!(matches!(
+            TopicTemplate::parse(""),
+            Err(TemplateError::Empty)
+        ));
+    }
+
+    #[test]
+    fn routing_policy() {
+        let mut config = KafkaSinkConfig::default();
+        let router = TopicRouter::new(&config).unwrap();
+        assert_eq!(router.route("Property", None).unwrap(), "reso.Property");
+
+        config
+            .topics
+            .insert("Property".into(), "mls.listings".into());
+        let router = TopicRouter::new(&config).unwrap();
+        assert_eq!(router.route("Property", None).unwrap(), "mls.listings");
+        assert_eq!(router.route("Media", None).unwrap(), "reso.Media");
+
+        config.unknown_resource = UnknownResource::DefaultTopic;
+        config.default_topic = Some("reso.other".into());
+        let router = TopicRouter::new(&config).unwrap();
+        assert_eq!(router.route("Media", None).unwrap(), "reso.other");
+
+        config.unknown_resource = UnknownResource::Reject;
+        let router = TopicRouter::new(&config).unwrap();
+        assert_eq!(router.route("Media", None), None);
+        assert_eq!(router.route("Property", None).unwrap(), "mls.listings");
+    }
+
+    #[test]
+    fn configured_names_are_checked_not_rewritten() {
+        assert!(check_topic_name("reso.Property").is_ok());
+        assert!(check_topic_name("bad topic").is_err());
+        assert!(check_topic_name("..").is_err());
+    }
+}

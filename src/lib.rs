@@ -1,0 +1,25 @@
+//! entity-bridge: the RESO EntityEvent webhook protocol (RCP-28) at the edge of an event bus.
+//!
+//! A *connector* wires one source to one sink. The webhook source receives producer pushes and
+//! hands each batch to a sink (Kafka today) that answers only once the events are durable; the
+//! HTTP answer is derived from that (see `docs/delivery.md`).
+//!
+//! Module map:
+//! - [`event`]: parse and validate EntityEvent payloads, keeping each event's raw JSON bytes.
+//! - [`connector`]: the [`connector::Message`] that flows between source and sink, the
+//!   [`connector::Sink`] trait and its error contract.
+//! - [`config`]: layered configuration (defaults < `bridge.toml` < `connectors/*.toml` < env).
+//! - [`secret`]: secrets by reference (`env` / `file`), masked everywhere.
+//! - [`http`]: the webhook listener and the admin listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`kafka`]: the Kafka sink (rdkafka).
+//! - [`metrics`]: every Prometheus metric of the process, in one registry.
+//! - [`app`]: builds the running bridge from a config and shuts it down cleanly.
+
+pub mod app;
+pub mod config;
+pub mod connector;
+pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod secret;

@@ -1,0 +1,125 @@
+//! The `entity-bridge` command: `run` the bridge or `check` a configuration.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use entity_bridge::config::{self, Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// RESO EntityEvent webhooks at the edge of Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (the default command).
+    Run(ConfigArgs),
+    /// Validate the configuration and print it resolved, secrets masked.
+    Check(ConfigArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct ConfigArgs {
+    /// A directory (its bridge.toml and connectors/*.toml), a bridge.toml (plus the connectors/
+    /// beside it), or a single connector file. Repeatable; later layers win.
+    #[arg(long, short, default_value = ".", env = "ENTITY_BRIDGE_CONFIG")]
+    config: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or_else(|| {
+        Command::Run(ConfigArgs {
+            config: vec![std::env::var_os("ENTITY_BRIDGE_CONFIG")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))],
+        })
+    });
+    let (args, check) = match command {
+        Command::Run(a) => (a, false),
+        Command::Check(a) => (a, true),
+    };
+    let config = match config::load(&args.config) {
+        Ok((config, _sources)) => config,
+        Err(e) => {
+            eprintln!("entity-bridge: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check {
+        return match toml::to_string_pretty(&config.masked()) {
+            Ok(text) => {
+                println!(
+                    "# configuration is valid ({} connectors)\n{text}",
+                    config.connectors.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("entity-bridge: cannot print configuration: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    init_tracing(&config);
+    match run(config) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "entity-bridge failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn run(config: Config) -> anyhow::Result<bool> {
+    if config.connectors.is_empty() {
+        anyhow::bail!(
+            "no connectors configured: add a file to connectors/ (see docs/configuration.md)"
+        );
+    }
+    let running = entity_bridge::app::start(config)
+        .await
+        .context("cannot start")?;
+    let stop = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; draining in-flight work");
+        stop.cancel();
+    });
+    Ok(running.run_until_stopped().await)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,252 @@
+//! Every Prometheus metric of the process, in one registry.
+//!
+//! Keeping them in one place keeps names, labels and help texts consistent (prefix
+//! `entity_bridge_`, `_total` counters, `_seconds` histograms; labels only `connector`,
+//! `resource`, `outcome`, `status`) and lets a test check the exposition with `promtool`.
+//!
+//! `ResourceName` comes from producers, so the `resource` label is capped: after
+//! [`MAX_RESOURCE_LABELS`] distinct values, further names are counted as `other`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Distinct `resource` label values kept before new ones are folded into `other`.
+pub const MAX_RESOURCE_LABELS: usize = 64;
+
+/// The process's metrics. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    resources: Mutex<HashSet<String>>,
+    http_requests: IntCounterVec,
+    http_request_duration: HistogramVec,
+    requests_in_flight: IntGaugeVec,
+    request_bytes_in_flight: IntGaugeVec,
+    events_received: IntCounterVec,
+    events_rejected: IntCounterVec,
+    events_published: IntCounterVec,
+    publish_duration: HistogramVec,
+    sink_ready: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates the registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let inner = Inner {
+            http_requests: counter(
+                "entity_bridge_http_requests_total",
+                "Webhook requests answered, by connector and HTTP status code.",
+                &["connector", "status"],
+            ),
+            http_request_duration: histogram(
+                "entity_bridge_http_request_duration_seconds",
+                "Time from receiving a webhook request to answering it (time-to-200 for accepted pushes).",
+                &["connector", "status"],
+            ),
+            requests_in_flight: gauge(
+                "entity_bridge_requests_in_flight",
+                "Webhook requests currently being processed, by connector.",
+                &["connector"],
+            ),
+            request_bytes_in_flight: gauge(
+                "entity_bridge_request_bytes_in_flight",
+                "Decompressed body bytes of webhook requests currently being processed.",
+                &["connector"],
+            ),
+            events_received: counter(
+                "entity_bridge_events_received_total",
+                "EntityEvents received in valid webhook payloads, by connector and ResourceName.",
+                &["connector", "resource"],
+            ),
+            events_rejected: counter(
+                "entity_bridge_events_rejected_total",
+                "Webhook requests rejected before publishing, by connector and reason.",
+                &["connector", "outcome"],
+            ),
+            events_published: counter(
+                "entity_bridge_events_published_total",
+                "EntityEvents confirmed durable by the sink, by connector and ResourceName.",
+                &["connector", "resource"],
+            ),
+            publish_duration: histogram(
+                "entity_bridge_publish_duration_seconds",
+                "Time for a sink to confirm a whole batch, by connector and outcome.",
+                &["connector", "outcome"],
+            ),
+            sink_ready: gauge(
+                "entity_bridge_sink_ready",
+                "1 when the connector's sink answered its last readiness probe, else 0.",
+                &["connector"],
+            ),
+            resources: Mutex::new(HashSet::new()),
+            registry,
+        };
+        Metrics(Arc::new(inner))
+    }
+
+    /// The registry, e.g. for tests that inspect metric families.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// Text exposition format for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.0.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+
+    /// Bounded `resource` label value for a producer-supplied ResourceName.
+    pub fn resource_label<'a>(&self, resource: &'a str) -> &'a str {
+        let mut seen = self.0.resources.lock().expect("metrics lock");
+        if seen.contains(resource) {
+            return resource;
+        }
+        if seen.len() < MAX_RESOURCE_LABELS {
+            seen.insert(resource.to_owned());
+            return resource;
+        }
+        "other"
+    }
+
+    /// Counts one answered webhook request and its duration.
+    pub fn http_request(&self, connector: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.0
+            .http_requests
+            .with_label_values(&[connector, &status])
+            .inc();
+        self.0
+            .http_request_duration
+            .with_label_values(&[connector, &status])
+            .observe(seconds);
+    }
+
+    /// Gauge of requests in flight for a connector.
+    pub fn requests_in_flight(&self, connector: &str) -> prometheus::IntGauge {
+        self.0.requests_in_flight.with_label_values(&[connector])
+    }
+
+    /// Gauge of body bytes in flight for a connector.
+    pub fn request_bytes_in_flight(&self, connector: &str) -> prometheus::IntGauge {
+        self.0
+            .request_bytes_in_flight
+            .with_label_values(&[connector])
+    }
+
+    /// Counts events received, grouped by resource by the caller.
+    pub fn events_received(&self, connector: &str, resource: &str, n: u64) {
+        let resource = self.resource_label(resource);
+        self.0
+            .events_received
+            .with_label_values(&[connector, resource])
+            .inc_by(n);
+    }
+
+    /// Counts a request rejected before publishing (`outcome` = why).
+    pub fn request_rejected(&self, connector: &str, outcome: &str) {
+        self.0
+            .events_rejected
+            .with_label_values(&[connector, outcome])
+            .inc();
+    }
+
+    /// Counts events confirmed by the sink.
+    pub fn events_published(&self, connector: &str, resource: &str, n: u64) {
+        let resource = self.resource_label(resource);
+        self.0
+            .events_published
+            .with_label_values(&[connector, resource])
+            .inc_by(n);
+    }
+
+    /// Observes how long a batch took to be confirmed (`outcome`: `ok`, `overloaded`, …).
+    pub fn publish_duration(&self, connector: &str, outcome: &str, seconds: f64) {
+        self.0
+            .publish_duration
+            .with_label_values(&[connector, outcome])
+            .observe(seconds);
+    }
+
+    /// Records the latest readiness probe of a connector's sink.
+    pub fn sink_ready(&self, connector: &str, ready: bool) {
+        self.0
+            .sink_ready
+            .with_label_values(&[connector])
+            .set(i64::from(ready));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_label_is_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_RESOURCE_LABELS {
+            let name = format!("R{i}");
+            assert_eq!(m.resource_label(&name), name);
+        }
+        assert_eq!(m.resource_label("R0"), "R0");
+        assert_eq!(m.resource_label("OneTooMany"), "other");
+    }
+
+    #[test]
+    fn exposition_names_are_prefixed() {
+        let m = Metrics::new();
+        m.http_request("c", 200, 0.01);
+        m.events_published("c", "Property", 3);
+        let text = m.encode();
+        assert!(
+            text.contains("entity_bridge_http_requests_total{connector=\"c\",status=\"200\"} 1")
+        );
+        assert!(text.contains(
+            "entity_bridge_events_published_total{connector=\"c\",resource=\"Property\"} 3"
+        ));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("entity_bridge_"), "{line}");
+        }
+    }
+}
