@@ -226,6 +226,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
     fn env_filter_only_takes_top_level_keys() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ENTITY_BRIDGE_ADMIN__LISTEN_ADDR", "127.0.0.1:9999");

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): runs every test against real brokers.
+#
+# Starts what is missing on loopback and stops only what it started:
+#   - a Kafka-protocol broker on 127.0.0.1:9092: tansu (installed with `cargo install` when
+#     absent; the first build takes ~12 minutes on 2 cores), in-memory storage;
+#   - RabbitMQ on 127.0.0.1:5672 (guest/guest): Debian's rabbitmq-server when absent.
+# Then waits until both answer and runs `cargo test`. Tests never skip a missing broker: they fail.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+TANSU_VERSION=0.6.0
+KAFKA_PORT=9092
+AMQP_PORT=5672
+LOG_DIR=${ENTITY_BRIDGE_TEST_LOGS:-${TMPDIR:-/tmp}/entity-bridge-test}
+mkdir -p "$LOG_DIR"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+tansu_pid=""
+started_rabbitmq=""
+
+say() { printf '[test.sh] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # name port seconds
+  local name=$1 port=$2 seconds=$3 i
+  for ((i = 0; i < seconds; i++)); do
+    port_open "$port" && { say "$name answers on 127.0.0.1:$port"; return 0; }
+    sleep 1
+  done
+  say "$name did not open 127.0.0.1:$port within ${seconds}s; see $LOG_DIR"
+  return 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+cleanup() {
+  if [ -n "$tansu_pid" ]; then
+    say "stopping tansu (pid $tansu_pid)"
+    kill "$tansu_pid" 2>/dev/null || true
+    wait "$tansu_pid" 2>/dev/null || true
+  fi
+  if [ -n "$started_rabbitmq" ]; then
+    say "stopping the RabbitMQ this script started"
+    as_root rabbitmqctl stop >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+ensure_kafka() {
+  if port_open "$KAFKA_PORT"; then
+    say "using the Kafka-protocol broker already on 127.0.0.1:$KAFKA_PORT"
+    return
+  fi
+  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    say "installing tansu $TANSU_VERSION (cargo install; ~12 minutes the first time)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
+      >"$LOG_DIR/tansu-install.log" 2>&1 || { tail -40 "$LOG_DIR/tansu-install.log"; exit 1; }
+  fi
+  say "starting tansu on 127.0.0.1:$KAFKA_PORT (memory storage)"
+  tansu broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ >"$LOG_DIR/tansu.log" 2>&1 &
+  tansu_pid=$!
+  wait_port tansu "$KAFKA_PORT" 60
+}
+
+ensure_rabbitmq() {
+  if port_open "$AMQP_PORT"; then
+    say "using the RabbitMQ already on 127.0.0.1:$AMQP_PORT"
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    say "installing rabbitmq-server (Debian package)"
+    as_root apt-get update -qq >"$LOG_DIR/apt.log" 2>&1
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server \
+      >>"$LOG_DIR/apt.log" 2>&1 || { tail -40 "$LOG_DIR/apt.log"; exit 1; }
+  fi
+  say "starting RabbitMQ"
+  as_root env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached \
+    >"$LOG_DIR/rabbitmq.log" 2>&1
+  started_rabbitmq=1
+  wait_port RabbitMQ "$AMQP_PORT" 120
+}
+
+ensure_kafka
+ensure_rabbitmq
+
+export ENTITY_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+export ENTITY_BRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
+say "running cargo test"
+cargo test --locked "$@"
