@@ -1,9 +1,11 @@
 //! Builds the running bridge from a [`Config`] and shuts it down cleanly.
 //!
-//! Start-up resolves secrets and builds every sink before binding a port, so a bad config fails
-//! fast. Shutdown is ordered: `/readyz` turns 503, the webhook listener stops accepting and
-//! finishes in-flight pushes (bounded by `shutdown_timeout_ms`), then every sink is flushed
-//! with the time left, and only then does the admin listener stop.
+//! Start-up resolves secrets and builds every sink and source before binding a port, so a bad
+//! config fails fast. Push sources (webhooks) become routes; pull sources get a [`Pump`] task.
+//! Shutdown is ordered: `/readyz` turns 503, pumps stop taking batches and settle the one in
+//! flight, the webhook listener stops accepting and finishes in-flight pushes (all bounded by
+//! `shutdown_timeout_ms`), then every sink is flushed with the time left, and only then does
+//! the admin listener stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,10 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkConfig, SourceConfig};
-use crate::connector::Sink;
+use crate::connector::{Sink, Source, SourceError};
 use crate::http::admin::{self, AdminState};
 use crate::http::{webhook_router, WebhookConnector};
 use crate::metrics::Metrics;
+use crate::pump::{Pump, RetryConfig};
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,9 @@ pub enum AppError {
     },
 }
 
+/// A pull-based connector waiting for its pump: name, source, sink, backoff.
+type PullConnector = (String, Box<dyn Source>, Arc<dyn Sink>, RetryConfig);
+
 /// A running bridge.
 pub struct Running {
     /// Where the webhook listener is bound (useful with port 0).
@@ -60,11 +66,14 @@ pub struct Running {
     admin_stop: CancellationToken,
     webhook_task: JoinHandle<std::io::Result<()>>,
     admin_task: JoinHandle<std::io::Result<()>>,
+    pump_stop: CancellationToken,
+    pumps: Vec<(String, JoinHandle<Result<(), SourceError>>)>,
     sinks: Vec<(String, Arc<dyn Sink>)>,
     shutdown_timeout: Duration,
 }
 
-fn build_sink(
+/// Builds a connector's sink. New sink types add one arm here.
+async fn build_sink(
     name: &str,
     config: &SinkConfig,
     metrics: &Metrics,
@@ -93,8 +102,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let metrics = Metrics::new();
     let mut sinks = Vec::new();
     let mut routes = Vec::new();
+    #[allow(unused_mut)] // filled by the pull-source arms as they are added
+    let mut pull_sources: Vec<PullConnector> = Vec::new();
     for (name, connector) in &config.connectors {
-        let sink = build_sink(name, &connector.sink, &metrics)?;
+        let sink = build_sink(name, &connector.sink, &metrics).await?;
+        // New source types add one arm here: push sources add a route, pull sources a pump.
         match &connector.source {
             SourceConfig::Webhook(w) => {
                 let webhook = WebhookConnector::build(name, w, sink.clone(), metrics.clone())
@@ -136,6 +148,20 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
+    let pump_stop = CancellationToken::new();
+    let pumps = pull_sources
+        .into_iter()
+        .map(|(name, source, sink, retry)| {
+            let pump = Pump {
+                connector: name.clone(),
+                source,
+                sink,
+                retry,
+                metrics: metrics.clone(),
+            };
+            (name, tokio::spawn(pump.run(pump_stop.clone())))
+        })
+        .collect();
     tracing::info!(%webhook_addr, %admin_addr, connectors = sinks.len(), "entity-bridge started");
     Ok(Running {
         webhook_addr,
@@ -145,6 +171,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         admin_stop,
         webhook_task,
         admin_task,
+        pump_stop,
+        pumps,
         sinks,
         shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
     })
@@ -160,7 +188,23 @@ impl Running {
     pub async fn shutdown(self) -> bool {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.shutdown.cancel();
+        self.pump_stop.cancel();
         let mut clean = true;
+        for (name, pump) in self.pumps {
+            match tokio::time::timeout_at(deadline.into(), pump).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(connector = %name, error = %e, "connector had stopped")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(connector = %name, error = %e, "connector task failed")
+                }
+                Err(_) => {
+                    clean = false;
+                    tracing::warn!(connector = %name, "in-flight batch did not settle within shutdown_timeout_ms");
+                }
+            }
+        }
         match tokio::time::timeout_at(deadline.into(), self.webhook_task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "webhook listener ended with an error"),

@@ -24,6 +24,19 @@ pub struct Message {
     pub source_label: Option<Arc<str>>,
     /// The event object's exact JSON bytes, as the producer sent them.
     pub payload: Bytes,
+    /// Where a pull source read the message (dead-letter headers, logs); `None` for pushes.
+    pub origin: Option<Origin>,
+}
+
+/// Where a pull source read a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Kafka topic, AMQP queue or embedded log name.
+    pub topic: Arc<str>,
+    /// Kafka partition; `-1` where the bus has none.
+    pub partition: i32,
+    /// Kafka offset, AMQP delivery tag or embedded log position.
+    pub offset: i64,
 }
 
 /// Why a message cannot be accepted by a sink no matter how often it is retried.
@@ -104,6 +117,66 @@ pub trait Sink: Send + Sync {
     async fn ready(&self) -> Result<(), SinkError>;
     /// Delivers or waits for everything queued, up to `timeout`; called once at shutdown.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
+}
+
+/// Opaque settlement handle of one message, meaningful only to the source that issued it
+/// (an AMQP delivery tag, a Kafka offset, an embedded-log position).
+pub type Receipt = u64;
+
+/// A batch taken from a pull source, settled exactly once through [`Source::settle`].
+#[derive(Debug, Clone, Default)]
+pub struct SourceBatch {
+    /// The messages, in source order.
+    pub messages: Vec<Message>,
+    /// One receipt per message, same order.
+    pub receipts: Vec<Receipt>,
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sink said `Ok`: acknowledge upstream (AMQP `basic.ack`, store offset, advance cursor).
+    Delivered,
+    /// A retryable failure: hand the batch back so it is delivered again (AMQP nack + requeue,
+    /// cursor not advanced). The pump has already waited its backoff.
+    Retry,
+    /// The batch can never be accepted: dead-letter it (AMQP nack without requeue → DLX).
+    Poison {
+        /// Why, for dead-letter headers and logs (no payload data).
+        reason: String,
+    },
+}
+
+/// A source's failure. Sources reconnect by themselves; the pump backs off and asks again.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The bus is unreachable for now (connection or channel lost).
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    /// The source cannot work (bad configuration, missing queue); the connector stops.
+    #[error("source failed: {0}")]
+    Fatal(String),
+}
+
+impl Retriable for SourceError {
+    fn retry_action(&self) -> RetryAction {
+        match self {
+            SourceError::Unavailable(_) => RetryAction::Retry { after: None },
+            SourceError::Fatal(_) => RetryAction::Fatal,
+        }
+    }
+}
+
+/// A pull-based source (delivery contract, rule 2): the pump takes a batch, offers it to the
+/// sink and settles it exactly once with the outcome.
+#[async_trait]
+pub trait Source: Send {
+    /// Waits for the next batch. `Ok(None)` means the source has ended for good.
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError>;
+    /// Settles a batch taken from [`Source::next_batch`] exactly once.
+    async fn settle(&mut self, batch: SourceBatch, outcome: Outcome) -> Result<(), SourceError>;
+    /// Called once at shutdown after the last settle: commit progress, close connections.
+    async fn close(&mut self) -> Result<(), SourceError>;
 }
 
 /// Calls `f(resource, count)` once per distinct ResourceName of a batch.

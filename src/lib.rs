@@ -12,6 +12,7 @@
 //! - [`secret`]: secrets by reference (`env` / `file`), masked everywhere.
 //! - [`http`]: the webhook listener and the admin listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`kafka`]: the Kafka sink (rdkafka).
+//! - [`pump`]: the loop that moves batches from a pull source to a sink and settles them.
 //! - [`metrics`]: every Prometheus metric of the process, in one registry.
 //! - [`app`]: builds the running bridge from a config and shuts it down cleanly.
 
@@ -22,4 +23,5 @@ pub mod event;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod pump;
 pub mod secret;

@@ -33,6 +33,7 @@ struct Inner {
     events_published: IntCounterVec,
     publish_duration: HistogramVec,
     sink_ready: IntGaugeVec,
+    pump_events: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -116,6 +117,11 @@ impl Metrics {
                 "entity_bridge_sink_ready",
                 "1 when the connector's sink answered its last readiness probe, else 0.",
                 &["connector"],
+            ),
+            pump_events: counter(
+                "entity_bridge_pump_events_total",
+                "Events taken from a pull source and settled, by connector and outcome (delivered, retried, dead_lettered).",
+                &["connector", "outcome"],
             ),
             resources: Mutex::new(HashSet::new()),
             registry,
@@ -207,6 +213,14 @@ impl Metrics {
             .publish_duration
             .with_label_values(&[connector, outcome])
             .observe(seconds);
+    }
+
+    /// Counts events a pump settled with `outcome`.
+    pub fn pump_events(&self, connector: &str, outcome: &str, n: u64) {
+        self.0
+            .pump_events
+            .with_label_values(&[connector, outcome])
+            .inc_by(n);
     }
 
     /// Records the latest readiness probe of a connector's sink.

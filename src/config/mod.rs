@@ -16,6 +16,7 @@ pub use load::{load, ConfigSources};
 
 use crate::http::WebhookSourceConfig;
 use crate::kafka::KafkaSinkConfig;
+use crate::pump::RetryConfig;
 
 /// The whole bridge: listeners, logging and the connectors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +149,10 @@ pub struct ConnectorConfig {
     pub source: SourceConfig,
     /// Where events go.
     pub sink: SinkConfig,
+    /// Backoff between retries of pull-based connectors (ignored by the webhook source, whose
+    /// producers retry on 429 / 503).
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 /// A connector's source, chosen by `type`.

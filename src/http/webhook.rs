@@ -265,6 +265,7 @@ fn to_messages(payload: &Payload, source_label: Option<Arc<str>>) -> Vec<Message
             record_key: e.record_key.clone(),
             source_label: source_label.clone(),
             payload: e.raw.clone(),
+            origin: None,
         })
         .collect()
 }
