@@ -1,0 +1,484 @@
+//! Parsing and validation of RESO EntityEvent (RCP-28) webhook payloads.
+//!
+//! A producer POSTs one JSON object in one of two shapes:
+//!
+//! - **multi-valued**: `{"@reso.context": "...", "value": [ {event}, {event}, ... ]}`;
+//! - **single-valued**: the event's own fields at the top level, beside `@reso.context`:
+//!   `{"@reso.context": "...", "EntityEventSequence": 1101, "ResourceName": "Showing",
+//!   "ResourceRecordKey": "235021"}`.
+//!
+//! The key `value` at the top level means multi-valued. `@reso.context` is optional but must be a
+//! string when present, and `value: []` is a valid, empty batch.
+//!
+//! Every event needs `EntityEventSequence` (a JSON integer, `> 0`, fitting `i64`), `ResourceName`
+//! and `ResourceRecordKey` (non-empty strings of at most 255 characters). Everything else
+//! (`Data`, `ResourceRecordUrl`, `EventTypes`, vendor fields, ...) passes through untouched.
+//!
+//! Why it looks the way it does:
+//!
+//! - **Raw bytes are kept, never re-serialized.** What goes onto the bus is exactly what the
+//!   producer sent, so number formatting, key order, unicode escapes and vendor fields survive.
+//!   For multi-valued payloads each [`ParsedEvent::raw`] is a zero-copy [`Bytes::slice`] of the
+//!   request body. A single-valued event is rebuilt as an object of the top-level members minus
+//!   `@reso.context`, each value copied byte for byte.
+//! - **It is the ingress hot path.** The envelope is read once with borrowed
+//!   [`RawValue`]s; for each event only the three required fields are read from its raw text. No
+//!   `serde_json::Value` tree of `Data` is ever built.
+//! - **Every problem at once.** Validation collects all violations (up to a cap), each named by an
+//!   RFC 6901 JSON Pointer into the body, so a producer can fix a batch in one round trip. A payload
+//!   with any violation is rejected as a whole.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Field names of the RCP-28 EntityEvent resource and envelope.
+const CONTEXT: &str = "@reso.context";
+const VALUE: &str = "value";
+const SEQUENCE: &str = "EntityEventSequence";
+const RESOURCE_NAME: &str = "ResourceName";
+const RECORD_KEY: &str = "ResourceRecordKey";
+
+/// Longest `ResourceName` / `ResourceRecordKey`, in characters.
+const MAX_FIELD_CHARS: usize = 255;
+
+/// Validation stops once this many violations are collected.
+const MAX_VIOLATIONS: usize = 50;
+
+const DETAIL_SEQUENCE: &str = "must be a positive integer (int64)";
+const DETAIL_STRING: &str = "must be a string";
+const DETAIL_NUMERIC_KEY: &str =
+    "must be a string; numeric keys need coerce_numeric_record_key = true";
+const DETAIL_TOO_LONG: &str = "must be at most 255 characters";
+const DETAIL_EMPTY: &str = "must not be empty";
+const DETAIL_BLANK: &str = "must not be empty or whitespace";
+const DETAIL_REQUIRED: &str = "is required";
+const DETAIL_DUPLICATE: &str = "must appear only once";
+const DETAIL_NOT_OBJECT_EVENT: &str = "must be a JSON object (an EntityEvent)";
+const DETAIL_NOT_ARRAY: &str = "must be an array of EntityEvent objects";
+const DETAIL_NOT_OBJECT_ROOT: &str = "must be a JSON object";
+
+/// Knobs for [`parse_payload`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParseOptions {
+    /// Accept a JSON number as `ResourceRecordKey` (some producers send numeric keys) and use the
+    /// number's literal text as the key. The payload bytes are not changed. Off by default: RCP-28
+    /// says the key is a string.
+    pub coerce_numeric_record_key: bool,
+}
+
+/// One validated EntityEvent.
+#[derive(Debug, Clone)]
+pub struct ParsedEvent {
+    /// `EntityEventSequence`, always `> 0`.
+    pub sequence: i64,
+    /// `ResourceName`, decoded.
+    pub resource_name: String,
+    /// `ResourceRecordKey`, decoded (or a numeric key's literal text when coerced).
+    pub record_key: String,
+    /// The event object's exact JSON bytes.
+    pub raw: Bytes,
+}
+
+/// A validated webhook payload.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// `@reso.context` when present.
+    pub context: Option<String>,
+    /// Whether the payload was multi-valued (`value` array) rather than single-valued.
+    pub multi_valued: bool,
+    /// The events, in payload order.
+    pub events: Vec<ParsedEvent>,
+}
+
+impl Payload {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the payload carries no event (`value: []`).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// One failing item, named by an RFC 6901 JSON Pointer into the request body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// RFC 6901 JSON Pointer; `""` is the whole body.
+    pub pointer: String,
+    /// Short human sentence about the item, e.g. `is required`.
+    pub detail: String,
+}
+
+/// A rejected payload: every violation found (at most 50), never empty.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", summarize(.violations))]
+pub struct PayloadError {
+    /// The violations, in body order.
+    pub violations: Vec<Violation>,
+}
+
+fn summarize(violations: &[Violation]) -> String {
+    match violations.first() {
+        None => "invalid EntityEvent payload".to_owned(),
+        Some(first) => {
+            let at = if first.pointer.is_empty() {
+                "the document root".to_owned()
+            } else {
+                format!("`{}`", first.pointer)
+            };
+            format!(
+                "{} invalid item(s) in EntityEvent payload, first at {}: {}",
+                violations.len(),
+                at,
+                first.detail
+            )
+        }
+    }
+}
+
+/// Parses and validates a webhook body.
+///
+/// On success every event has a valid sequence, resource name and record key, and its
+/// [`ParsedEvent::raw`] holds the event object's exact bytes. On failure the error lists every
+/// violation found (up to 50); nothing of the payload is accepted.
+pub fn parse_payload(body: &Bytes, opts: ParseOptions) -> Result<Payload, PayloadError> {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(root_error(format!(
+                "must be UTF-8 encoded JSON (invalid UTF-8 at byte {})",
+                e.valid_up_to()
+            )))
+        }
+    };
+    let top: TopLevel<'_> = match serde_json::from_str(text) {
+        Ok(top) => top,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(root_error(DETAIL_NOT_OBJECT_ROOT.to_owned()))
+        }
+        Err(e) => return Err(root_error(format!("is not valid JSON: {e}"))),
+    };
+
+    let mut sink = Violations::default();
+    let mut context: Option<String> = None;
+    let mut seen_context = false;
+    let mut events_value: Option<&EventsValue<'_>> = None;
+    for member in &top.members {
+        match (&*member.key, &member.value) {
+            (CONTEXT, MemberValue::Raw(raw)) => {
+                if seen_context {
+                    sink.push(pointer("", CONTEXT), DETAIL_DUPLICATE);
+                    continue;
+                }
+                seen_context = true;
+                match decode_string(raw) {
+                    Some(s) => context = Some(s),
+                    None => sink.push(pointer("", CONTEXT), DETAIL_STRING),
+                }
+            }
+            (_, MemberValue::Events(events)) => {
+                if events_value.is_some() {
+                    sink.push(pointer("", VALUE), DETAIL_DUPLICATE);
+                } else {
+                    events_value = Some(events);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let multi_valued = events_value.is_some();
+    let events = match events_value {
+        Some(value) => multi_valued_events(body, text, value, opts, &mut sink),
+        None => single_valued_event(&top, opts, &mut sink),
+    };
+
+    if sink.list.is_empty() {
+        Ok(Payload {
+            context,
+            multi_valued,
+            events,
+        })
+    } else {
+        Err(PayloadError {
+            violations: sink.list,
+        })
+    }
+}
+
+/// Validates the events of a `value` array; each raw is a slice of `body`.
+fn multi_valued_events(
+    body: &Bytes,
+    text: &str,
+    value: &EventsValue<'_>,
+    opts: ParseOptions,
+    sink: &mut Violations,
+) -> Vec<ParsedEvent> {
+    let items = match value {
+        EventsValue::Array(items) => items,
+        EventsValue::NotArray => {
+            sink.push(pointer("", VALUE), DETAIL_NOT_ARRAY);
+            return Vec::new();
+        }
+    };
+    let mut events = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        if sink.is_full() {
+            break;
+        }
+        let prefix = || format!("/{VALUE}/{index}");
+        let raw_text = item.get();
+        if !raw_text.starts_with('{') {
+            sink.push(prefix(), DETAIL_NOT_OBJECT_EVENT);
+            continue;
+        }
+        let fields: EventFields<'_> = match serde_json::from_str(raw_text) {
+            Ok(fields) => fields,
+            Err(e) => {
+                // Unreachable in practice: the envelope already parsed this object.
+                sink.push(prefix(), format!("could not be read: {e}"));
+                continue;
+            }
+        };
+        let Some((sequence, resource_name, record_key)) =
+            check_fields(&fields, opts, &prefix, sink)
+        else {
+            continue;
+        };
+        // Once anything failed the payload is rejected: stop building events.
+        if sink.list.is_empty() {
+            events.push(ParsedEvent {
+                sequence,
+                resource_name,
+                record_key,
+                raw: slice_of(body, text, raw_text),
+            });
+        }
+    }
+    events
+}
+
+/// Validates a single-valued payload and rebuilds its event object without `@reso.context`.
+fn single_valued_event(
+    top: &TopLevel<'_>,
+    opts: ParseOptions,
+    sink: &mut Violations,
+) -> Vec<ParsedEvent> {
+    let mut fields = EventFields::default();
+    for member in &top.members {
+        if let MemberValue::Raw(raw) = member.value {
+            fields.record(&member.key, raw);
+        }
+    }
+    let prefix = String::new;
+    let Some((sequence, resource_name, record_key)) = check_fields(&fields, opts, &prefix, sink)
+    else {
+        return Vec::new();
+    };
+    if !sink.list.is_empty() {
+        return Vec::new();
+    }
+
+    let capacity = top
+        .members
+        .iter()
+        .map(|m| match m.value {
+            MemberValue::Raw(raw) => m.key.len() + raw.get().len() + 4,
+            MemberValue::Events(_) => 0,
+        })
+        .sum::<usize>()
+        + 2;
+    let mut out = Vec::with_capacity(capacity);
+    out.push(b'{');
+    let mut first = true;
+    for member in &top.members {
+        let MemberValue::Raw(raw) = member.value else {
+            continue;
+        };
+        if member.key == CONTEXT {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_string(&mut out, &member.key);
+        out.push(b':');
+        out.extend_from_slice(raw.get().as_bytes());
+    }
+    out.push(b'}');
+
+    vec![ParsedEvent {
+        sequence,
+        resource_name,
+        record_key,
+        raw: Bytes::from(out),
+    }]
+}
+
+/// Appends `s` as a JSON string literal, escaped by serde_json.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        // Serializing a `str` into a `Vec` cannot fail; keep a correct fallback anyway.
+        out.extend_from_slice(format!("{s:?}").as_bytes());
+    }
+}
+
+/// Zero-copy slice of `body` covering `part`, which must borrow from `text` (= `body` as str).
+fn slice_of(body: &Bytes, text: &str, part: &str) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if start <= text.len() && end <= text.len() && end <= body.len() => {
+            body.slice(start..end)
+        }
+        // Not borrowed from the body (cannot happen with borrowed RawValues): copy.
+        _ => Bytes::copy_from_slice(part.as_bytes()),
+    }
+}
+
+/// Checks the three required fields; returns them when all are valid.
+fn check_fields<F>(
+    fields: &EventFields<'_>,
+    opts: ParseOptions,
+    prefix: &F,
+    sink: &mut Violations,
+) -> Option<(i64, String, String)>
+where
+    F: Fn() -> String,
+{
+    let sequence = match fields.sequence.get() {
+        Ok(raw) => check_sequence(raw),
+        Err(detail) => Err(Cow::Borrowed(detail)),
+    };
+    let name = match fields.resource_name.get() {
+        Ok(raw) => check_resource_name(raw),
+        Err(detail) => Err(Cow::Borrowed(detail)),
+    };
+    let key = match fields.record_key.get() {
+        Ok(raw) => check_record_key(raw, opts),
+        Err(detail) => Err(Cow::Borrowed(detail)),
+    };
+    let mut report = |field: &str, detail: Cow<'static, str>| {
+        sink.push(pointer(&prefix(), field), detail);
+    };
+    let sequence = sequence.map_err(|d| report(SEQUENCE, d)).ok();
+    let name = name.map_err(|d| report(RESOURCE_NAME, d)).ok();
+    let key = key.map_err(|d| report(RECORD_KEY, d)).ok();
+    Some((sequence?, name?, key?))
+}
+
+fn check_sequence(raw: &RawValue) -> Result<i64, Cow<'static, str>> {
+    let text = raw.get();
+    let bytes = text.as_bytes();
+    let is_number = matches!(bytes.first(), Some(b'-' | b'0'..=b'9'));
+    let is_integer = is_number && !bytes.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
+    match text.parse::<i64>() {
+        Ok(n) if is_integer && n > 0 => Ok(n),
+        _ => Err(Cow::Borrowed(DETAIL_SEQUENCE)),
+    }
+}
+
+fn check_resource_name(raw: &RawValue) -> Result<String, Cow<'static, str>> {
+    let name = decode_string(raw).ok_or(Cow::Borrowed(DETAIL_STRING))?;
+    if name.trim().is_empty() {
+        return Err(Cow::Borrowed(DETAIL_BLANK));
+    }
+    check_length(name)
+}
+
+fn check_record_key(raw: &RawValue, opts: ParseOptions) -> Result<String, Cow<'static, str>> {
+    let text = raw.get();
+    let key = match text.as_bytes().first() {
+        Some(b'"') => decode_string(raw).ok_or(Cow::Borrowed(DETAIL_STRING))?,
+        Some(b'-' | b'0'..=b'9') if opts.coerce_numeric_record_key => text.to_owned(),
+        Some(b'-' | b'0'..=b'9') => return Err(Cow::Borrowed(DETAIL_NUMERIC_KEY)),
+        _ => return Err(Cow::Borrowed(DETAIL_STRING)),
+    };
+    if key.is_empty() {
+        return Err(Cow::Borrowed(DETAIL_EMPTY));
+    }
+    check_length(key)
+}
+
+fn check_length(s: String) -> Result<String, Cow<'static, str>> {
+    // Fewer bytes than the limit means fewer characters too; count only when it matters.
+    if s.len() > MAX_FIELD_CHARS && s.chars().count() > MAX_FIELD_CHARS {
+        Err(Cow::Borrowed(DETAIL_TOO_LONG))
+    } else {
+        Ok(s)
+    }
+}
+
+/// Decodes a raw JSON string; `None` when the value is not a string.
+fn decode_string(raw: &RawValue) -> Option<String> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    // A valid JSON string token without backslashes is its own content, verbatim.
+    if !text.contains('\\') && text.len() >= 2 && text.ends_with('"') {
+        return text.get(1..text.len() - 1).map(str::to_owned);
+    }
+    serde_json::from_str::<String>(text).ok()
+}
+
+/// Builds `prefix/segment` with the segment escaped per RFC 6901.
+fn pointer(prefix: &str, segment: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + segment.len() + 1);
+    out.push_str(prefix);
+    out.push('/');
+    out.push_str(&escape_segment(segment));
+    out
+}
+
+/// RFC 6901 escaping of one reference token: `~` → `~0`, `/` → `~1`.
+fn escape_segment(segment: &str) -> Cow<'_, str> {
+    if segment.contains(['~', '/']) {
+        Cow::Owned(segment.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(segment)
+    }
+}
+
+fn root_error(detail: String) -> PayloadError {
+    PayloadError {
+        violations: vec![Violation {
+            pointer: String::new(),
+            detail,
+        }],
+    }
+}
+
+/// Collected violations, capped at [`MAX_VIOLATIONS`].
+#[derive(Default)]
+struct Violations {
+    list: Vec<Violation>,
+}
+
+impl Violations {
+    fn push(&mut self, pointer: String, detail: impl Into<Cow<'static, str>>) {
+        if !self.is_full() {
+            self.list.push(Violation {
+                pointer,
+                detail: detail.into().into_owned(),
+            });
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.list.len() >= MAX_VIOLATIONS
+    }
+}
+
+mod visitors;
+use visitors::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! Borrowed deserialization of the envelope and of the three required event fields.
+//!
+//! Custom serde visitors keep top-level members in order with raw values and read only
+//! `EntityEventSequence`, `ResourceName` and `ResourceRecordKey` of each event, skipping the
+//! rest unparsed: this is what keeps ingress cheap for events with large inline `Data`.
+
+use super::*;
+
+/// The top-level object: its members in order, values kept raw (the `value` array split into
+/// raw items).
+pub(super) struct TopLevel<'a> {
+    pub(super) members: Vec<Member<'a>>,
+}
+
+pub(super) struct Member<'a> {
+    /// Decoded key (borrowed unless it had escapes).
+    pub(super) key: Cow<'a, str>,
+    pub(super) value: MemberValue<'a>,
+}
+
+pub(super) enum MemberValue<'a> {
+    Raw(&'a RawValue),
+    Events(EventsValue<'a>),
+}
+
+pub(super) enum EventsValue<'a> {
+    Array(Vec<&'a RawValue>),
+    NotArray,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = TopLevel<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value = if key == VALUE {
+                        MemberValue::Events(map.next_value_seed(EventsSeed)?)
+                    } else {
+                        MemberValue::Raw(map.next_value::<&'de RawValue>()?)
+                    };
+                    members.push(Member { key, value });
+                }
+                Ok(TopLevel { members })
+            }
+        }
+
+        deserializer.deserialize_map(TopVisitor)
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Reads the `value` member in one pass: an array becomes its raw items, anything else is
+/// skipped and reported as [`EventsValue::NotArray`] (a violation, not a parse error).
+struct EventsSeed;
+
+impl<'de> DeserializeSeed<'de> for EventsSeed {
+    type Value = EventsValue<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(EventsVisitor)
+    }
+}
+
+struct EventsVisitor;
+
+impl<'de> Visitor<'de> for EventsVisitor {
+    type Value = EventsValue<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            items.push(item);
+        }
+        Ok(EventsValue::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(EventsValue::NotArray)
+    }
+}
+
+/// State of one required field while reading an event.
+#[derive(Default, Clone, Copy)]
+pub(super) enum Slot<'a> {
+    #[default]
+    Missing,
+    One(&'a RawValue),
+    Duplicate,
+}
+
+impl<'a> Slot<'a> {
+    fn set(&mut self, raw: &'a RawValue) {
+        *self = match self {
+            Slot::Missing => Slot::One(raw),
+            Slot::One(_) | Slot::Duplicate => Slot::Duplicate,
+        };
+    }
+
+    pub(super) fn get(&self) -> Result<&'a RawValue, &'static str> {
+        match *self {
+            Slot::One(raw) => Ok(raw),
+            Slot::Missing => Err(DETAIL_REQUIRED),
+            Slot::Duplicate => Err(DETAIL_DUPLICATE),
+        }
+    }
+}
+
+/// The three required fields of one event, raw; every other field is skipped.
+#[derive(Default)]
+pub(super) struct EventFields<'a> {
+    pub(super) sequence: Slot<'a>,
+    pub(super) resource_name: Slot<'a>,
+    pub(super) record_key: Slot<'a>,
+}
+
+impl<'a> EventFields<'a> {
+    pub(super) fn record(&mut self, key: &str, raw: &'a RawValue) {
+        match key {
+            SEQUENCE => self.sequence.set(raw),
+            RESOURCE_NAME => self.resource_name.set(raw),
+            RECORD_KEY => self.record_key.set(raw),
+            _ => {}
+        }
+    }
+}
+
+/// Which member of an event object is being read.
+enum FieldId {
+    Sequence,
+    ResourceName,
+    RecordKey,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for FieldId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+
+        impl Visitor<'_> for FieldVisitor {
+            type Value = FieldId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(match v {
+                    SEQUENCE => FieldId::Sequence,
+                    RESOURCE_NAME => FieldId::ResourceName,
+                    RECORD_KEY => FieldId::RecordKey,
+                    _ => FieldId::Other,
+                })
+            }
+        }
+
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = EventFields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an EntityEvent object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = EventFields::default();
+                while let Some(id) = map.next_key::<FieldId>()? {
+                    match id {
+                        FieldId::Sequence => fields.sequence.set(map.next_value()?),
+                        FieldId::ResourceName => fields.resource_name.set(map.next_value()?),
+                        FieldId::RecordKey => fields.record_key.set(map.next_value()?),
+                        FieldId::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(fields)
+            }
+        }
+
+        deserializer.deserialize_map(EventVisitor)
+    }
+}
