@@ -351,3 +351,56 @@ async fn admin_endpoints() {
         .unwrap();
     assert_eq!(not_here.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_finishes_in_flight_push_then_stops_accepting() {
+    require_kafka();
+    let prefix = unique("it-drain");
+    let bridge = TestBridge::start("", &TestBridge::kafka_sink(&prefix, "")).await;
+    let body = r#"{"value":[{"EntityEventSequence":5,"ResourceName":"Property","ResourceRecordKey":"D1"}]}"#;
+    let addr = bridge
+        .webhook
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/it HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let series = "entity_bridge_requests_in_flight{connector=\"it\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&bridge.metrics().await, series) != Some(1.0) {
+        assert!(Instant::now() < deadline, "request never became in-flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let webhook = bridge.webhook.clone();
+    let stopping = tokio::spawn(bridge.stop());
+    // New connections are refused once the listener has stopped accepting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::Client::new().post(&webhook).send().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener kept accepting during shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The push already in flight still gets its real answer.
+    slow.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("{\"accepted\":1}"), "{answer}");
+    assert!(stopping.await.unwrap(), "clean shutdown");
+    let topic = format!("{prefix}.Property");
+    let got = tokio::task::spawn_blocking(move || consume_n(&[&topic], 1))
+        .await
+        .unwrap();
+    assert_eq!(got[0].key().unwrap(), b"D1");
+}
