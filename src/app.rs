@@ -1,7 +1,8 @@
 //! Builds the running bridge from a [`Config`] and shuts it down cleanly.
 //!
 //! Start-up resolves secrets and builds every sink and source before binding a port, so a bad
-//! config fails fast. Push sources (webhooks) become routes; pull sources get a [`Pump`] task.
+//! config fails fast. Push sources (webhooks) become routes; pull sources get a [`Pump`] task,
+//! except the Kafka source, which runs its own driver (one ordered lane per partition).
 //! Shutdown is ordered: `/readyz` turns 503, pumps stop taking batches and settle the one in
 //! flight, the webhook listener stops accepting and finishes in-flight pushes (all bounded by
 //! `shutdown_timeout_ms`), then every sink is flushed with the time left, and only then does
@@ -49,6 +50,33 @@ pub enum AppError {
         /// Why.
         source: crate::kafka::KafkaBuildError,
     },
+    /// A connector's AMQP sink or source could not be built (URL unreadable or invalid).
+    #[error("connector `{connector}`: {source}")]
+    Amqp {
+        /// The connector.
+        connector: String,
+        /// Why.
+        source: crate::amqp::AmqpBuildError,
+    },
+    /// A connector's Kafka source could not be built (consumer options, dead letter).
+    #[error("connector `{connector}`: source: {source}")]
+    KafkaSource {
+        /// The connector.
+        connector: String,
+        /// Why.
+        source: crate::kafka::KafkaSourceBuildError,
+    },
+    /// A connector's webhook sink could not be built (secret, HTTP client, dead letter).
+    #[error("connector `{connector}`: sink: {source}")]
+    Push {
+        /// The connector.
+        connector: String,
+        /// Why.
+        source: crate::push::PushBuildError,
+    },
+    /// The embedded log, its replay resource or a generated token could not be set up.
+    #[error("{0}")]
+    Embedded(#[source] crate::embedded::EmbeddedError),
 }
 
 /// A pull-based connector waiting for its pump: name, source, sink, backoff.
@@ -62,6 +90,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The process metrics.
     pub metrics: Metrics,
+    /// Lines for the operator's terminal (stdout), e.g. how to use a generated webhook token.
+    pub notices: Vec<String>,
     shutdown: CancellationToken,
     admin_stop: CancellationToken,
     webhook_task: JoinHandle<std::io::Result<()>>,
@@ -77,8 +107,18 @@ async fn build_sink(
     name: &str,
     config: &SinkConfig,
     metrics: &Metrics,
+    stop: &CancellationToken,
 ) -> Result<Arc<dyn Sink>, AppError> {
     match config {
+        SinkConfig::Webhook(p) => {
+            let sink = p
+                .build(name, metrics.clone(), stop.clone())
+                .map_err(|source| AppError::Push {
+                    connector: name.to_owned(),
+                    source,
+                })?;
+            Ok(Arc::new(sink))
+        }
         SinkConfig::Kafka(k) => {
             let sink = k
                 .build(name, metrics.clone())
@@ -88,6 +128,20 @@ async fn build_sink(
                 })?;
             Ok(Arc::new(sink))
         }
+        SinkConfig::Amqp(a) => {
+            let sink = a
+                .build(name, metrics.clone())
+                .map_err(|source| AppError::Amqp {
+                    connector: name.to_owned(),
+                    source,
+                })?;
+            Ok(Arc::new(sink))
+        }
+        SinkConfig::Embedded(e) => Ok(Arc::new(
+            e.build(name, metrics.clone())
+                .await
+                .map_err(AppError::Embedded)?,
+        )),
     }
 }
 
@@ -99,15 +153,42 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 
 /// Builds every connector and starts both listeners.
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    // Resolves embedded log files under `data_dir` and generates missing webhook tokens.
+    let (config, token_notices) = crate::embedded::prepare(config).map_err(AppError::Embedded)?;
     let metrics = Metrics::new();
     let mut sinks = Vec::new();
     let mut routes = Vec::new();
-    #[allow(unused_mut)] // filled by the pull-source arms as they are added
     let mut pull_sources: Vec<PullConnector> = Vec::new();
+    let mut kafka_sources: Vec<(String, crate::kafka::KafkaSource)> = Vec::new();
+    // Cancelled first at shutdown: pumps stop taking batches, sinks stop waiting to retry.
+    let pump_stop = CancellationToken::new();
     for (name, connector) in &config.connectors {
-        let sink = build_sink(name, &connector.sink, &metrics).await?;
+        let sink = build_sink(name, &connector.sink, &metrics, &pump_stop).await?;
         // New source types add one arm here: push sources add a route, pull sources a pump.
         match &connector.source {
+            SourceConfig::Kafka(k) => {
+                // Validation guarantees a dead letter: the source's own or the webhook sink's.
+                let dead_letter = match (&k.dead_letter, &connector.sink) {
+                    (Some(own), _) => own,
+                    (None, SinkConfig::Webhook(p)) => &p.dead_letter,
+                    (None, _) => unreachable!("validated: source.dead_letter is required"),
+                };
+                let source = k
+                    .build(
+                        name,
+                        sink.clone(),
+                        dead_letter,
+                        connector.retry.clone(),
+                        metrics.clone(),
+                        Duration::from_millis(config.shutdown_timeout_ms),
+                    )
+                    .map_err(|source| AppError::KafkaSource {
+                        connector: name.clone(),
+                        source,
+                    })?;
+                tracing::info!(connector = %name, topics = ?k.topics, group = %k.group(name), "kafka source connector ready");
+                kafka_sources.push((name.clone(), source));
+            }
             SourceConfig::Webhook(w) => {
                 let webhook = WebhookConnector::build(name, w, sink.clone(), metrics.clone())
                     .map_err(|source| AppError::Secret {
@@ -118,9 +199,39 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 tracing::info!(connector = %name, %path, "webhook connector ready");
                 routes.push((path, Arc::new(webhook)));
             }
+            SourceConfig::Amqp(a) => {
+                let source = a
+                    .build(name, metrics.clone())
+                    .map_err(|source| AppError::Amqp {
+                        connector: name.clone(),
+                        source,
+                    })?;
+                tracing::info!(connector = %name, queues = a.queues.len(), "AMQP source connector ready");
+                pull_sources.push((
+                    name.clone(),
+                    Box::new(source),
+                    sink.clone(),
+                    connector.retry.clone(),
+                ));
+            }
+            SourceConfig::Embedded(e) => {
+                let source = e
+                    .build(name, metrics.clone())
+                    .await
+                    .map_err(AppError::Embedded)?;
+                pull_sources.push((
+                    name.clone(),
+                    Box::new(source),
+                    sink.clone(),
+                    connector.retry.clone(),
+                ));
+            }
         }
         sinks.push((name.clone(), sink));
     }
+    let replay = crate::embedded::replay_router(&config, &metrics)
+        .await
+        .map_err(AppError::Embedded)?;
 
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -129,7 +240,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let webhook_addr = webhook_listener.local_addr().expect("bound address");
     let admin_addr = admin_listener.local_addr().expect("bound address");
 
-    let webhook_app = webhook_router(routes);
+    let webhook_app = webhook_router(routes, replay);
     let stop = shutdown.clone();
     let webhook_task = tokio::spawn(async move {
         axum::serve(webhook_listener, webhook_app)
@@ -148,8 +259,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     });
-    let pump_stop = CancellationToken::new();
-    let pumps = pull_sources
+    let mut pumps: Vec<_> = pull_sources
         .into_iter()
         .map(|(name, source, sink, retry)| {
             let pump = Pump {
@@ -162,11 +272,17 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             (name, tokio::spawn(pump.run(pump_stop.clone())))
         })
         .collect();
+    pumps.extend(
+        kafka_sources
+            .into_iter()
+            .map(|(name, source)| (name, tokio::spawn(source.run(pump_stop.clone())))),
+    );
     tracing::info!(%webhook_addr, %admin_addr, connectors = sinks.len(), "entity-bridge started");
     Ok(Running {
         webhook_addr,
         admin_addr,
         metrics,
+        notices: token_notices.iter().map(|n| n.line(webhook_addr)).collect(),
         shutdown,
         admin_stop,
         webhook_task,

@@ -117,6 +117,32 @@ pub trait Sink: Send + Sync {
     async fn ready(&self) -> Result<(), SinkError>;
     /// Delivers or waits for everything queued, up to `timeout`; called once at shutdown.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
+    /// How this sink likes its batches; sources that assemble batches themselves (the Kafka
+    /// source) size and time theirs by it. Sinks without a preference keep the default.
+    fn batch_hint(&self) -> BatchHint {
+        BatchHint::default()
+    }
+}
+
+/// A sink's preferred batch shape (see [`Sink::batch_hint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHint {
+    /// Most events in one batch.
+    pub max_events: usize,
+    /// Most payload bytes (sum of raw events) in one batch.
+    pub max_bytes: usize,
+    /// How long a source may wait for more events before handing over a partial batch.
+    pub linger: Duration,
+}
+
+impl Default for BatchHint {
+    fn default() -> Self {
+        BatchHint {
+            max_events: 500,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(5),
+        }
+    }
 }
 
 /// Opaque settlement handle of one message, meaningful only to the source that issued it

@@ -11,17 +11,25 @@
 //! - [`config`]: layered configuration (defaults < `bridge.toml` < `connectors/*.toml` < env).
 //! - [`secret`]: secrets by reference (`env` / `file`), masked everywhere.
 //! - [`http`]: the webhook listener and the admin listener (`/metrics`, `/healthz`, `/readyz`).
-//! - [`kafka`]: the Kafka sink (rdkafka).
+//! - [`kafka`]: the Kafka sink and the Kafka source (rdkafka; one ordered lane per partition).
+//! - [`push`]: the webhook (push) sink: RESO batches POSTed to a consumer, auth, rate limits,
+//!   Retry-After, retries and dead letters (egress).
+//! - [`amqp`]: the RabbitMQ sink and source (lapin), with publisher confirms and reconnects.
+//! - [`embedded`]: the embedded durable event log (SQLite): sink, cursor source, retention,
+//!   the `GET /EntityEvent` replay resource, generated webhook tokens.
 //! - [`pump`]: the loop that moves batches from a pull source to a sink and settles them.
 //! - [`metrics`]: every Prometheus metric of the process, in one registry.
 //! - [`app`]: builds the running bridge from a config and shuts it down cleanly.
 
+pub mod amqp;
 pub mod app;
 pub mod config;
 pub mod connector;
+pub mod embedded;
 pub mod event;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod pump;
+pub mod push;
 pub mod secret;

@@ -83,6 +83,13 @@ fn main() -> ExitCode {
 fn init_tracing(config: &Config) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // lapin logs each returned (unroutable) message at WARN with its body: payloads never go to
+    // logs, and the AMQP sink reports returns itself.
+    let filter = filter.add_directive(
+        "lapin::returned_messages=error"
+            .parse()
+            .expect("valid directive"),
+    );
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log.format {
         LogFormat::Text => builder.init(),
@@ -100,6 +107,9 @@ async fn run(config: Config) -> anyhow::Result<bool> {
     let running = entity_bridge::app::start(config)
         .await
         .context("cannot start")?;
+    for line in &running.notices {
+        println!("{line}");
+    }
     let stop = running.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

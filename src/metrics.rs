@@ -34,7 +34,43 @@ struct Inner {
     publish_duration: HistogramVec,
     sink_ready: IntGaugeVec,
     pump_events: IntCounterVec,
+    push: PushMetrics,
+    amqp: AmqpMetrics,
+    embedded: EmbeddedMetrics,
 }
+
+/// The embedded log: its size, retention, cursors and the replay resource.
+struct EmbeddedMetrics {
+    log_events: IntGaugeVec,
+    log_bytes: IntGaugeVec,
+    retention_deleted: IntCounterVec,
+    cursor_lag: IntGaugeVec,
+    replay_requests: IntCounterVec,
+    replay_events: IntCounterVec,
+}
+
+/// RabbitMQ connections, returned (unroutable) and redelivered messages.
+struct AmqpMetrics {
+    connections: IntCounterVec,
+    returned: IntCounterVec,
+    redelivered: IntCounterVec,
+}
+
+/// Egress: the webhook (push) sink and the Kafka source feeding it.
+struct PushMetrics {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    events_delivered: IntCounterVec,
+    retries: IntCounterVec,
+    throttled: IntCounterVec,
+    retry_after: HistogramVec,
+    dead_lettered: IntCounterVec,
+    batch_events: HistogramVec,
+    consumer_lag: IntGaugeVec,
+}
+
+const RETRY_AFTER_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const BATCH_EVENTS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -72,7 +108,116 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
+        let buckets_histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let push = PushMetrics {
+            requests: counter(
+                "entity_bridge_push_requests_total",
+                "Webhook sink POSTs by connector and status class (2xx, 3xx, 4xx, 5xx, error = no HTTP answer).",
+                &["connector", "status"],
+            ),
+            request_duration: histogram(
+                "entity_bridge_push_request_duration_seconds",
+                "Webhook sink POST latency until the consumer's answer, by connector and status class.",
+                &["connector", "status"],
+            ),
+            events_delivered: counter(
+                "entity_bridge_push_events_delivered_total",
+                "EntityEvents a consumer endpoint answered 2xx for, by connector and ResourceName.",
+                &["connector", "resource"],
+            ),
+            retries: counter(
+                "entity_bridge_push_retries_total",
+                "Webhook sink batch retries, by connector and cause (throttled, status_5xx, timeout, connect, auth, ...).",
+                &["connector", "outcome"],
+            ),
+            throttled: counter(
+                "entity_bridge_push_throttled_total",
+                "429 / 503 answers carrying Retry-After that paused a connector's endpoint, by status.",
+                &["connector", "status"],
+            ),
+            retry_after: buckets_histogram(
+                "entity_bridge_push_retry_after_seconds",
+                "Pauses requested by consumers with Retry-After (after the configured cap), in seconds.",
+                &["connector"],
+                RETRY_AFTER_BUCKETS,
+            ),
+            dead_lettered: counter(
+                "entity_bridge_dead_lettered_events_total",
+                "Events written to the dead-letter destination, by connector and reason (rejected, retries_exhausted, too_large, unparseable).",
+                &["connector", "outcome"],
+            ),
+            batch_events: buckets_histogram(
+                "entity_bridge_push_batch_events",
+                "Events per webhook sink POST.",
+                &["connector"],
+                BATCH_EVENTS_BUCKETS,
+            ),
+            consumer_lag: gauge(
+                "entity_bridge_consumer_lag",
+                "Messages behind the high watermark summed over the partitions a Kafka source owns (committed offsets; from librdkafka statistics).",
+                &["connector"],
+            ),
+        };
+        let amqp = AmqpMetrics {
+            connections: counter(
+                "entity_bridge_amqp_connections_total",
+                "RabbitMQ connection events of AMQP sinks and sources, by connector and outcome (opened, failed, lost).",
+                &["connector", "outcome"],
+            ),
+            returned: counter(
+                "entity_bridge_amqp_returned_total",
+                "Messages RabbitMQ returned as unroutable (mandatory publish, no bound queue), by connector and ResourceName.",
+                &["connector", "resource"],
+            ),
+            redelivered: counter(
+                "entity_bridge_amqp_redelivered_total",
+                "Deliveries an AMQP source received with the redelivered flag set, by connector.",
+                &["connector"],
+            ),
+        };
+        let embedded = EmbeddedMetrics {
+            log_events: gauge(
+                "entity_bridge_embedded_log_events",
+                "Events stored in the embedded log a connector's sink appends to.",
+                &["connector"],
+            ),
+            log_bytes: gauge(
+                "entity_bridge_embedded_log_bytes",
+                "Event payload bytes stored in the embedded log a connector's sink appends to.",
+                &["connector"],
+            ),
+            retention_deleted: counter(
+                "entity_bridge_embedded_retention_deleted_total",
+                "Events deleted from an embedded log by retention (age or size), by connector.",
+                &["connector"],
+            ),
+            cursor_lag: gauge(
+                "entity_bridge_embedded_cursor_lag_events",
+                "Events appended to an embedded log after the position of a source connector's cursor.",
+                &["connector"],
+            ),
+            replay_requests: counter(
+                "entity_bridge_replay_requests_total",
+                "Requests to the EntityEvent replay resource, by the connector owning the log and HTTP status code.",
+                &["connector", "status"],
+            ),
+            replay_events: counter(
+                "entity_bridge_replay_events_total",
+                "Events served by the EntityEvent replay resource, by the connector owning the log.",
+                &["connector"],
+            ),
+        };
         let inner = Inner {
+            push,
+            amqp,
+            embedded,
             http_requests: counter(
                 "entity_bridge_http_requests_total",
                 "Webhook requests answered, by connector and HTTP status code.",
@@ -223,12 +368,154 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts one webhook sink POST by status class and observes its latency.
+    pub fn push_request(&self, connector: &str, status_class: &str, seconds: f64) {
+        let p = &self.0.push;
+        p.requests
+            .with_label_values(&[connector, status_class])
+            .inc();
+        p.request_duration
+            .with_label_values(&[connector, status_class])
+            .observe(seconds);
+    }
+
+    /// Observes the size of one webhook sink POST.
+    pub fn push_batch_events(&self, connector: &str, events: usize) {
+        self.0
+            .push
+            .batch_events
+            .with_label_values(&[connector])
+            .observe(events as f64);
+    }
+
+    /// Counts events a consumer endpoint accepted.
+    pub fn push_events_delivered(&self, connector: &str, resource: &str, n: u64) {
+        let resource = self.resource_label(resource);
+        self.0
+            .push
+            .events_delivered
+            .with_label_values(&[connector, resource])
+            .inc_by(n);
+    }
+
+    /// Counts one retry of a webhook sink batch (`cause`: why it is retried).
+    pub fn push_retry(&self, connector: &str, cause: &str) {
+        self.0
+            .push
+            .retries
+            .with_label_values(&[connector, cause])
+            .inc();
+    }
+
+    /// Counts a 429 / 503 with Retry-After and observes the pause it caused.
+    pub fn push_throttled(&self, connector: &str, status: u16, pause_seconds: f64) {
+        let p = &self.0.push;
+        p.throttled
+            .with_label_values(&[connector, &status.to_string()])
+            .inc();
+        p.retry_after
+            .with_label_values(&[connector])
+            .observe(pause_seconds);
+    }
+
+    /// Counts events written to the dead-letter destination.
+    pub fn dead_lettered(&self, connector: &str, reason: &str, n: u64) {
+        self.0
+            .push
+            .dead_lettered
+            .with_label_values(&[connector, reason])
+            .inc_by(n);
+    }
+
+    /// Sets the consumer lag of a Kafka source.
+    pub fn consumer_lag(&self, connector: &str, lag: i64) {
+        self.0
+            .push
+            .consumer_lag
+            .with_label_values(&[connector])
+            .set(lag);
+    }
+
+    /// Counts a RabbitMQ connection event (`outcome`: `opened`, `failed`, `lost`).
+    pub fn amqp_connection(&self, connector: &str, outcome: &str) {
+        self.0
+            .amqp
+            .connections
+            .with_label_values(&[connector, outcome])
+            .inc();
+    }
+
+    /// Counts messages RabbitMQ returned as unroutable.
+    pub fn amqp_returned(&self, connector: &str, resource: &str, n: u64) {
+        let resource = self.resource_label(resource);
+        self.0
+            .amqp
+            .returned
+            .with_label_values(&[connector, resource])
+            .inc_by(n);
+    }
+
+    /// Counts deliveries that arrived with the redelivered flag.
+    pub fn amqp_redelivered(&self, connector: &str, n: u64) {
+        self.0
+            .amqp
+            .redelivered
+            .with_label_values(&[connector])
+            .inc_by(n);
+    }
+
     /// Records the latest readiness probe of a connector's sink.
     pub fn sink_ready(&self, connector: &str, ready: bool) {
         self.0
             .sink_ready
             .with_label_values(&[connector])
             .set(i64::from(ready));
+    }
+}
+
+/// The embedded log and its replay resource.
+impl Metrics {
+    /// Sets the stored event count and payload bytes of the log `connector` appends to.
+    pub fn embedded_log_size(&self, connector: &str, events: i64, bytes: i64) {
+        let m = &self.0.embedded;
+        m.log_events.with_label_values(&[connector]).set(events);
+        m.log_bytes.with_label_values(&[connector]).set(bytes);
+    }
+
+    /// Counts events deleted by retention.
+    pub fn embedded_retention_deleted(&self, connector: &str, n: u64) {
+        self.0
+            .embedded
+            .retention_deleted
+            .with_label_values(&[connector])
+            .inc_by(n);
+    }
+
+    /// Sets how many events a source connector's cursor is behind the log's end.
+    pub fn embedded_cursor_lag(&self, connector: &str, events: i64) {
+        self.0
+            .embedded
+            .cursor_lag
+            .with_label_values(&[connector])
+            .set(events);
+    }
+
+    /// Counts one answered replay request.
+    pub fn replay_request(&self, connector: &str, status: u16) {
+        self.0
+            .embedded
+            .replay_requests
+            .with_label_values(&[connector, &status.to_string()])
+            .inc();
+    }
+
+    /// Counts events served by the replay resource.
+    pub fn replay_events(&self, connector: &str, n: u64) {
+        self.0
+            .embedded
+            .replay_events
+            .with_label_values(&[connector])
+            .inc_by(n);
     }
 }
 

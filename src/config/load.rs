@@ -19,7 +19,14 @@ use super::{Config, ConfigError};
 
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "ENTITY_BRIDGE_";
-const TOP_LEVEL_KEYS: &[&str] = &["http", "admin", "log", "shutdown_timeout_ms", "connectors"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "http",
+    "admin",
+    "log",
+    "shutdown_timeout_ms",
+    "data_dir",
+    "connectors",
+];
 
 /// The files a configuration was assembled from.
 #[derive(Debug, Clone, Default)]

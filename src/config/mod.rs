@@ -14,9 +14,13 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigSources};
 
+use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
+use crate::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
 use crate::http::WebhookSourceConfig;
 use crate::kafka::KafkaSinkConfig;
+use crate::kafka::KafkaSourceConfig;
 use crate::pump::RetryConfig;
+use crate::push::PushSinkConfig;
 
 /// The whole bridge: listeners, logging and the connectors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +38,10 @@ pub struct Config {
     /// Upper bound for a graceful shutdown: finishing in-flight requests and flushing sinks.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Directory for local state: embedded logs (relative `file`s are under it) and generated
+    /// webhook tokens. A relative path is relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
     /// The connectors by name; each `connectors/<name>.toml` file fills one entry.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
@@ -46,9 +54,14 @@ impl Default for Config {
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            data_dir: default_data_dir(),
             connectors: BTreeMap::new(),
         }
     }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
 }
 
 fn default_shutdown_timeout_ms() -> u64 {
@@ -161,6 +174,12 @@ pub struct ConnectorConfig {
 pub enum SourceConfig {
     /// RESO webhook pushes received over HTTP.
     Webhook(WebhookSourceConfig),
+    /// RabbitMQ queues, consumed with manual acknowledgements.
+    Amqp(AmqpSourceConfig),
+    /// The embedded log, read from a named cursor.
+    Embedded(EmbeddedSourceConfig),
+    /// Kafka topics, consumed in a consumer group (egress).
+    Kafka(KafkaSourceConfig),
 }
 
 /// A connector's sink, chosen by `type`.
@@ -169,6 +188,12 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// Apache Kafka (or any Kafka-protocol broker).
     Kafka(KafkaSinkConfig),
+    /// RabbitMQ (AMQP 0-9-1) exchange, with publisher confirms.
+    Amqp(AmqpSinkConfig),
+    /// The embedded durable log (SQLite under `data_dir`).
+    Embedded(EmbeddedSinkConfig),
+    /// A remote consumer's RESO webhook endpoint (egress: POSTs, OAuth2, rate limits).
+    Webhook(Box<PushSinkConfig>),
 }
 
 /// A configuration error, naming the file and key where it can be fixed.
@@ -219,6 +244,14 @@ impl Config {
         for connector in copy.connectors.values_mut() {
             match &mut connector.sink {
                 SinkConfig::Kafka(k) => *k = k.masked(),
+                // The AMQP URL is only ever a reference (url_env / url_file): nothing to mask.
+                SinkConfig::Amqp(_) => {}
+                // Replay tokens are references only.
+                SinkConfig::Embedded(_) => {}
+                SinkConfig::Webhook(p) => **p = p.masked(),
+            }
+            if let SourceConfig::Kafka(k) = &mut connector.source {
+                *k = k.masked();
             }
         }
         copy
@@ -252,14 +285,52 @@ impl Config {
                         ));
                     }
                 }
+                SourceConfig::Amqp(a) => {
+                    a.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                }
+                SourceConfig::Embedded(e) => {
+                    e.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                }
+                SourceConfig::Kafka(k) => {
+                    k.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                    let sink_has_one = matches!(connector.sink, SinkConfig::Webhook(_));
+                    if k.dead_letter.is_none() && !sink_has_one {
+                        return Err(invalid(
+                            "source.dead_letter",
+                            "is required unless the sink is a webhook sink (whose dead_letter is used)".into(),
+                        ));
+                    }
+                }
             }
             match &connector.sink {
                 SinkConfig::Kafka(k) => {
                     k.validate()
                         .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
                 }
+                SinkConfig::Amqp(a) => {
+                    a.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+                SinkConfig::Embedded(e) => {
+                    e.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+                SinkConfig::Webhook(p) => {
+                    p.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
             }
         }
+        crate::embedded::validate_logs(self).map_err(|(name, key, detail)| {
+            ConfigError::Invalid {
+                file: file_of(&name),
+                key,
+                detail,
+            }
+        })?;
         Ok(())
     }
 }

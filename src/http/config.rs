@@ -12,7 +12,8 @@ pub struct WebhookSourceConfig {
     #[serde(default)]
     pub path: Option<String>,
     /// Bearer tokens accepted from producers, by reference (`{ env = "…" }` or
-    /// `{ file = "…" }`). Several tokens allow rotation without downtime.
+    /// `{ file = "…" }`). Several tokens allow rotation without downtime. When empty, a random
+    /// token is generated on first start and kept in `<data_dir>/tokens/<connector>.token`.
     #[serde(default)]
     pub tokens: Vec<SecretRef>,
     /// Largest accepted request body, after gzip decompression (413 above).
@@ -86,12 +87,8 @@ impl WebhookSourceConfig {
                 );
             }
         }
-        if self.tokens.is_empty() {
-            return err(
-                "tokens",
-                "at least one bearer token is required, e.g. tokens = [{ env = \"MLS_TOKEN\" }]",
-            );
-        }
+        // No tokens is allowed: the bridge then generates one under `data_dir` on first start
+        // (see `embedded::token`); there is never an open webhook.
         if self.max_body_bytes == 0 || self.max_body_bytes > u32::MAX as usize {
             return err("max_body_bytes", "must be between 1 and 4294967295");
         }

@@ -20,9 +20,10 @@ pub use webhook::WebhookConnector;
 
 use problem::Problem;
 
-/// The webhook router: `POST <path>` for every webhook connector, gzip bodies accepted.
-pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>) -> Router {
-    let mut router = Router::new();
+/// The webhook router: `POST <path>` for every webhook connector, gzip bodies accepted, plus
+/// `extra` routes served on the same listener (the embedded log's replay resource).
+pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>, extra: Router) -> Router {
+    let mut router = extra;
     for (path, connector) in routes {
         router = router.route(&path, post(webhook::handle).with_state(connector));
     }

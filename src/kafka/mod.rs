@@ -1,8 +1,16 @@
-//! Kafka as a bus (rdkafka): the sink that publishes EntityEvents, its config and topic routing.
+//! Kafka as a bus (rdkafka): the sink that publishes EntityEvents, its config and topic routing;
+//! the source that consumes them in a consumer group with one ordered lane per partition.
 
 mod config;
+mod lane;
+mod record;
 mod sink;
+mod source;
+mod source_config;
 pub mod topics;
 
 pub use config::{KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
+pub use record::{parse_record, PoisonRecord, RecordView};
 pub use sink::{KafkaBuildError, KafkaSink};
+pub use source::{KafkaSource, KafkaSourceBuildError, SourceContext};
+pub use source_config::{KafkaSourceConfig, OffsetReset, RESERVED_CONSUMER_KEYS};

@@ -31,6 +31,33 @@ pub fn require_kafka() {
     }
 }
 
+/// RabbitMQ for tests (`deploy/dev/test.sh` makes sure one runs there; guest/guest).
+pub fn amqp_url() -> String {
+    std::env::var("ENTITY_BRIDGE_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Panics with instructions when RabbitMQ does not accept an AMQP connection.
+pub async fn require_amqp() -> lapin::Connection {
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&amqp_url(), properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => panic!(
+            "no RabbitMQ at ENTITY_BRIDGE_TEST_AMQP / 127.0.0.1:5672 ({e}); run the tests with `bash deploy/dev/test.sh`"
+        ),
+        Err(_) => panic!(
+            "RabbitMQ at ENTITY_BRIDGE_TEST_AMQP / 127.0.0.1:5672 did not answer in 10 s; run the tests with `bash deploy/dev/test.sh`"
+        ),
+    }
+}
+
 /// A name no other test (or earlier run against the same broker) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -60,6 +87,20 @@ impl TestBridge {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let connector = format!(
+            "[source]\ntype = \"webhook\"\npath = \"/webhooks/it\"\ntokens = [{{ file = {:?} }}]\n{source_extra}\n\n[sink]\n{sink_toml}\n",
+            token_file.display().to_string()
+        );
+        Self::launch(dir, &connector).await
+    }
+
+    /// Starts a bridge with one connector `it` whose file is exactly `connector_toml` (any
+    /// source and sink, e.g. a pull source; `webhook` is then meaningless).
+    pub async fn start_connector(connector_toml: &str) -> TestBridge {
+        Self::launch(tempfile::tempdir().unwrap(), connector_toml).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, connector: &str) -> TestBridge {
         std::fs::write(
             dir.path().join("bridge.toml"),
             "shutdown_timeout_ms = 10000\n[http]\nlisten_addr = \"127.0.0.1:0\"\n\
@@ -67,10 +108,6 @@ impl TestBridge {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("connectors")).unwrap();
-        let connector = format!(
-            "[source]\ntype = \"webhook\"\npath = \"/webhooks/it\"\ntokens = [{{ file = {:?} }}]\n{source_extra}\n\n[sink]\n{sink_toml}\n",
-            token_file.display().to_string()
-        );
         std::fs::write(dir.path().join("connectors/it.toml"), connector).unwrap();
         let (config, _) = entity_bridge::config::load(&[PathBuf::from(dir.path())]).unwrap();
         let running = app::start(config).await.expect("bridge starts");

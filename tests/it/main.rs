@@ -1,5 +1,11 @@
 //! Integration tests against real brokers (one binary; run with `bash deploy/dev/test.sh`).
 
+mod amqp;
 mod cli;
 mod common;
+mod egress;
+mod egress_dead_letter;
+mod egress_process;
+mod embedded;
 mod kafka_ingress;
+mod receiver;

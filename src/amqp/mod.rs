@@ -1,0 +1,15 @@
+//! RabbitMQ as a bus (lapin): a sink that publishes EntityEvents with publisher confirms and a
+//! source that consumes queues with manual acknowledgements, both on a supervised connection
+//! that reconnects with backoff, plus the optional topology they declare on connect.
+
+mod config;
+mod connection;
+mod delivery;
+mod sink;
+mod source;
+pub mod topology;
+
+pub use config::{AmqpSinkConfig, AmqpSourceConfig, ExchangeType, OnUnroutable, DEFAULT_URL};
+pub use connection::AmqpBuildError;
+pub use sink::{message_id, AmqpSink};
+pub use source::AmqpSource;

@@ -1,0 +1,114 @@
+//! The raw RabbitMQ ceiling: lapin publishing the same messages with publisher confirms.
+//!
+//! Like the bridge's AMQP sink it uses one confirm-mode channel, persistent `mandatory`
+//! messages, and awaits every confirm of a batch together, with the same number of batches in
+//! flight as the HTTP producers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::join_all;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::gen::Event;
+use crate::stats::Figures;
+
+/// Opens a connection and a channel.
+pub async fn channel(url: &str) -> (Connection, Channel) {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = Connection::connect(url, properties)
+        .await
+        .expect("RabbitMQ reachable");
+    let channel = connection.create_channel().await.expect("channel");
+    (connection, channel)
+}
+
+/// Declares a durable topic exchange and a durable queue bound to it with `#`.
+pub async fn declare(channel: &Channel, exchange: &str, queue: &str) {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(exchange, ExchangeKind::Topic, durable, FieldTable::default())
+        .await
+        .expect("exchange");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue, durable, FieldTable::default())
+        .await
+        .expect("queue");
+    channel
+        .queue_bind(queue, exchange, "#", QueueBindOptions::default(), FieldTable::default())
+        .await
+        .expect("binding");
+}
+
+/// Deletes what [`declare`] made.
+pub async fn delete(channel: &Channel, exchange: &str, queue: &str) {
+    let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+    let _ = channel
+        .exchange_delete(exchange, ExchangeDeleteOptions::default())
+        .await;
+}
+
+/// Publishes `batches` with confirms, `concurrency` batches in flight on one channel.
+pub async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    batches: &Arc<Vec<Vec<Event>>>,
+    concurrency: usize,
+) -> Figures {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let next = Arc::new(AtomicUsize::new(0));
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (next, batches) = (next.clone(), batches.clone());
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(i) else { break };
+                let mut confirms = Vec::with_capacity(batch.len());
+                for e in batch {
+                    let properties = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into());
+                    let confirm = channel
+                        .basic_publish(exchange, e.resource, options, e.json.as_bytes(), properties)
+                        .await
+                        .expect("publish");
+                    confirms.push(confirm);
+                }
+                for c in join_all(confirms).await {
+                    assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
+                }
+            }
+        }
+    });
+    join_all(workers).await;
+    Figures {
+        events: batches.iter().map(|b| b.len() as u64).sum(),
+        bytes: batches.iter().flatten().map(|e| e.json.len() as u64).sum(),
+        elapsed: started.elapsed(),
+        latencies: Vec::new(),
+    }
+}

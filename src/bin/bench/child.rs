@@ -1,0 +1,108 @@
+//! Runs the bridge as a child process, so its memory is measured apart from the load generator.
+//!
+//! The bench binary re-executes itself as `bench __bridge <config-dir>`: that child starts the
+//! bridge from the library exactly as `entity-bridge run` does, prints one `READY` line with the
+//! bound addresses, and stops on SIGTERM or when its stdin closes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A bridge child process.
+pub struct BridgeChild {
+    child: Child,
+    pub webhook_addr: String,
+    pub admin_addr: String,
+}
+
+impl BridgeChild {
+    /// Starts the bridge on `config_dir` (bridge.toml + connectors/) and waits until it listens.
+    pub fn start(config_dir: &Path, opts: &crate::Opts) -> BridgeChild {
+        let exe = std::env::current_exe().expect("own path");
+        let mut child = Command::new(exe)
+            .arg("__bridge")
+            .arg(config_dir)
+            .env("BENCH_AMQP_URL", &opts.amqp)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn bridge child");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("READY line");
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            parts.len() == 3 && parts[0] == "READY",
+            "bridge child did not start: {line:?}"
+        );
+        BridgeChild {
+            webhook_addr: parts[1].to_owned(),
+            admin_addr: parts[2].to_owned(),
+            child,
+        }
+    }
+
+    /// Process id (for /proc sampling).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Current and peak resident set size in MiB.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        rss_of(self.child.id())
+    }
+
+    /// Stops the child gracefully (SIGTERM) and waits.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// (VmRSS, VmHWM) of a process in MiB, from /proc.
+pub fn rss_of(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The child side: run the bridge until SIGTERM or stdin closes.
+pub fn serve(config_dir: PathBuf) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = runtime.block_on(async move {
+        let (config, _) = entity_bridge::config::load(&[config_dir]).expect("bench config");
+        let running = entity_bridge::app::start(config).await.expect("bridge starts");
+        println!("READY {} {}", running.webhook_addr, running.admin_addr);
+        let stop = running.shutdown_token();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            let stdin_closed = tokio::task::spawn_blocking(|| {
+                let mut sink = String::new();
+                while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+            });
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = stdin_closed => {},
+            }
+            stop.cancel();
+        });
+        i32::from(!running.run_until_stopped().await)
+    });
+    std::process::exit(code)
+}

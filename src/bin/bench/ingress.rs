@@ -1,0 +1,178 @@
+//! Ingress scenarios: concurrent HTTP producers post RESO batches to the bridge (a child
+//! process), then the broker's own client writes the same messages as the ceiling.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use crate::child::BridgeChild;
+use crate::gen::{self, Event, GenConfig, Rng};
+use crate::stats::{Figures, Row};
+use crate::{amqp_ceiling, kafka_ceiling, Opts};
+
+const TOKEN: &str = "bench-token";
+
+/// The bus behind the bridge.
+#[derive(Clone, Copy, Debug)]
+pub enum Bus {
+    /// Kafka sink.
+    Kafka,
+    /// RabbitMQ (AMQP) sink.
+    Amqp,
+}
+
+/// Generates the scenario's batches (deterministic from the seed).
+pub fn batches(opts: &Opts) -> Vec<Vec<Event>> {
+    let config = GenConfig {
+        property_bytes: opts.property_bytes,
+        ..GenConfig::default()
+    };
+    let mut rng = Rng::new(opts.seed);
+    let mut all = Vec::new();
+    let mut seq = 1u64;
+    while seq <= opts.events {
+        let n = (opts.events - seq + 1).min(opts.batch as u64);
+        all.push((seq..seq + n).map(|s| gen::event(&mut rng, &config, s)).collect());
+        seq += n;
+    }
+    all
+}
+
+/// Writes a bridge config dir with one webhook connector `bench` and the given sink.
+pub fn write_config(dir: &Path, sink_toml: &str) {
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    std::fs::write(
+        dir.join("bridge.toml"),
+        "[http]\nlisten_addr = \"127.0.0.1:0\"\n[admin]\nlisten_addr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("connectors")).unwrap();
+    let connector = format!(
+        "[source]\ntype = \"webhook\"\npath = \"/webhooks/bench\"\ntokens = [{{ file = {:?} }}]\n\
+         max_body_bytes = 67108864\nmax_in_flight_bytes = 1073741824\n\n[sink]\n{sink_toml}\n",
+        dir.join("token").display().to_string()
+    );
+    std::fs::write(dir.join("connectors/bench.toml"), connector).unwrap();
+}
+
+/// Posts every body with `concurrency` producers; retries a body answered 429/503.
+pub async fn post_all(url: &str, bodies: &Arc<Vec<(String, u64, u64)>>, concurrency: usize) -> Figures {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (client, next, bodies, url) = (client.clone(), next.clone(), bodies.clone(), url.to_owned());
+        async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((body, _, _)) = bodies.get(i) else { break };
+                loop {
+                    let t = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .bearer_auth(TOKEN)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("bridge reachable");
+                    match response.status().as_u16() {
+                        200 => {
+                            latencies.push(t.elapsed());
+                            break;
+                        }
+                        429 | 503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        other => panic!("bridge answered {other}: {}", response.text().await.unwrap_or_default()),
+                    }
+                }
+            }
+            latencies
+        }
+    });
+    let latencies: Vec<Duration> = join_all(workers).await.into_iter().flatten().collect();
+    Figures {
+        events: bodies.iter().map(|b| b.1).sum(),
+        bytes: bodies.iter().map(|b| b.2).sum(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+/// Runs one ingress scenario.
+pub async fn run(bus: Bus, opts: &Opts) -> Row {
+    let batches = Arc::new(batches(opts));
+    let bodies: Arc<Vec<(String, u64, u64)>> = Arc::new(
+        batches
+            .iter()
+            .map(|b| (gen::payload(b), b.len() as u64, b.iter().map(|e| e.json.len() as u64).sum()))
+            .collect(),
+    );
+    let run_id = crate::run_id();
+    let dir = crate::ScratchDir::new(&run_id);
+    let prefix = format!("bench-{run_id}");
+    let sink = match bus {
+        Bus::Kafka => {
+            for resource in ["Property", "Media"] {
+                kafka_ceiling::create_topic(&opts.kafka, &format!("{prefix}.{resource}"), opts.partitions).await;
+            }
+            format!(
+                "type = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic_template = \"{prefix}.{{ResourceName}}\"\ncreate_topics = false\n",
+                opts.kafka
+            )
+        }
+        Bus::Amqp => {
+            let (_c, channel) = amqp_ceiling::channel(&opts.amqp).await;
+            amqp_ceiling::declare(&channel, &prefix, &prefix).await;
+            format!(
+                "type = \"amqp\"\nurl_env = \"BENCH_AMQP_URL\"\nexchange = \"{prefix}\"\ndeclare_exchange = false\n"
+            )
+        }
+    };
+    write_config(dir.path(), &sink);
+    let child = BridgeChild::start(dir.path(), opts);
+    let url = format!("http://{}/webhooks/bench", child.webhook_addr);
+    // Warm-up: connections, metadata, producer id.
+    post_all(&url, &Arc::new(vec![bodies[0].clone()]), 1).await;
+    let bridge = post_all(&url, &bodies, opts.concurrency).await;
+    let (_, peak_rss) = child.rss_mib();
+    child.stop();
+
+    let ceiling = match bus {
+        Bus::Kafka => {
+            let topic = format!("{prefix}.ceiling");
+            kafka_ceiling::create_topic(&opts.kafka, &topic, opts.partitions).await;
+            let producer = kafka_ceiling::producer(&opts.kafka);
+            kafka_ceiling::produce(&producer, &topic, &Arc::new(vec![batches[0].clone()]), 1).await;
+            kafka_ceiling::produce(&producer, &topic, &batches, opts.concurrency).await
+        }
+        Bus::Amqp => {
+            let (_c, channel) = amqp_ceiling::channel(&opts.amqp).await;
+            let ceiling = format!("{prefix}.ceiling");
+            amqp_ceiling::declare(&channel, &ceiling, &ceiling).await;
+            let warm = Arc::new(vec![batches[0].clone()]);
+            amqp_ceiling::publish(&channel, &ceiling, &warm, 1).await;
+            let figures = amqp_ceiling::publish(&channel, &ceiling, &batches, opts.concurrency).await;
+            amqp_ceiling::delete(&channel, &ceiling, &ceiling).await;
+            amqp_ceiling::delete(&channel, &prefix, &prefix).await;
+            figures
+        }
+    };
+    Row {
+        scenario: format!("ingress → {bus:?}").to_lowercase(),
+        bridge,
+        ceiling,
+        ceiling_name: match bus {
+            Bus::Kafka => "rdkafka producer acks=all",
+            Bus::Amqp => "lapin publisher confirms",
+        },
+        peak_rss_mib: peak_rss,
+        note: String::new(),
+    }
+}

@@ -1,0 +1,123 @@
+//! The raw Kafka ceilings: a plain rdkafka producer and consumer doing the bridge's work.
+//!
+//! The producer uses the bridge's own settings (`acks=all`, idempotence, `linger.ms=5`) and
+//! headers, and keeps the same number of batches in flight as the HTTP producers do, so the
+//! only difference left is the bridge itself.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message as _};
+
+use crate::gen::Event;
+use crate::stats::Figures;
+
+/// A producer configured like the bridge's Kafka sink.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer")
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces `batches` to `topic` with `concurrency` batches in flight, awaiting every report.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    batches: &Arc<Vec<Vec<Event>>>,
+    concurrency: usize,
+) -> Figures {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let next = next.clone();
+        let batches = batches.clone();
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(i) else { break };
+                let mut pending = Vec::with_capacity(batch.len());
+                for (n, e) in batch.iter().enumerate() {
+                    let seq = (i * 1000 + n).to_string();
+                    let headers = OwnedHeaders::new_with_capacity(3)
+                        .insert(Header { key: "EntityEventSequence", value: Some(seq.as_bytes()) })
+                        .insert(Header { key: "ResourceName", value: Some(e.resource) })
+                        .insert(Header { key: "content-type", value: Some("application/json") });
+                    let record = FutureRecord::to(topic)
+                        .key(e.key.as_bytes())
+                        .payload(e.json.as_bytes())
+                        .headers(headers);
+                    pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+                }
+                for r in join_all(pending).await {
+                    r.expect("delivery future").expect("delivered");
+                }
+            }
+        }
+    });
+    join_all(workers).await;
+    let events: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    let bytes = batches.iter().flatten().map(|e| e.json.len() as u64).sum();
+    Figures {
+        events,
+        bytes,
+        elapsed: started.elapsed(),
+        latencies: Vec::new(),
+    }
+}
+
+/// Reads `expected` records of `topic` from the beginning with a plain consumer.
+pub fn consume(bootstrap: &str, topic: &str, expected: u64) -> Figures {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-ceiling-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let (mut events, mut bytes) = (0u64, 0u64);
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while events < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            events += 1;
+            bytes += m.payload_len() as u64;
+        }
+    }
+    assert_eq!(events, expected, "ceiling consumer read everything");
+    Figures {
+        events,
+        bytes,
+        elapsed: started.map(|s| s.elapsed()).unwrap_or_default(),
+        latencies: Vec::new(),
+    }
+}

@@ -1,0 +1,141 @@
+//! `bench`: measures the bridge against the raw broker ceiling, in one run, with the same bytes.
+//!
+//! ```text
+//! cargo run --release --bin bench -- all
+//! cargo run --release --bin bench -- ingress-kafka --events 50000 --concurrency 8
+//! ```
+//!
+//! Each scenario starts what it needs on loopback (the bridge runs as a child process so its
+//! memory is its own), drives it, then measures the ceiling — a plain client of the same broker
+//! doing the same work with the same messages — and prints `ratio = bridge / ceiling`.
+//! Results and their interpretation live in `docs/benchmarks.md`.
+
+mod amqp_ceiling;
+mod child;
+mod gen;
+mod ingress;
+mod kafka_ceiling;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Benchmark scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N concurrent HTTP producers → webhook → Kafka; ceiling: rdkafka producer (acks=all).
+    IngressKafka,
+    /// N concurrent HTTP producers → webhook → RabbitMQ; ceiling: lapin with publisher confirms.
+    IngressAmqp,
+    /// Every scenario in turn.
+    All,
+}
+
+/// Options shared by every scenario.
+#[derive(Parser, Debug, Clone)]
+#[command(about = "entity-bridge benchmark: bridge vs raw broker ceiling")]
+pub struct Opts {
+    /// Which scenario to run (`__bridge` is internal: run the bridge child).
+    pub scenario: String,
+    /// Config dir for the internal `__bridge` child.
+    pub child_config: Option<PathBuf>,
+    /// Events per scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: u64,
+    /// Events per pushed batch.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent HTTP producers (and concurrent batches for the ceiling).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Size of a Property event's JSON in bytes.
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub property_bytes: usize,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Kafka-protocol broker.
+    #[arg(long, env = "ENTITY_BRIDGE_TEST_KAFKA", default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "ENTITY_BRIDGE_TEST_AMQP",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp: String,
+}
+
+/// A name unique to this run (topics, groups, scratch dirs).
+pub fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000_000)
+        .unwrap_or_default();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// A scratch directory under the system temp dir, removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(run_id: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("entity-bridge-bench-{run_id}"));
+        std::fs::create_dir_all(&path).expect("scratch dir");
+        ScratchDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() {
+    let opts = Opts::parse();
+    if opts.scenario == "__bridge" {
+        child::serve(opts.child_config.clone().expect("config dir"));
+    }
+    let scenario = Scenario::from_str(&opts.scenario, true).unwrap_or_else(|e| {
+        eprintln!("unknown scenario `{}`: {e}", opts.scenario);
+        std::process::exit(2)
+    });
+    let scenarios: Vec<Scenario> = match scenario {
+        Scenario::All => Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|s| *s != Scenario::All)
+            .collect(),
+        one => vec![one],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "bench: {} events, batches of {}, {} producers, Property events of {} bytes, seed {}",
+        opts.events, opts.batch, opts.concurrency, opts.property_bytes, opts.seed
+    );
+    let mut rows = Vec::new();
+    for s in scenarios {
+        eprintln!("running {s:?} …");
+        let row = runtime.block_on(async {
+            match s {
+                Scenario::IngressKafka => ingress::run(ingress::Bus::Kafka, &opts).await,
+                Scenario::IngressAmqp => ingress::run(ingress::Bus::Amqp, &opts).await,
+                Scenario::All => unreachable!(),
+            }
+        });
+        rows.push(row);
+    }
+    stats::print_table(&rows);
+}

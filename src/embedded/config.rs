@@ -1,0 +1,342 @@
+//! Configuration of the embedded log: the sink that appends to it (and owns its retention and
+//! replay resource) and the source that reads it with a named cursor.
+//!
+//! A log is identified by its file. Relative files live under the top-level `data_dir`; every
+//! connector naming the same file shares one log. Sinks sharing a log must agree on its settings
+//! ([`validate_logs`]), so there is exactly one retention policy and one replay route per log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::secret::SecretRef;
+
+/// Appends every event to a durable local log (SQLite, fsync on commit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSinkConfig {
+    /// The log file. A relative path is under `data_dir`. Connectors naming the same file share
+    /// one log.
+    #[serde(default = "default_file")]
+    pub file: PathBuf,
+    /// Delete events older than this many hours (0 = no age limit).
+    #[serde(default = "default_retention_max_age_hours")]
+    pub retention_max_age_hours: u64,
+    /// Also delete the oldest events while the stored event bytes exceed this (0 = no limit).
+    #[serde(default)]
+    pub retention_max_bytes: u64,
+    /// How often retention runs, in seconds.
+    #[serde(default = "default_retention_interval_seconds")]
+    pub retention_interval_seconds: u64,
+    /// Hard cap on the database file size in bytes: beyond it pushes are answered 503 until
+    /// retention frees space (0 = no cap; the disk is the cap).
+    #[serde(default)]
+    pub max_file_bytes: u64,
+    /// Serve the RESO EntityEvent replay resource (`GET <replay_path>`) for this log on the
+    /// webhook listener.
+    #[serde(default = "default_true")]
+    pub replay: bool,
+    /// URL path of the replay resource.
+    #[serde(default = "default_replay_path")]
+    pub replay_path: String,
+    /// Largest page the replay resource returns; longer results continue via `@odata.nextLink`.
+    #[serde(default = "default_replay_max_page_size")]
+    pub replay_max_page_size: usize,
+    /// Extra bearer tokens accepted by the replay resource, by reference (consumers that are
+    /// not producers). The tokens of webhook connectors writing to this log are accepted too.
+    #[serde(default)]
+    pub replay_tokens: Vec<SecretRef>,
+}
+
+impl Default for EmbeddedSinkConfig {
+    fn default() -> Self {
+        EmbeddedSinkConfig {
+            file: default_file(),
+            retention_max_age_hours: default_retention_max_age_hours(),
+            retention_max_bytes: 0,
+            retention_interval_seconds: default_retention_interval_seconds(),
+            max_file_bytes: 0,
+            replay: true,
+            replay_path: default_replay_path(),
+            replay_max_page_size: default_replay_max_page_size(),
+            replay_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Reads a log from a named cursor, advancing it only after the sink confirmed a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSourceConfig {
+    /// The log file to read (a relative path is under `data_dir`).
+    #[serde(default = "default_file")]
+    pub file: PathBuf,
+    /// Name of the cursor stored in the log. Default: the connector name.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Where a cursor that does not exist yet starts: `earliest` (every retained event) or
+    /// `latest` (only events appended from now on).
+    #[serde(default)]
+    pub start: StartPosition,
+    /// Most events handed to the sink in one batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How often to look for new events when caught up, in milliseconds. Writers in the same
+    /// process wake the reader at once; this bounds the delay for writers in other processes.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for EmbeddedSourceConfig {
+    fn default() -> Self {
+        EmbeddedSourceConfig {
+            file: default_file(),
+            cursor: None,
+            start: StartPosition::default(),
+            max_batch: default_max_batch(),
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
+/// Where a new cursor starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPosition {
+    /// The oldest retained event.
+    #[default]
+    Earliest,
+    /// After the newest event at the time the cursor is created.
+    Latest,
+}
+
+fn default_file() -> PathBuf {
+    PathBuf::from("events.db")
+}
+fn default_retention_max_age_hours() -> u64 {
+    168
+}
+fn default_retention_interval_seconds() -> u64 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_replay_path() -> String {
+    "/EntityEvent".into()
+}
+fn default_replay_max_page_size() -> usize {
+    1000
+}
+fn default_max_batch() -> usize {
+    500
+}
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+
+/// Smallest accepted `max_file_bytes` (the schema alone takes a few pages).
+pub const MIN_FILE_BYTES: u64 = 64 * 1024;
+
+fn valid_path(path: &str) -> bool {
+    path.starts_with('/') && !path.contains(['{', '}', '*', '?', '#'])
+}
+
+impl EmbeddedSinkConfig {
+    /// Semantic checks; `Err((key, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
+        if self.file.as_os_str().is_empty() {
+            return err("file", "must not be empty");
+        }
+        if self.retention_interval_seconds == 0 {
+            return err("retention_interval_seconds", "must be at least 1");
+        }
+        if self.max_file_bytes != 0 && self.max_file_bytes < MIN_FILE_BYTES {
+            return err("max_file_bytes", "must be 0 (no cap) or at least 65536");
+        }
+        if !valid_path(&self.replay_path) {
+            return err(
+                "replay_path",
+                "must start with `/` and contain no `{`, `}`, `*`, `?` or `#`",
+            );
+        }
+        if !(1..=10_000).contains(&self.replay_max_page_size) {
+            return err("replay_max_page_size", "must be between 1 and 10000");
+        }
+        Ok(())
+    }
+
+    /// The log file, resolved against `data_dir`.
+    pub fn path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(&self.file)
+    }
+}
+
+impl EmbeddedSourceConfig {
+    /// Semantic checks; `Err((key, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
+        if self.file.as_os_str().is_empty() {
+            return err("file", "must not be empty");
+        }
+        if let Some(cursor) = &self.cursor {
+            if cursor.is_empty() || cursor.len() > 255 {
+                return err("cursor", "must be 1 to 255 bytes");
+            }
+        }
+        if !(1..=10_000).contains(&self.max_batch) {
+            return err("max_batch", "must be between 1 and 10000");
+        }
+        if self.poll_interval_ms < 10 {
+            return err("poll_interval_ms", "must be at least 10");
+        }
+        Ok(())
+    }
+
+    /// The log file, resolved against `data_dir`.
+    pub fn path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(&self.file)
+    }
+
+    /// The cursor name: configured, else the connector name.
+    pub fn cursor_name(&self, connector: &str) -> String {
+        self.cursor.clone().unwrap_or_else(|| connector.to_owned())
+    }
+}
+
+/// Cross-connector checks: sinks sharing a log agree on its settings, replay paths are unique
+/// and collide with no webhook path, no two sources share a cursor of one log.
+/// `Err((connector, key, detail))`.
+pub fn validate_logs(config: &Config) -> Result<(), (String, String, String)> {
+    let mut logs: BTreeMap<PathBuf, (&str, &EmbeddedSinkConfig)> = BTreeMap::new();
+    let mut replay_paths: BTreeMap<&str, PathBuf> = BTreeMap::new();
+    let mut cursors: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
+    let webhook_paths: BTreeMap<String, &str> = config
+        .connectors
+        .iter()
+        .filter_map(|(name, c)| match &c.source {
+            SourceConfig::Webhook(w) => Some((w.route_path(name), name.as_str())),
+            _ => None,
+        })
+        .collect();
+    for (name, connector) in &config.connectors {
+        if let SourceConfig::Embedded(e) = &connector.source {
+            let key = (e.path(&config.data_dir), e.cursor_name(name));
+            if let Some(other) = cursors.insert(key, name) {
+                return Err((
+                    name.clone(),
+                    "source.cursor".into(),
+                    format!("connector `{other}` reads the same log with the same cursor"),
+                ));
+            }
+        }
+        let SinkConfig::Embedded(sink) = &connector.sink else {
+            continue;
+        };
+        let path = sink.path(&config.data_dir);
+        if let Some((other, settings)) = logs.get(&path) {
+            let mut a = (*settings).clone();
+            a.file = sink.file.clone();
+            if &a != sink {
+                return Err((
+                    name.clone(),
+                    "sink".into(),
+                    format!(
+                        "writes the log `{}` like connector `{other}` but with other settings; \
+                         connectors sharing a log must configure it identically",
+                        path.display()
+                    ),
+                ));
+            }
+            continue;
+        }
+        logs.insert(path.clone(), (name, sink));
+        if !sink.replay {
+            continue;
+        }
+        if let Some(owner) = webhook_paths.get(&sink.replay_path) {
+            return Err((
+                name.clone(),
+                "sink.replay_path".into(),
+                format!(
+                    "path `{}` is also the webhook path of connector `{owner}`",
+                    sink.replay_path
+                ),
+            ));
+        }
+        if let Some(other) = replay_paths.insert(&sink.replay_path, path.clone()) {
+            return Err((
+                name.clone(),
+                "sink.replay_path".into(),
+                format!(
+                    "path `{}` already serves the log `{}`",
+                    sink.replay_path,
+                    other.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(connectors: &[(&str, &str)]) -> Config {
+        let mut text = String::new();
+        for (name, body) in connectors {
+            text.push_str(
+                &body
+                    .replace("[source]", &format!("[connectors.{name}.source]"))
+                    .replace("[sink]", &format!("[connectors.{name}.sink]")),
+            );
+            text.push('\n');
+        }
+        toml::from_str(&text).unwrap()
+    }
+
+    const INGEST: &str = "[source]\ntype = \"webhook\"\n[sink]\ntype = \"embedded\"\n";
+
+    #[test]
+    fn shared_logs_must_agree_and_replay_paths_must_be_unique() {
+        let same = config(&[("a", INGEST), ("b", INGEST)]);
+        assert!(
+            validate_logs(&same).is_ok(),
+            "two writers, one log, same settings"
+        );
+
+        let differ = config(&[
+            ("a", INGEST),
+            ("b", &format!("{INGEST}retention_max_age_hours = 1\n")),
+        ]);
+        let (name, key, detail) = validate_logs(&differ).unwrap_err();
+        assert_eq!((name.as_str(), key.as_str()), ("b", "sink"));
+        assert!(detail.contains("other settings"), "{detail}");
+
+        let two_logs = config(&[
+            ("a", INGEST),
+            ("b", &format!("{INGEST}file = \"other.db\"\n")),
+        ]);
+        let (_, key, _) = validate_logs(&two_logs).unwrap_err();
+        assert_eq!(key, "sink.replay_path");
+
+        let clash = config(&[(
+            "a",
+            "[source]\ntype = \"webhook\"\npath = \"/EntityEvent\"\n[sink]\ntype = \"embedded\"\n",
+        )]);
+        let (_, key, detail) = validate_logs(&clash).unwrap_err();
+        assert_eq!(key, "sink.replay_path");
+        assert!(detail.contains("webhook path"), "{detail}");
+
+        let readers = config(&[
+            ("a", "[source]\ntype = \"embedded\"\ncursor = \"c\"\n[sink]\ntype = \"embedded\"\nfile = \"copy.db\"\nreplay = false\n"),
+            ("b", "[source]\ntype = \"embedded\"\ncursor = \"c\"\n[sink]\ntype = \"embedded\"\nfile = \"copy2.db\"\nreplay = false\n"),
+        ]);
+        let (_, key, _) = validate_logs(&readers).unwrap_err();
+        assert_eq!(key, "source.cursor");
+    }
+}

@@ -1,0 +1,367 @@
+//! One partition's lane: batches its records, hands each batch to the sink, stores its offset.
+//!
+//! A lane is the unit of ordering. It keeps at most one batch in flight and retries that batch in
+//! place, so the events of one ResourceRecordKey (one key → one partition) reach the sink in
+//! order even across retries. Lanes of different partitions run concurrently; the sink's own
+//! limits (e.g. the webhook sink's `max_concurrent_requests`) bound how many are sending at once.
+//!
+//! An offset is stored only after its event was delivered or dead-lettered, and only while the
+//! lane still owns the partition: a revoked lane stops at once (its in-flight batch is
+//! abandoned, to be redelivered by the next owner) and never stores again. librdkafka refuses
+//! offsets for partitions no longer assigned, which closes the remaining race.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::record::PoisonRecord;
+use super::source::SourceContext;
+use crate::connector::{BatchHint, Message, Retriable, RetryAction, Sink};
+use crate::metrics::Metrics;
+use crate::pump::RetryConfig;
+use crate::push::{DeadLetter, DeadLetterInfo, DeadRecord};
+
+/// What the dispatcher hands a lane, in offset order.
+#[derive(Debug)]
+pub enum Item {
+    /// A parsed EntityEvent.
+    Event(Message),
+    /// A record that is not one.
+    Poison(Box<PoisonRecord>),
+}
+
+impl Item {
+    fn offset(&self) -> i64 {
+        match self {
+            Item::Event(m) => m.origin.as_ref().map(|o| o.offset).unwrap_or(-1),
+            Item::Poison(p) => p.origin.offset,
+        }
+    }
+}
+
+/// What every lane of a connector shares.
+pub struct LaneShared {
+    /// Connector name.
+    pub connector: String,
+    /// The consumer (offset store, pause / resume).
+    pub consumer: Arc<StreamConsumer<SourceContext>>,
+    /// Where batches go.
+    pub sink: Arc<dyn Sink>,
+    /// Batch shape.
+    pub hint: BatchHint,
+    /// Backoff when the sink fails without retrying by itself.
+    pub retry: RetryConfig,
+    /// Where poison records and batches go.
+    pub dead_letter: Arc<DeadLetter>,
+    /// Cancelled at shutdown: finish the batch in flight, start no other.
+    pub shutdown: CancellationToken,
+    /// Read-ahead per partition before fetching pauses.
+    pub max_buffered: usize,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The dispatcher's and the rebalance callback's handle on a running lane.
+pub struct LaneHandle {
+    topic: Arc<str>,
+    partition: i32,
+    tx: mpsc::UnboundedSender<Item>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<Mutex<bool>>,
+    revoked: CancellationToken,
+    last_offset: i64,
+    /// The lane's task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
+impl LaneHandle {
+    /// Starts the lane of `topic`/`partition`.
+    pub fn spawn(shared: Arc<LaneShared>, topic: Arc<str>, partition: i32) -> LaneHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let paused = Arc::new(Mutex::new(false));
+        let revoked = CancellationToken::new();
+        let lane = Lane {
+            shared,
+            topic: topic.clone(),
+            partition,
+            rx,
+            queued: queued.clone(),
+            paused: paused.clone(),
+            revoked: revoked.clone(),
+        };
+        LaneHandle {
+            topic,
+            partition,
+            tx,
+            queued,
+            paused,
+            revoked,
+            last_offset: -1,
+            task: tokio::spawn(lane.run()),
+        }
+    }
+
+    /// Queues `item`; pauses fetching of the partition when the lane is far behind. Records at
+    /// or below an offset already queued (a re-fetch) are skipped. Returns `false` when the lane
+    /// has ended.
+    pub fn push<C: Consumer<SourceContext>>(
+        &mut self,
+        item: Item,
+        consumer: &C,
+        high: usize,
+    ) -> bool {
+        let offset = item.offset();
+        if offset <= self.last_offset {
+            return true;
+        }
+        self.last_offset = offset;
+        if self.tx.send(item).is_err() {
+            return false;
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) + 1 >= high {
+            let mut paused = self.paused.lock().expect("pause lock");
+            if !*paused {
+                *paused = true;
+                let _ = consumer.pause(&partition_list(&self.topic, self.partition));
+            }
+        }
+        true
+    }
+
+    /// Stops the lane for good (partition revoked); resumes fetching if it was paused so the
+    /// partition's next owner in this process starts clean.
+    pub fn revoke<C: Consumer<SourceContext>>(self, consumer: &C) -> tokio::task::JoinHandle<()> {
+        self.revoked.cancel();
+        let mut paused = self.paused.lock().expect("pause lock");
+        if *paused {
+            *paused = false;
+            let _ = consumer.resume(&partition_list(&self.topic, self.partition));
+        }
+        self.task
+    }
+
+    /// Closes the lane's queue (shutdown): it finishes its batch in flight and ends.
+    pub fn close(self) -> tokio::task::JoinHandle<()> {
+        self.task
+    }
+}
+
+struct Lane {
+    shared: Arc<LaneShared>,
+    topic: Arc<str>,
+    partition: i32,
+    rx: mpsc::UnboundedReceiver<Item>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<Mutex<bool>>,
+    revoked: CancellationToken,
+}
+
+impl Lane {
+    fn stopping(&self) -> bool {
+        self.revoked.is_cancelled() || self.shared.shutdown.is_cancelled()
+    }
+
+    /// Takes the next item, or `None` when the lane must end.
+    async fn next(&mut self, deadline: Option<Instant>) -> Option<Item> {
+        let item = tokio::select! {
+            biased;
+            _ = self.revoked.cancelled() => None,
+            _ = self.shared.shutdown.cancelled() => None,
+            _ = sleep_until_opt(deadline) => None,
+            item = self.rx.recv() => item,
+        }?;
+        let left = self.queued.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left <= self.shared.max_buffered / 2 {
+            let mut paused = self.paused.lock().expect("pause lock");
+            if *paused && !self.revoked.is_cancelled() {
+                *paused = false;
+                let _ = self
+                    .shared
+                    .consumer
+                    .resume(&partition_list(&self.topic, self.partition));
+            }
+        }
+        Some(item)
+    }
+
+    async fn run(mut self) {
+        let hint = self.shared.hint;
+        let mut carry: Option<Item> = None;
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let first = match carry.take() {
+                Some(item) => item,
+                None => match self.next(None).await {
+                    Some(item) => item,
+                    None => return,
+                },
+            };
+            let first = match first {
+                Item::Poison(p) => {
+                    if !self.dead_letter_poison(&p).await {
+                        return;
+                    }
+                    self.store(p.origin.offset);
+                    continue;
+                }
+                Item::Event(m) => m,
+            };
+            let mut bytes = first.payload.len();
+            let mut batch = vec![first];
+            let deadline = Instant::now() + hint.linger;
+            while batch.len() < hint.max_events {
+                match self.next(Some(deadline)).await {
+                    Some(Item::Event(m)) if bytes + m.payload.len() < hint.max_bytes => {
+                        bytes += m.payload.len() + 1;
+                        batch.push(m);
+                    }
+                    Some(other) => {
+                        carry = Some(other);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if self.stopping() || !self.deliver(&batch).await {
+                return;
+            }
+            let last = batch
+                .last()
+                .and_then(|m| m.origin.as_ref())
+                .map(|o| o.offset);
+            if let Some(offset) = last {
+                self.store(offset);
+            }
+            self.shared.metrics.pump_events(
+                &self.shared.connector,
+                "delivered",
+                batch.len() as u64,
+            );
+        }
+    }
+
+    /// Offers the batch until the sink settles it; `false` when the lane must stop first.
+    async fn deliver(&self, batch: &[Message]) -> bool {
+        let mut backoff = self.shared.retry.backoff();
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = self.revoked.cancelled() => return false,
+                r = self.shared.sink.send(batch) => r,
+            };
+            let error = match result {
+                Ok(()) => return true,
+                Err(e) => e,
+            };
+            if self.stopping() {
+                return false;
+            }
+            match error.retry_action() {
+                RetryAction::Poison => {
+                    let detail = error.to_string();
+                    let records: Vec<DeadRecord<'_>> = batch.iter().map(DeadRecord::from).collect();
+                    let info = DeadLetterInfo {
+                        reason: "rejected",
+                        detail: &detail,
+                        http_status: None,
+                        attempts: 1,
+                    };
+                    return self.dead_letter(&records, info).await;
+                }
+                RetryAction::Retry { after } => {
+                    let delay = after
+                        .or_else(|| backoff.next())
+                        .unwrap_or(Duration::from_secs(1));
+                    tracing::warn!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %error, delay_ms = delay.as_millis() as u64, "sink failed; retrying the batch in place");
+                    if !self.wait(delay).await {
+                        return false;
+                    }
+                }
+                RetryAction::Fatal => {
+                    tracing::error!(connector = %self.shared.connector, error = %error, "sink failed for good; partition stalled until restart");
+                    return false;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter_poison(&self, p: &PoisonRecord) -> bool {
+        let record = DeadRecord {
+            key: p.key.as_deref(),
+            payload: &p.payload,
+            sequence: None,
+            resource_name: p.resource_name.as_deref(),
+            source_label: p.source_label.as_deref(),
+            origin: Some(&p.origin),
+        };
+        let info = DeadLetterInfo {
+            reason: "unparseable",
+            detail: &p.reason,
+            http_status: None,
+            attempts: 0,
+        };
+        self.dead_letter(&[record], info).await
+    }
+
+    /// Writes to the dead-letter topic until it succeeds; `false` when the lane must stop first.
+    async fn dead_letter(&self, records: &[DeadRecord<'_>], info: DeadLetterInfo<'_>) -> bool {
+        let mut backoff = self.shared.retry.backoff();
+        loop {
+            match self.shared.dead_letter.write(records, info).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                    tracing::warn!(connector = %self.shared.connector, error = %e, "cannot dead-letter; retrying");
+                    if !self.wait(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.revoked.cancelled() => false,
+            _ = self.shared.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Marks everything up to `offset` done (committed with the next commit).
+    fn store(&self, offset: i64) {
+        if self.revoked.is_cancelled() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let stored = tpl
+            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset + 1))
+            .and_then(|()| self.shared.consumer.store_offsets(&tpl));
+        if let Err(e) = stored {
+            // Not assigned any more: the next owner redelivers from the last commit.
+            tracing::debug!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %e, "offset not stored");
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,298 @@
+//! The Kafka source: a consumer group member that feeds a sink through one lane per partition.
+//!
+//! Why not the generic [`crate::pump::Pump`]: the pump keeps one batch in flight for the whole
+//! connector, which is right for a queue but would serialize every partition behind the slowest
+//! one. Here a dispatcher task reads the consumer and routes each record to its partition's
+//! [`lane`](super::lane): per-partition order, cross-partition parallelism.
+//!
+//! Offsets: auto-commit and auto-store are off. Lanes store `offset + 1` after delivery (or
+//! dead-lettering); stored offsets are committed every `commit_interval_ms`, synchronously in
+//! the revoke callback before partitions are handed to another member, and at shutdown. A
+//! revoked partition's lane is stopped before that commit, so an undelivered in-flight batch is
+//! never committed: the next owner redelivers it (duplicates possible, loss not).
+//!
+//! Shutdown: stop reading, let lanes finish the POST in flight (bounded by half of
+//! `shutdown_timeout_ms`, then abandoned), commit what was delivered, leave the group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::lane::{Item, LaneHandle, LaneShared};
+use super::record::{parse_record, RecordView};
+use super::sink::KafkaBuildError;
+use super::source_config::KafkaSourceConfig;
+use crate::connector::{Origin, Sink, SourceError};
+use crate::metrics::Metrics;
+use crate::pump::RetryConfig;
+use crate::push::{DeadLetter, DeadLetterConfig};
+
+type Lanes = Arc<Mutex<HashMap<(Arc<str>, i32), LaneHandle>>>;
+
+/// Consumer callbacks: rebalance (stop lanes, commit), commit results, statistics (lag).
+pub struct SourceContext {
+    connector: String,
+    lanes: Lanes,
+    retired: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    metrics: Metrics,
+}
+
+fn commit_stored<C: Consumer<SourceContext>>(consumer: &C, mode: CommitMode) -> KafkaResult<()> {
+    match consumer.commit_consumer_state(mode) {
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        other => other,
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.metrics.consumer_lag(&self.connector, lag);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut stopped = 0;
+                {
+                    let mut lanes = self.lanes.lock().expect("lanes lock");
+                    for e in tpl.elements() {
+                        if let Some(lane) = lanes.remove(&(Arc::from(e.topic()), e.partition())) {
+                            let task = lane.revoke(consumer);
+                            self.retired.lock().expect("retired lock").push(task);
+                            stopped += 1;
+                        }
+                    }
+                }
+                // Only offsets of delivered events are stored: commit them before the handover.
+                if let Err(e) = commit_stored(consumer, CommitMode::Sync) {
+                    tracing::warn!(connector = %self.connector, error = %e, "commit on revoke failed; the next owner redelivers from the previous commit");
+                }
+                tracing::info!(connector = %self.connector, partitions = tpl.count(), lanes_stopped = stopped, "partitions revoked; delivered offsets committed");
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(connector = %self.connector, partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(connector = %self.connector, error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(connector = %self.connector, error = %e, "offset commit failed; retried at the next interval")
+            }
+        }
+    }
+}
+
+/// Why a Kafka source could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceBuildError {
+    /// The consumer could not be created (bad librdkafka options, unreadable secrets).
+    #[error(transparent)]
+    Consumer(#[from] KafkaBuildError),
+    /// The dead-letter writer could not be built.
+    #[error("dead_letter: {0}")]
+    DeadLetter(#[from] crate::push::DeadLetterBuildError),
+}
+
+/// A running Kafka source, ready to [`KafkaSource::run`].
+pub struct KafkaSource {
+    connector: String,
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    lanes: Lanes,
+    retired: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    topics: Vec<String>,
+    commit_interval: Duration,
+    max_buffered: usize,
+    sink: Arc<dyn Sink>,
+    retry: RetryConfig,
+    dead_letter: Arc<DeadLetter>,
+    metrics: Metrics,
+    drain_timeout: Duration,
+}
+
+impl KafkaSourceConfig {
+    /// Builds the consumer (no network yet). `dead_letter` is the source's own or the sink's;
+    /// `shutdown_timeout` bounds the drain at shutdown.
+    pub fn build(
+        &self,
+        connector: &str,
+        sink: Arc<dyn Sink>,
+        dead_letter: &DeadLetterConfig,
+        retry: RetryConfig,
+        metrics: Metrics,
+        shutdown_timeout: Duration,
+    ) -> Result<KafkaSource, KafkaSourceBuildError> {
+        let lanes: Lanes = Arc::default();
+        let retired: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let context = SourceContext {
+            connector: connector.to_owned(),
+            lanes: lanes.clone(),
+            retired: retired.clone(),
+            metrics: metrics.clone(),
+        };
+        let consumer: StreamConsumer<SourceContext> = self
+            .client_config(connector)?
+            .create_with_context(context)
+            .map_err(KafkaBuildError::from)?;
+        Ok(KafkaSource {
+            connector: connector.to_owned(),
+            consumer: Arc::new(consumer),
+            lanes,
+            retired,
+            topics: self.topics.clone(),
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+            max_buffered: self.max_buffered_events_per_partition,
+            sink,
+            retry,
+            dead_letter: Arc::new(dead_letter.build(connector, metrics.clone())?),
+            metrics,
+            drain_timeout: shutdown_timeout / 2,
+        })
+    }
+}
+
+fn view<'a>(m: &'a BorrowedMessage<'a>) -> RecordView<'a> {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.value.map(|v| (h.key, v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    RecordView {
+        key: m.key(),
+        payload: m.payload(),
+        headers,
+    }
+}
+
+impl KafkaSource {
+    /// Consumes until `cancel` fires, then drains, commits and leaves the group.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), SourceError> {
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(|e| SourceError::Fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
+        tracing::info!(connector = %self.connector, topics = ?topics, "kafka source subscribed");
+        let shared = Arc::new(LaneShared {
+            connector: self.connector.clone(),
+            consumer: self.consumer.clone(),
+            sink: self.sink.clone(),
+            hint: self.sink.batch_hint(),
+            retry: self.retry.clone(),
+            dead_letter: self.dead_letter.clone(),
+            shutdown: cancel.clone(),
+            max_buffered: self.max_buffered,
+            metrics: self.metrics.clone(),
+        });
+        let mut commit_tick = tokio::time::interval(self.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = commit_tick.tick() => {
+                    if let Err(e) = commit_stored(&*self.consumer, CommitMode::Async) {
+                        tracing::warn!(connector = %self.connector, error = %e, "offset commit failed");
+                    }
+                }
+                received = self.consumer.recv() => match received {
+                    Ok(m) => self.dispatch(&m, &shared),
+                    Err(e) => {
+                        tracing::warn!(connector = %self.connector, error = %e, "kafka consumer error");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                    }
+                },
+            }
+        }
+        self.finish(shared).await;
+        Ok(())
+    }
+
+    fn dispatch(&self, m: &BorrowedMessage<'_>, shared: &Arc<LaneShared>) {
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        let key = (Arc::<str>::from(m.topic()), m.partition());
+        let origin = Origin {
+            topic: key.0.clone(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let item = match parse_record(&view(m), origin) {
+            Ok(message) => Item::Event(message),
+            Err(poison) => {
+                tracing::warn!(connector = %self.connector, topic = %key.0, partition = key.1, offset = m.offset(), reason = %poison.reason, "record is not an EntityEvent; dead-lettering");
+                Item::Poison(poison)
+            }
+        };
+        let lane = lanes
+            .entry(key.clone())
+            .or_insert_with(|| LaneHandle::spawn(shared.clone(), key.0.clone(), key.1));
+        if !lane.push(item, &*self.consumer, self.max_buffered) {
+            // The lane ended (it only does when stopping): the record is redelivered later.
+            tracing::debug!(connector = %self.connector, topic = %key.0, partition = key.1, "lane closed; record left for redelivery");
+        }
+    }
+
+    async fn finish(self, shared: Arc<LaneShared>) {
+        let started = Instant::now();
+        let deadline = started + self.drain_timeout;
+        let mut tasks: Vec<JoinHandle<()>> = {
+            let mut lanes = self.lanes.lock().expect("lanes lock");
+            lanes.drain().map(|(_, lane)| lane.close()).collect()
+        };
+        tasks.extend(self.retired.lock().expect("retired lock").drain(..));
+        drop(shared);
+        let mut abandoned = 0;
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+                abandoned += 1;
+            }
+        }
+        if abandoned > 0 {
+            tracing::warn!(connector = %self.connector, lanes = abandoned, "in-flight batches abandoned at shutdown; they are redelivered after the restart");
+        }
+        let connector = self.connector.clone();
+        let consumer = self.consumer;
+        let closing = tokio::task::spawn_blocking(move || {
+            if let Err(e) = commit_stored(&*consumer, CommitMode::Sync) {
+                tracing::warn!(%connector, error = %e, "final offset commit failed; undelivered-looking events are redelivered");
+            }
+            // Dropping the last handle leaves the group (revoke callback, commit once more).
+            drop(consumer);
+        });
+        let _ = closing.await;
+        tracing::info!(connector = %self.connector, elapsed_ms = started.elapsed().as_millis() as u64, "kafka source stopped; delivered offsets committed");
+    }
+}

@@ -1,0 +1,228 @@
+//! Configuration of the Kafka source (egress: Kafka → webhook, or any other sink).
+//!
+//! The bridge owns the offset discipline: auto-commit and auto offset store are off and
+//! refused as overrides, because an offset may only be stored once its event was delivered or
+//! dead-lettered (delivery contract, rule 2).
+
+use std::collections::BTreeMap;
+
+use rdkafka::config::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use super::sink::KafkaBuildError;
+use crate::push::DeadLetterConfig;
+use crate::secret::SecretRef;
+
+/// librdkafka consumer keys the bridge sets itself.
+pub const RESERVED_CONSUMER_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "statistics.interval.ms",
+];
+
+/// Consumes EntityEvent records (as written by the Kafka sink) in a consumer group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Comma-separated `host:port` list of brokers (librdkafka `bootstrap.servers`).
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap_servers: String,
+    /// Consumer group; processes sharing it split the partitions. Default `entity-bridge.<connector>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Topics to consume; an entry starting with `^` is a regular expression matched against
+    /// every topic of the cluster (e.g. `"^reso\\..*"`), newly created topics included.
+    pub topics: Vec<String>,
+    /// Where a group with no committed offset starts: `earliest` (everything retained) or `latest`.
+    #[serde(default)]
+    pub auto_offset_reset: OffsetReset,
+    /// How often offsets of delivered events are committed (also on revoke and at shutdown).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How often librdkafka statistics (and so the consumer-lag metric) are refreshed; 0 = off.
+    #[serde(default = "default_statistics_interval_ms")]
+    pub statistics_interval_ms: u64,
+    /// Events read ahead per partition before fetching that partition pauses.
+    #[serde(default = "default_max_buffered_events_per_partition")]
+    pub max_buffered_events_per_partition: usize,
+    /// Extra librdkafka consumer options, passed through (e.g. `session.timeout.ms`,
+    /// `partition.assignment.strategy`, `security.protocol`).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+    /// librdkafka options whose values are secrets, by reference.
+    #[serde(default)]
+    pub librdkafka_secrets: BTreeMap<String, SecretRef>,
+    /// Where records that are not EntityEvents go. Defaults to the webhook sink's
+    /// `dead_letter`; required when the sink has none.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
+/// Start position of a group without committed offsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+}
+
+fn default_bootstrap() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_commit_interval_ms() -> u64 {
+    5_000
+}
+fn default_statistics_interval_ms() -> u64 {
+    5_000
+}
+fn default_max_buffered_events_per_partition() -> usize {
+    1_000
+}
+
+impl KafkaSourceConfig {
+    /// The consumer group of connector `connector`.
+    pub fn group(&self, connector: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("entity-bridge.{connector}"))
+    }
+
+    /// Semantic checks; `Err((key, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(("bootstrap_servers".into(), "must not be empty".into()));
+        }
+        if self
+            .group_id
+            .as_deref()
+            .is_some_and(|g| g.trim().is_empty())
+        {
+            return Err(("group_id".into(), "must not be empty".into()));
+        }
+        if self.topics.is_empty() {
+            return Err((
+                "topics".into(),
+                "name at least one topic or `^regex`".into(),
+            ));
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            if topic.starts_with('^') {
+                if topic.len() < 2 {
+                    return Err((format!("topics[{i}]"), "empty regular expression".into()));
+                }
+            } else {
+                super::topics::check_topic_name(topic).map_err(|e| (format!("topics[{i}]"), e))?;
+            }
+        }
+        if self.commit_interval_ms < 10 {
+            return Err(("commit_interval_ms".into(), "must be at least 10".into()));
+        }
+        if self.max_buffered_events_per_partition == 0 {
+            return Err((
+                "max_buffered_events_per_partition".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for key in self.librdkafka.keys().chain(self.librdkafka_secrets.keys()) {
+            if RESERVED_CONSUMER_KEYS.contains(&key.as_str()) {
+                return Err((
+                    format!("librdkafka.\"{key}\""),
+                    "is set by the bridge (see the [source] keys)".into(),
+                ));
+            }
+        }
+        if let Some(dl) = &self.dead_letter {
+            dl.validate()
+                .map_err(|(k, d)| (format!("dead_letter.{k}"), d))?;
+        }
+        Ok(())
+    }
+
+    /// A copy safe to print.
+    pub fn masked(&self) -> Self {
+        let mut copy = self.clone();
+        let sink_like = super::KafkaSinkConfig {
+            librdkafka: self.librdkafka.clone(),
+            ..super::KafkaSinkConfig::default()
+        };
+        copy.librdkafka = sink_like.masked().librdkafka;
+        copy.dead_letter = self.dead_letter.as_ref().map(DeadLetterConfig::masked);
+        copy
+    }
+
+    /// The librdkafka consumer configuration, secrets resolved.
+    pub fn client_config(&self, connector: &str) -> Result<ClientConfig, KafkaBuildError> {
+        let mut cc = ClientConfig::new();
+        cc.set("client.id", format!("entity-bridge.{connector}"));
+        for (key, value) in &self.librdkafka {
+            cc.set(key, value);
+        }
+        for (key, secret) in &self.librdkafka_secrets {
+            let value = secret.resolve().map_err(|source| KafkaBuildError::Secret {
+                key: key.clone(),
+                source,
+            })?;
+            cc.set(key, value.expose());
+        }
+        // Set last: the offset discipline is not negotiable.
+        cc.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", self.group(connector))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match self.auto_offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            );
+        if self.statistics_interval_ms > 0 {
+            cc.set(
+                "statistics.interval.ms",
+                self.statistics_interval_ms.to_string(),
+            );
+        }
+        Ok(cc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> KafkaSourceConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_offset_discipline() {
+        let c = parse(r#"topics = ["reso.Property", "^reso\\..*"]"#);
+        c.validate().unwrap();
+        assert_eq!(c.group("mls"), "entity-bridge.mls");
+        let cc = c.client_config("mls").unwrap();
+        assert_eq!(cc.get("enable.auto.commit"), Some("false"));
+        assert_eq!(cc.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(cc.get("auto.offset.reset"), Some("earliest"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let c = parse(r#"topics = []"#);
+        assert_eq!(c.validate().unwrap_err().0, "topics");
+        let c = parse(r#"topics = ["ok", "bad topic"]"#);
+        assert_eq!(c.validate().unwrap_err().0, "topics[1]");
+        let mut c = parse(r#"topics = ["ok"]"#);
+        c.librdkafka
+            .insert("enable.auto.commit".into(), "true".into());
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "librdkafka.\"enable.auto.commit\""
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! The bearer token of a webhook sink: a fixed token, or OAuth2 client credentials.
+//!
+//! OAuth2 uses the `oauth2` crate (client credentials grant over the sink's reqwest client). The
+//! token is cached until shortly before it expires (half its lifetime, at most one minute early)
+//! and only one refresh is in flight at a time: concurrent partitions wait for that refresh
+//! instead of stampeding the token endpoint. After a 401 the caller [`Auth::invalidate`]s the
+//! token it used, so several 401s with the same token cause one refresh, not one each.
+//! Tokens and secrets are [`Secret`]s: they never reach a log line.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, Scope, TokenResponse, TokenUrl,
+};
+use tokio::time::Instant;
+
+use super::config::{AuthConfig, ClientAuth};
+use crate::secret::{Secret, SecretError};
+
+/// Why the sink's auth could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthBuildError {
+    /// The token or client secret reference could not be read.
+    #[error("auth: {0}")]
+    Secret(#[from] SecretError),
+    /// The token URL is not a URL.
+    #[error("auth.token_url: {0}")]
+    TokenUrl(String),
+}
+
+/// Why no token could be had right now (retried like a connection error).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token endpoint failed or refused the client.
+    #[error("OAuth2 token request failed: {0}")]
+    TokenEndpoint(String),
+}
+
+/// A token handed out for one request; give it back to [`Auth::invalidate`] after a 401.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// The bearer token.
+    pub value: Secret,
+    generation: u64,
+}
+
+type OAuthClient =
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+struct Cached {
+    token: Secret,
+    generation: u64,
+    /// When to fetch a new one; `None` = until the consumer refuses it.
+    refresh_at: Option<Instant>,
+}
+
+struct OAuth2 {
+    client: OAuthClient,
+    http: reqwest::Client,
+    scopes: Vec<Scope>,
+    audience: Option<String>,
+    cached: RwLock<Option<Cached>>,
+    refresh: tokio::sync::Mutex<()>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// How the sink obtains its bearer token.
+pub struct Auth {
+    connector: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Fixed(Secret),
+    OAuth2(Box<OAuth2>),
+}
+
+/// How early before expiry a token is refreshed: half its lifetime, at most a minute.
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 2).min(Duration::from_secs(60))
+}
+
+impl Auth {
+    /// Resolves secrets and prepares the token source (no network yet).
+    pub fn build(config: &AuthConfig, connector: &str) -> Result<Auth, AuthBuildError> {
+        let kind = match config {
+            AuthConfig::Token { token } => Kind::Fixed(token.resolve()?),
+            AuthConfig::Oauth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+                client_auth,
+                grant_type: _,
+            } => {
+                let secret = client_secret.resolve()?;
+                let token_url = TokenUrl::new(token_url.clone())
+                    .map_err(|e| AuthBuildError::TokenUrl(e.to_string()))?;
+                let client = BasicClient::new(ClientId::new(client_id.clone()))
+                    .set_client_secret(ClientSecret::new(secret.expose().to_owned()))
+                    .set_auth_type(match client_auth {
+                        ClientAuth::Basic => AuthType::BasicAuth,
+                        ClientAuth::RequestBody => AuthType::RequestBody,
+                    })
+                    .set_token_uri(token_url);
+                // No redirects: a token endpoint that redirects must not receive the secret twice.
+                let http = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(Duration::from_secs(30))
+                    .user_agent(super::sink::USER_AGENT)
+                    .build()
+                    .map_err(|e| AuthBuildError::TokenUrl(e.to_string()))?;
+                let scopes = scope
+                    .iter()
+                    .flat_map(|s| s.split_whitespace())
+                    .map(|s| Scope::new(s.to_owned()))
+                    .collect();
+                Kind::OAuth2(Box::new(OAuth2 {
+                    client,
+                    http,
+                    scopes,
+                    audience: audience.clone(),
+                    cached: RwLock::new(None),
+                    refresh: tokio::sync::Mutex::new(()),
+                    generation: std::sync::atomic::AtomicU64::new(0),
+                }))
+            }
+        };
+        Ok(Auth {
+            connector: connector.to_owned(),
+            kind,
+        })
+    }
+
+    /// The token to send now, fetching one first when none is cached or it is about to expire.
+    pub async fn token(&self) -> Result<Token, AuthError> {
+        match &self.kind {
+            Kind::Fixed(secret) => Ok(Token {
+                value: secret.clone(),
+                generation: 0,
+            }),
+            Kind::OAuth2(o) => {
+                if let Some(token) = o.fresh() {
+                    return Ok(token);
+                }
+                let _single_flight = o.refresh.lock().await;
+                // Someone else may have refreshed while we waited.
+                if let Some(token) = o.fresh() {
+                    return Ok(token);
+                }
+                o.fetch(&self.connector).await
+            }
+        }
+    }
+
+    /// Forgets `used` after the consumer refused it; the next [`Auth::token`] fetches anew.
+    /// Returns `false` for a fixed token (nothing to refresh).
+    pub fn invalidate(&self, used: &Token) -> bool {
+        match &self.kind {
+            Kind::Fixed(_) => false,
+            Kind::OAuth2(o) => {
+                let mut cached = o.cached.write().expect("token cache lock");
+                if cached
+                    .as_ref()
+                    .is_some_and(|c| c.generation == used.generation)
+                {
+                    *cached = None;
+                }
+                true
+            }
+        }
+    }
+}
+
+impl OAuth2 {
+    fn fresh(&self) -> Option<Token> {
+        let cached = self.cached.read().expect("token cache lock");
+        let c = cached.as_ref()?;
+        if c.refresh_at.is_some_and(|at| Instant::now() >= at) {
+            return None;
+        }
+        Some(Token {
+            value: c.token.clone(),
+            generation: c.generation,
+        })
+    }
+
+    async fn fetch(&self, connector: &str) -> Result<Token, AuthError> {
+        let started = Instant::now();
+        let mut request = self
+            .client
+            .exchange_client_credentials()
+            .add_scopes(self.scopes.iter().cloned());
+        if let Some(audience) = &self.audience {
+            request = request.add_extra_param("audience", audience.clone());
+        }
+        let response = request.request_async(&self.http).await.map_err(|e| {
+            let reason = match &e {
+                oauth2::RequestTokenError::ServerResponse(r) => {
+                    format!("token endpoint refused: {}", r.error())
+                }
+                oauth2::RequestTokenError::Request(_) => "token endpoint unreachable".to_owned(),
+                oauth2::RequestTokenError::Parse(_, _) => {
+                    "token endpoint answer is not a token response".to_owned()
+                }
+                oauth2::RequestTokenError::Other(_) => "token request failed".to_owned(),
+            };
+            tracing::warn!(%connector, %reason, "cannot fetch an OAuth2 token");
+            AuthError::TokenEndpoint(reason)
+        })?;
+        let lifetime = response.expires_in();
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let token = Secret::new(response.access_token().secret().clone());
+        *self.cached.write().expect("token cache lock") = Some(Cached {
+            token: token.clone(),
+            generation,
+            refresh_at: lifetime.map(|l| started + l - refresh_margin(l)),
+        });
+        tracing::info!(
+            %connector,
+            expires_in_seconds = lifetime.map(|l| l.as_secs()),
+            "fetched an OAuth2 access token"
+        );
+        Ok(Token {
+            value: token,
+            generation,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_margin_is_half_the_lifetime_at_most_a_minute() {
+        assert_eq!(
+            refresh_margin(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[tokio::test]
+    async fn fixed_token_is_never_invalidated() {
+        std::env::set_var("ENTITY_BRIDGE_UNIT_PUSH_TOKEN", "t0k3n");
+        let config = AuthConfig::Token {
+            token: crate::secret::SecretRef::Env("ENTITY_BRIDGE_UNIT_PUSH_TOKEN".into()),
+        };
+        let auth = Auth::build(&config, "c").unwrap();
+        let token = auth.token().await.unwrap();
+        assert_eq!(token.value.expose(), "t0k3n");
+        assert!(!auth.invalidate(&token));
+        assert_eq!(format!("{token:?}").matches("t0k3n").count(), 0);
+    }
+}

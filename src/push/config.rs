@@ -1,0 +1,360 @@
+//! Configuration of the webhook (push) sink: endpoint, batching, auth, limits, retry, dead letter.
+//!
+//! Kept apart from the sink so `entity-bridge check` can validate and print it without building
+//! HTTP clients. Secrets (a fixed token, an OAuth2 client secret) are references only.
+
+use serde::{Deserialize, Serialize};
+
+use super::dead_letter::DeadLetterConfig;
+use crate::secret::SecretRef;
+
+/// POSTs batches of EntityEvents to a consumer's endpoint as RESO multi-valued payloads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSinkConfig {
+    /// The consumer's endpoint (`http://` or `https://`) that receives the POSTs.
+    pub url: String,
+    /// `EntityEventSource` header sent with every POST. When unset, the label carried by the
+    /// events (their `EntityEventSource` Kafka header) is sent, and a batch never mixes labels.
+    #[serde(default)]
+    pub entity_event_source: Option<String>,
+    /// Most events in one POST.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Most bytes of one POST body (envelope included). An event too large to fit alone is
+    /// dead-lettered.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// How long a partition's partial batch may wait for more events before it is sent.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Bound on one POST, from connecting to the end of the answer; a timeout is retried.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Bound on establishing the TCP/TLS connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How the bridge proves itself to the consumer (`Authorization: Bearer …`).
+    pub auth: AuthConfig,
+    /// Politeness limits of this endpoint, shared by every partition of the connector.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Retries, `Retry-After` handling and what happens when retrying does not help.
+    #[serde(default)]
+    pub retry: PushRetryConfig,
+    /// Where batches that cannot be delivered go (poison answers, exhausted retries).
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// The bearer token's origin, chosen by `type`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// A fixed, long-lived token handed over by the consumer.
+    Token {
+        /// The token, by reference (`{ env = "…" }` or `{ file = "…" }`).
+        token: SecretRef,
+    },
+    /// OAuth2 client credentials: the bridge fetches and caches tokens from `token_url`.
+    Oauth2 {
+        /// The consumer's token endpoint (AccessTokenURL).
+        token_url: String,
+        /// The client id (ClientId).
+        client_id: String,
+        /// The client secret (ClientSecret), by reference.
+        client_secret: SecretRef,
+        /// OAuth2 grant type (GrantType); only `client_credentials` applies to a producer.
+        #[serde(default = "default_grant_type")]
+        grant_type: String,
+        /// Optional space-separated scopes requested with the token.
+        #[serde(default)]
+        scope: Option<String>,
+        /// Optional `audience` parameter (Auth0, Okta and similar require one).
+        #[serde(default)]
+        audience: Option<String>,
+        /// How the client authenticates to the token endpoint: `basic` (HTTP Basic, RFC 6749's
+        /// default) or `request_body` (client_id / client_secret form fields).
+        #[serde(default)]
+        client_auth: ClientAuth,
+    },
+}
+
+/// Client authentication at the OAuth2 token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with client id and secret.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    RequestBody,
+}
+
+/// Rate and concurrency limits of one endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most POSTs per second (spaced evenly, no burst); unset = unlimited.
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Most events per second summed over POSTs (a full batch may go at once); unset = unlimited.
+    #[serde(default)]
+    pub events_per_second: Option<f64>,
+    /// Most POSTs in flight at once across all partitions.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            requests_per_second: None,
+            events_per_second: None,
+            max_concurrent_requests: default_max_concurrent_requests(),
+        }
+    }
+}
+
+/// What to do with a batch whose retries lasted longer than `max_retry_duration_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Keep retrying forever: the partition waits, order and completeness are preserved.
+    #[default]
+    Block,
+    /// Write the batch to the dead-letter destination and move on.
+    DeadLetter,
+}
+
+/// Retry policy of the webhook sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRetryConfig {
+    /// Cap of the first backoff; each retry doubles the cap up to `max_backoff_ms`, and the
+    /// actual wait is drawn uniformly from zero to the cap (full jitter).
+    #[serde(default = "default_min_backoff_ms")]
+    pub min_backoff_ms: u64,
+    /// Largest backoff cap.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Longest `Retry-After` honoured; longer requests are cut to this.
+    #[serde(default = "default_max_retry_after_seconds")]
+    pub max_retry_after_seconds: u64,
+    /// How long a batch may keep failing (5xx, timeouts, …) before `on_exhausted` applies.
+    /// Time spent honouring `Retry-After` does not count.
+    #[serde(default = "default_max_retry_duration_ms")]
+    pub max_retry_duration_ms: u64,
+    /// `block` (default: retry forever, keep order) or `dead_letter`.
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for PushRetryConfig {
+    fn default() -> Self {
+        PushRetryConfig {
+            min_backoff_ms: default_min_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_retry_after_seconds: default_max_retry_after_seconds(),
+            max_retry_duration_ms: default_max_retry_duration_ms(),
+            on_exhausted: OnExhausted::default(),
+        }
+    }
+}
+
+fn default_max_events() -> usize {
+    100
+}
+fn default_max_bytes() -> usize {
+    4 << 20
+}
+fn default_linger_ms() -> u64 {
+    50
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_grant_type() -> String {
+    "client_credentials".into()
+}
+fn default_max_concurrent_requests() -> usize {
+    4
+}
+fn default_min_backoff_ms() -> u64 {
+    500
+}
+fn default_max_backoff_ms() -> u64 {
+    60_000
+}
+fn default_max_retry_after_seconds() -> u64 {
+    600
+}
+fn default_max_retry_duration_ms() -> u64 {
+    3_600_000
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), (String, String)> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err((key.into(), "must be an http:// or https:// URL".into())),
+        Err(e) => Err((key.into(), format!("is not a URL: {e}"))),
+    }
+}
+
+fn check_rate(key: &str, rate: Option<f64>) -> Result<(), (String, String)> {
+    match rate {
+        Some(r) if !(r.is_finite() && r > 0.0 && r <= 1e6) => Err((
+            key.into(),
+            "must be a positive number of at most 1000000".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl PushSinkConfig {
+    /// Semantic checks; `Err((key, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check_url("url", &self.url)?;
+        if let Some(label) = &self.entity_event_source {
+            if label.is_empty() || label.chars().count() > 255 {
+                return Err((
+                    "entity_event_source".into(),
+                    "must be 1 to 255 characters".into(),
+                ));
+            }
+            if http::HeaderValue::from_str(label).is_err() {
+                return Err((
+                    "entity_event_source".into(),
+                    "must be a valid HTTP header value".into(),
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.max_events) {
+            return Err(("max_events".into(), "must be between 1 and 10000".into()));
+        }
+        if self.max_bytes < 1024 {
+            return Err(("max_bytes".into(), "must be at least 1024".into()));
+        }
+        if self.linger_ms > 60_000 {
+            return Err(("linger_ms".into(), "must be at most 60000".into()));
+        }
+        if self.request_timeout_ms < 100 || self.connect_timeout_ms < 100 {
+            return Err((
+                "request_timeout_ms".into(),
+                "request_timeout_ms and connect_timeout_ms must be at least 100".into(),
+            ));
+        }
+        if let AuthConfig::Oauth2 {
+            token_url,
+            client_id,
+            grant_type,
+            ..
+        } = &self.auth
+        {
+            check_url("auth.token_url", token_url)?;
+            if client_id.is_empty() {
+                return Err(("auth.client_id".into(), "must not be empty".into()));
+            }
+            if grant_type != "client_credentials" {
+                return Err((
+                    "auth.grant_type".into(),
+                    "only `client_credentials` is supported (a producer has no user to log in)"
+                        .into(),
+                ));
+            }
+        }
+        check_rate(
+            "limits.requests_per_second",
+            self.limits.requests_per_second,
+        )?;
+        check_rate("limits.events_per_second", self.limits.events_per_second)?;
+        if !(1..=1024).contains(&self.limits.max_concurrent_requests) {
+            return Err((
+                "limits.max_concurrent_requests".into(),
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        let r = &self.retry;
+        if r.min_backoff_ms == 0 || r.max_backoff_ms < r.min_backoff_ms {
+            return Err((
+                "retry.max_backoff_ms".into(),
+                "min_backoff_ms must be positive and at most max_backoff_ms".into(),
+            ));
+        }
+        if r.max_retry_duration_ms == 0 {
+            return Err((
+                "retry.max_retry_duration_ms".into(),
+                "must be positive".into(),
+            ));
+        }
+        self.dead_letter
+            .validate()
+            .map_err(|(k, d)| (format!("dead_letter.{k}"), d))
+    }
+
+    /// A copy safe to print: secrets are references already; inline librdkafka values of the
+    /// dead-letter producer that look secret are masked.
+    pub fn masked(&self) -> Self {
+        let mut copy = self.clone();
+        copy.dead_letter = copy.dead_letter.masked();
+        copy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PushSinkConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    const MINIMAL: &str = r#"
+        url = "https://consumer.example/webhooks"
+        auth = { type = "token", token = { env = "T" } }
+        dead_letter = { type = "kafka", topic = "dlq" }
+    "#;
+
+    #[test]
+    fn minimal_config_has_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_events, 100);
+        assert_eq!(c.limits.max_concurrent_requests, 4);
+        assert_eq!(c.retry.on_exhausted, OnExhausted::Block);
+    }
+
+    #[test]
+    fn oauth2_defaults_and_checks() {
+        let text = MINIMAL.replace(
+            r#"auth = { type = "token", token = { env = "T" } }"#,
+            r#"auth = { type = "oauth2", token_url = "https://idp.example/token", client_id = "c", client_secret = { env = "S" } }"#,
+        );
+        let c = parse(&text).unwrap();
+        c.validate().unwrap();
+        match &c.auth {
+            AuthConfig::Oauth2 { grant_type, .. } => assert_eq!(grant_type, "client_credentials"),
+            other => panic!("{other:?}"),
+        }
+        let bad = text.replace(
+            "client_id = \"c\"",
+            "client_id = \"c\", grant_type = \"password\"",
+        );
+        assert_eq!(
+            parse(&bad).unwrap().validate().unwrap_err().0,
+            "auth.grant_type"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let c = parse(&MINIMAL.replace("https://consumer.example/webhooks", "ftp://x")).unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "url");
+        let mut c = parse(MINIMAL).unwrap();
+        c.limits.requests_per_second = Some(0.0);
+        assert_eq!(c.validate().unwrap_err().0, "limits.requests_per_second");
+        assert!(parse(&format!("{MINIMAL}\nlinger = 3")).is_err());
+    }
+}

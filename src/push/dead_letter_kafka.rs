@@ -1,0 +1,244 @@
+//! Dead letters to a Kafka topic, with the Kafka sink's `acks=all` idempotent producer settings.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use super::dead_letter::{headers, DeadLetterError, DeadLetterInfo, DeadRecord};
+use crate::kafka::{KafkaBuildError, KafkaSinkConfig, RESERVED_LIBRDKAFKA_KEYS};
+use crate::secret::SecretRef;
+
+/// A Kafka topic for dead letters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaDeadLetterConfig {
+    /// Comma-separated `host:port` list of brokers.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap_servers: String,
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Create the topic through the admin API on first use.
+    #[serde(default = "default_true")]
+    pub create_topic: bool,
+    /// Partitions of the topic when the bridge creates it.
+    #[serde(default = "default_one")]
+    pub topic_partitions: i32,
+    /// Replication factor of the topic when the bridge creates it (use 3 in production).
+    #[serde(default = "default_one")]
+    pub topic_replication_factor: i32,
+    /// Bound on topic creation and on the delivery reports of one dead-letter write.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u64,
+    /// Extra librdkafka producer options, passed through as-is.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+    /// librdkafka options whose values are secrets, by reference.
+    #[serde(default)]
+    pub librdkafka_secrets: BTreeMap<String, SecretRef>,
+}
+
+fn default_bootstrap() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> i32 {
+    1
+}
+fn default_delivery_timeout_ms() -> u64 {
+    15_000
+}
+
+impl KafkaDeadLetterConfig {
+    /// The producer settings expressed as a Kafka sink config, to share its client setup.
+    fn as_sink_config(&self) -> KafkaSinkConfig {
+        KafkaSinkConfig {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            delivery_timeout_ms: self.delivery_timeout_ms,
+            librdkafka: self.librdkafka.clone(),
+            librdkafka_secrets: self.librdkafka_secrets.clone(),
+            ..KafkaSinkConfig::default()
+        }
+    }
+
+    /// Semantic checks; `Err((key, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        crate::kafka::topics::check_topic_name(&self.topic).map_err(|e| ("topic".to_owned(), e))?;
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(("bootstrap_servers".into(), "must not be empty".into()));
+        }
+        if self.topic_partitions < 1 || self.topic_replication_factor < 1 {
+            return Err((
+                "topic_partitions".into(),
+                "topic_partitions and topic_replication_factor must be at least 1".into(),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.delivery_timeout_ms) {
+            return Err((
+                "delivery_timeout_ms".into(),
+                "must be between 100 and 3600000".into(),
+            ));
+        }
+        for key in self.librdkafka.keys().chain(self.librdkafka_secrets.keys()) {
+            if RESERVED_LIBRDKAFKA_KEYS.contains(&key.as_str()) {
+                return Err((
+                    format!("librdkafka.\"{key}\""),
+                    "is set by the bridge".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy safe to print (sensitive-looking inline librdkafka values masked).
+    pub fn masked(&self) -> Self {
+        let mut copy = self.clone();
+        copy.librdkafka = self.as_sink_config().masked().librdkafka;
+        copy
+    }
+
+    /// Builds the writer (does not contact the broker yet).
+    pub fn build(&self, connector: &str) -> Result<KafkaDeadLetter, KafkaBuildError> {
+        let cc = self.as_sink_config().client_config(connector)?;
+        Ok(KafkaDeadLetter {
+            producer: cc.create()?,
+            admin: cc.create()?,
+            config: self.clone(),
+            topic_ready: OnceCell::new(),
+        })
+    }
+}
+
+/// Writes dead letters to a Kafka topic.
+pub struct KafkaDeadLetter {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    config: KafkaDeadLetterConfig,
+    topic_ready: OnceCell<()>,
+}
+
+impl KafkaDeadLetter {
+    /// The topic, for logs.
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> DeadLetterError {
+        DeadLetterError::Unavailable {
+            destination: self.config.topic.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.delivery_timeout_ms)
+    }
+
+    async fn ensure_topic(&self) -> Result<(), DeadLetterError> {
+        if !self.config.create_topic {
+            return Ok(());
+        }
+        self.topic_ready
+            .get_or_try_init(|| async {
+                let topic = NewTopic::new(
+                    &self.config.topic,
+                    self.config.topic_partitions,
+                    TopicReplication::Fixed(self.config.topic_replication_factor),
+                );
+                let opts = AdminOptions::new().operation_timeout(Some(self.timeout()));
+                let results =
+                    tokio::time::timeout(self.timeout(), self.admin.create_topics([&topic], &opts))
+                        .await
+                        .map_err(|_| self.unavailable("timed out creating the topic"))?
+                        .map_err(|e| self.unavailable(format!("cannot create the topic: {e}")))?;
+                for result in results {
+                    match result {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((_, code)) => {
+                            return Err(self.unavailable(format!("cannot create the topic: {code}")))
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes every record and waits until all are confirmed (`acks=all`).
+    pub async fn write(
+        &self,
+        records: &[DeadRecord<'_>],
+        info: &DeadLetterInfo<'_>,
+        connector: &str,
+    ) -> Result<(), DeadLetterError> {
+        self.ensure_topic().await?;
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let fields = headers(record, info, connector);
+            let mut kafka_headers = OwnedHeaders::new_with_capacity(fields.len());
+            for (key, value) in &fields {
+                kafka_headers = kafka_headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut fr = FutureRecord::to(&self.config.topic)
+                .payload(record.payload)
+                .headers(kafka_headers);
+            if let Some(key) = record.key {
+                fr = fr.key(key);
+            }
+            match self.producer.send_result(fr) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => return Err(self.unavailable(format!("cannot enqueue: {e}"))),
+            }
+        }
+        let guard = self.timeout() + Duration::from_secs(2);
+        let reports = tokio::time::timeout(guard, join_all(pending))
+            .await
+            .map_err(|_| self.unavailable("delivery reports timed out"))?;
+        for report in reports {
+            match report {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(self.unavailable(format!("delivery failed: {e}"))),
+                Err(_) => return Err(self.unavailable("producer shut down")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for anything still queued in the producer, up to `timeout` (shutdown).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| self.unavailable(format!("flush task failed: {e}")))?
+            .map_err(|e| self.unavailable(format!("flush incomplete: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_and_masking() {
+        let mut k: KafkaDeadLetterConfig = toml::from_str("topic = \"dlq\"").unwrap();
+        k.librdkafka
+            .insert("sasl.password".into(), "hunter2".into());
+        k.validate().unwrap();
+        assert_eq!(k.masked().librdkafka["sasl.password"], "***");
+        k.topic = "bad topic".into();
+        assert_eq!(k.validate().unwrap_err().0, "topic");
+    }
+}

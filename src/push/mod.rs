@@ -1,0 +1,24 @@
+//! Egress: the webhook (push) sink that POSTs RESO EntityEvent payloads to a remote consumer.
+//!
+//! One role per file: [`config`] (what operators set), [`batch`] (RESO payloads from raw event
+//! bytes, POST-sized chunks), [`auth`] (fixed token or OAuth2 client credentials), [`limit`]
+//! (per-endpoint rate, concurrency and `Retry-After` pause), [`retry`] (answer classification,
+//! full-jitter backoff), [`dead_letter`] (where undeliverable events go: a Kafka topic,
+//! [`dead_letter_kafka`], or a RabbitMQ exchange, [`dead_letter_amqp`]) and [`sink`] (the
+//! [`crate::connector::Sink`] tying them together). See `docs/delivery.md`, "Egress".
+
+pub mod auth;
+pub mod batch;
+pub mod config;
+pub mod dead_letter;
+pub mod dead_letter_amqp;
+pub mod dead_letter_kafka;
+pub mod limit;
+pub mod retry;
+pub mod sink;
+
+pub use config::{AuthConfig, LimitsConfig, OnExhausted, PushRetryConfig, PushSinkConfig};
+pub use dead_letter::{
+    DeadLetter, DeadLetterBuildError, DeadLetterConfig, DeadLetterInfo, DeadRecord,
+};
+pub use sink::{PushBuildError, PushSink, USER_AGENT};

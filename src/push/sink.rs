@@ -1,0 +1,328 @@
+//! The webhook (push) sink: POSTs RESO payloads to a consumer endpoint as a polite producer.
+//!
+//! `send` returns `Ok` once every event of the batch is settled: answered 2xx by the consumer,
+//! or written durably to the dead-letter topic (poison answers, oversized events, and under
+//! `on_exhausted = "dead_letter"` batches that kept failing). Retries happen here, in place, so
+//! the caller keeps at most one batch in flight per partition and order holds across retries.
+//! `send` fails only when the bridge shuts down mid-retry (the caller then does not acknowledge
+//! the batch, and it is delivered again after the restart).
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Auth, AuthBuildError, Token};
+use super::batch;
+use super::config::{OnExhausted, PushSinkConfig};
+use super::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
+use super::limit::Endpoint;
+use super::retry::{classify, status_class, Backoff, Verdict};
+use crate::connector::{count_by_resource, BatchHint, Message, Sink, SinkError};
+use crate::metrics::Metrics;
+
+/// `User-Agent` of every POST.
+pub const USER_AGENT: &str = concat!("entity-bridge/", env!("CARGO_PKG_VERSION"));
+
+/// Why the sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PushBuildError {
+    /// Token or client secret unreadable, or a bad token URL.
+    #[error(transparent)]
+    Auth(#[from] AuthBuildError),
+    /// The HTTP client could not be set up.
+    #[error("HTTP client: {0}")]
+    Client(String),
+    /// The dead-letter writer could not be built.
+    #[error("dead_letter: {0}")]
+    DeadLetter(#[from] super::dead_letter::DeadLetterBuildError),
+}
+
+/// POSTs batches to one consumer endpoint.
+pub struct PushSink {
+    connector: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    auth: Auth,
+    endpoint: Endpoint,
+    config: PushSinkConfig,
+    static_label: Option<HeaderValue>,
+    dead_letter: DeadLetter,
+    metrics: Metrics,
+    stop: CancellationToken,
+}
+
+impl PushSinkConfig {
+    /// Builds the sink; `stop` cuts retry waits short at shutdown.
+    pub fn build(
+        &self,
+        connector: &str,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) -> Result<PushSink, PushBuildError> {
+        let url =
+            reqwest::Url::parse(&self.url).map_err(|e| PushBuildError::Client(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(Duration::from_millis(self.request_timeout_ms))
+            .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
+            // A redirected POST may turn into a GET that "succeeds": never follow.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| PushBuildError::Client(e.to_string()))?;
+        let static_label = self
+            .entity_event_source
+            .as_deref()
+            .map(|l| HeaderValue::from_str(l).map_err(|e| PushBuildError::Client(e.to_string())))
+            .transpose()?;
+        Ok(PushSink {
+            connector: connector.to_owned(),
+            url,
+            client,
+            auth: Auth::build(&self.auth, connector)?,
+            endpoint: Endpoint::new(&self.limits, self.max_events),
+            config: self.clone(),
+            static_label,
+            dead_letter: self.dead_letter.build(connector, metrics.clone())?,
+            metrics,
+            stop,
+        })
+    }
+}
+
+fn shutting_down() -> SinkError {
+    SinkError::Unavailable {
+        reason: "shutting down; the batch will be delivered after the restart".into(),
+    }
+}
+
+impl PushSink {
+    /// Runs `fut` unless shutdown comes first.
+    async fn unless_stopped<T>(
+        &self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, SinkError> {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => Err(shutting_down()),
+            out = fut => Ok(out),
+        }
+    }
+
+    /// One POST; the verdict and the HTTP status when there was an answer.
+    async fn post(
+        &self,
+        body: &Bytes,
+        token: &Token,
+        label: Option<&HeaderValue>,
+        events: usize,
+    ) -> (Verdict, Option<u16>) {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .bearer_auth(token.value.expose())
+            .body(body.clone());
+        if let Some(label) = label {
+            request = request.header("EntityEventSource", label.clone());
+        }
+        self.metrics.push_batch_events(&self.connector, events);
+        let started = Instant::now();
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let verdict = classify(
+                    status,
+                    response.headers(),
+                    Duration::from_secs(self.config.retry.max_retry_after_seconds),
+                    SystemTime::now(),
+                );
+                // Read the (small) answer so the connection can be reused; its content is unused.
+                let _ = response.bytes().await;
+                let seconds = started.elapsed().as_secs_f64();
+                self.metrics
+                    .push_request(&self.connector, status_class(status), seconds);
+                (verdict, Some(status.as_u16()))
+            }
+            Err(e) => {
+                let cause = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "transport"
+                };
+                let seconds = started.elapsed().as_secs_f64();
+                self.metrics.push_request(&self.connector, "error", seconds);
+                tracing::warn!(connector = %self.connector, error = %e.without_url(), cause, "POST failed");
+                (Verdict::Retry { cause }, None)
+            }
+        }
+    }
+
+    /// Delivers one chunk, retrying in place until it is delivered or dead-lettered.
+    async fn deliver(&self, chunk: &[Message]) -> Result<(), SinkError> {
+        let body = batch::body(chunk);
+        let label = self.static_label.clone().or_else(|| {
+            chunk[0]
+                .source_label
+                .as_deref()
+                .and_then(|l| HeaderValue::from_str(l).ok())
+        });
+        let retry = &self.config.retry;
+        let max_failing = Duration::from_millis(retry.max_retry_duration_ms);
+        let mut backoff = Backoff::new(retry);
+        let mut attempts = 0u32;
+        let mut failing_since: Option<Instant> = None;
+        let mut refreshed = false;
+        loop {
+            let permit = self
+                .unless_stopped(self.endpoint.acquire(chunk.len()))
+                .await?;
+            let (verdict, status) = match self.unless_stopped(self.auth.token()).await? {
+                Ok(token) => {
+                    attempts += 1;
+                    let (verdict, status) =
+                        self.post(&body, &token, label.as_ref(), chunk.len()).await;
+                    if verdict == Verdict::Unauthorized
+                        && !refreshed
+                        && self.auth.invalidate(&token)
+                    {
+                        // A fresh token gets one immediate retry.
+                        refreshed = true;
+                        self.metrics.push_retry(&self.connector, "token_refresh");
+                        tracing::info!(connector = %self.connector, "consumer refused the token; refreshing it");
+                        continue;
+                    }
+                    (verdict, status)
+                }
+                Err(_) => (Verdict::Retry { cause: "auth" }, None),
+            };
+            drop(permit);
+            let cause = match verdict {
+                Verdict::Delivered => {
+                    count_by_resource(chunk, |resource, n| {
+                        self.metrics
+                            .push_events_delivered(&self.connector, resource, n)
+                    });
+                    return Ok(());
+                }
+                Verdict::Throttled { pause } => {
+                    self.endpoint.pause(pause);
+                    let status = status.unwrap_or_default();
+                    self.metrics
+                        .push_throttled(&self.connector, status, pause.as_secs_f64());
+                    self.metrics.push_retry(&self.connector, "throttled");
+                    tracing::info!(connector = %self.connector, status, pause_seconds = pause.as_secs_f64(), "consumer asked to pause; endpoint paused");
+                    continue;
+                }
+                Verdict::Poison => {
+                    let detail = format!("consumer answered HTTP {}", status.unwrap_or_default());
+                    let info = DeadLetterInfo {
+                        reason: "rejected",
+                        detail: &detail,
+                        http_status: status,
+                        attempts,
+                    };
+                    return self.dead_letter(chunk, info).await;
+                }
+                Verdict::Unauthorized => "unauthorized",
+                Verdict::Retry { cause } => cause,
+            };
+            refreshed = false;
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if retry.on_exhausted == OnExhausted::DeadLetter && since.elapsed() >= max_failing {
+                let detail = format!("still failing after {attempts} attempts ({cause})");
+                let info = DeadLetterInfo {
+                    reason: "retries_exhausted",
+                    detail: &detail,
+                    http_status: status,
+                    attempts,
+                };
+                return self.dead_letter(chunk, info).await;
+            }
+            let delay = backoff.next_delay();
+            self.metrics.push_retry(&self.connector, cause);
+            tracing::warn!(connector = %self.connector, cause, status, attempts, events = chunk.len(), delay_ms = delay.as_millis() as u64, "POST failed; retrying the same batch");
+            self.unless_stopped(tokio::time::sleep(delay)).await?;
+        }
+    }
+
+    /// Writes `events` to the dead-letter topic, retrying that write until it succeeds.
+    async fn dead_letter(
+        &self,
+        events: &[Message],
+        info: DeadLetterInfo<'_>,
+    ) -> Result<(), SinkError> {
+        let records: Vec<DeadRecord<'_>> = events.iter().map(DeadRecord::from).collect();
+        let mut backoff = Backoff::new(&self.config.retry);
+        loop {
+            match self.dead_letter.write(&records, info).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(connector = %self.connector, error = %e, delay_ms = delay.as_millis() as u64, "cannot dead-letter; retrying");
+                    self.unless_stopped(tokio::time::sleep(delay)).await?;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for PushSink {
+    async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+        let split_on_label = self.static_label.is_none();
+        for chunk in batch::chunks(
+            batch,
+            self.config.max_events,
+            self.config.max_bytes,
+            split_on_label,
+        ) {
+            let events = &batch[chunk.range];
+            if chunk.oversized {
+                let detail = format!(
+                    "event of {} bytes exceeds max_bytes = {}",
+                    events[0].payload.len(),
+                    self.config.max_bytes
+                );
+                let info = DeadLetterInfo {
+                    reason: "too_large",
+                    detail: &detail,
+                    http_status: None,
+                    attempts: 0,
+                };
+                self.dead_letter(events, info).await?;
+            } else {
+                self.deliver(events).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Always ready: probing a consumer would mean POSTing data. Delivery problems show in
+    /// the push metrics and the consumer lag instead.
+    async fn ready(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.dead_letter
+            .flush(timeout)
+            .await
+            .map_err(|e| SinkError::Unavailable {
+                reason: e.to_string(),
+            })
+    }
+
+    fn batch_hint(&self) -> BatchHint {
+        BatchHint {
+            max_events: self.config.max_events,
+            max_bytes: self.config.max_bytes,
+            linger: Duration::from_millis(self.config.linger_ms),
+        }
+    }
+}

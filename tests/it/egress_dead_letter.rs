@@ -1,0 +1,251 @@
+//! Egress dead letters: a 400 and an unparseable record to a Kafka topic, exhausted retries
+//! under `on_exhausted = "dead_letter"`, and a RabbitMQ exchange as the destination.
+
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
+use rdkafka::message::Message as _;
+
+use crate::common::*;
+use crate::egress::{create_topic, event, produce, sequences_by_key, Egress};
+use crate::receiver::Receiver;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_are_retried_and_a_400_is_dead_lettered() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Box::new(|n, _, body| {
+        if n < 3 {
+            (500, vec![])
+        } else if String::from_utf8_lossy(body).contains("POISON") {
+            (400, vec![])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let mut egress = Egress::new("it-egress-dlq", &receiver.url, &dir);
+    egress.sink_extra = "max_events = 1".into();
+    create_topic(&egress.topic, 1).await;
+    let mut events: Vec<(String, i64, String)> = (1..=8)
+        .map(|s| ("rk".to_owned(), s, event("rk", s, 10)))
+        .collect();
+    events[5].2 = events[5].2.replace("xxxxxxxxxx", "POISON");
+    produce(&egress.topic, &events, Some("Feed B")).await;
+    // A record that is no EntityEvent at all, after them.
+    produce(
+        &egress.topic,
+        &[("rk".to_owned(), 9, "not json".to_owned())],
+        None,
+    )
+    .await;
+    let bridge = TestBridge::start_connector(&egress.toml()).await;
+    receiver.wait_delivered(7, Duration::from_secs(60)).await;
+
+    let requests = receiver.requests();
+    assert_eq!(
+        requests
+            .iter()
+            .take(3)
+            .map(|r| r.status)
+            .collect::<Vec<_>>(),
+        vec![500, 500, 500]
+    );
+    assert!(
+        requests[..4].iter().all(|r| r.body == requests[0].body),
+        "the same batch is retried until it succeeds"
+    );
+    let seqs = sequences_by_key(&requests).remove("rk").unwrap();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5, 7, 8],
+        "in order, the poison event skipped"
+    );
+    let poison_posts = requests.iter().filter(|r| r.status == 400).count();
+    assert_eq!(poison_posts, 1, "a 400 is never retried");
+
+    let dlq = egress.dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 2))
+        .await
+        .unwrap();
+    let rejected = dead
+        .iter()
+        .find(|m| header(m, "dead_letter_reason").as_deref() == Some("rejected"))
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(rejected.payload().unwrap()).unwrap(),
+        events[5].2,
+        "exact bytes"
+    );
+    assert_eq!(rejected.key(), Some("rk".as_bytes()));
+    assert_eq!(header(rejected, "http_status").as_deref(), Some("400"));
+    assert_eq!(header(rejected, "attempts").as_deref(), Some("1"));
+    assert_eq!(header(rejected, "connector").as_deref(), Some("it"));
+    assert_eq!(
+        header(rejected, "original_topic").as_deref(),
+        Some(egress.topic.as_str())
+    );
+    assert_eq!(header(rejected, "original_partition").as_deref(), Some("0"));
+    assert_eq!(header(rejected, "original_offset").as_deref(), Some("5"));
+    assert_eq!(
+        header(rejected, "EntityEventSequence").as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        header(rejected, "EntityEventSource").as_deref(),
+        Some("Feed B")
+    );
+    let garbage = dead
+        .iter()
+        .find(|m| header(m, "dead_letter_reason").as_deref() == Some("unparseable"))
+        .unwrap();
+    assert_eq!(garbage.payload(), Some("not json".as_bytes()));
+    assert_eq!(header(garbage, "original_offset").as_deref(), Some("8"));
+
+    let text = bridge.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "entity_bridge_push_retries_total{connector=\"it\",outcome=\"status_5xx\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "entity_bridge_dead_lettered_events_total{connector=\"it\",outcome=\"rejected\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "entity_bridge_dead_lettered_events_total{connector=\"it\",outcome=\"unparseable\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(bridge.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausted_retries_are_dead_lettered_under_that_policy() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Box::new(|_, _, body| {
+        if String::from_utf8_lossy(body).contains("FLAKY") {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let mut egress = Egress::new("it-egress-exhaust", &receiver.url, &dir);
+    egress.sink_extra = "max_events = 1".into();
+    create_topic(&egress.topic, 1).await;
+    let mut events: Vec<(String, i64, String)> = (1..=3)
+        .map(|s| ("ex".to_owned(), s, event("ex", s, 5)))
+        .collect();
+    events[1].2 = events[1].2.replace("xxxxx", "FLAKY");
+    produce(&egress.topic, &events, None).await;
+    let toml = egress.toml().replace(
+        "max_backoff_ms = 200\n",
+        "max_backoff_ms = 200\nmax_retry_duration_ms = 500\non_exhausted = \"dead_letter\"\n",
+    );
+    let bridge = TestBridge::start_connector(&toml).await;
+    receiver.wait_delivered(2, Duration::from_secs(60)).await;
+    let dlq = egress.dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&dead[0], "dead_letter_reason").as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(header(&dead[0], "http_status").as_deref(), Some("503"));
+    let attempts: u32 = header(&dead[0], "attempts").unwrap().parse().unwrap();
+    assert!(attempts >= 2, "retried before giving up: {attempts}");
+    let seqs = sequences_by_key(&receiver.requests()).remove("ex").unwrap();
+    assert_eq!(seqs, vec![1, 3]);
+    assert!(bridge.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_can_be_dead_lettered_to_a_rabbitmq_exchange() {
+    require_kafka();
+    let amqp = require_amqp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("amqp-url");
+    std::fs::write(&url_file, amqp_url()).unwrap();
+    let receiver = Receiver::start(Box::new(|_, _, _| (422, vec![]))).await;
+    let egress = Egress::new("it-egress-amqp-dlx", &receiver.url, &dir);
+    create_topic(&egress.topic, 1).await;
+    let events: Vec<_> = (1..=3)
+        .map(|s| ("ak".to_owned(), s, event("ak", s, 4)))
+        .collect();
+    produce(&egress.topic, &events, None).await;
+    let (exchange, queue) = (unique("it.dlx"), unique("it.dead"));
+    let toml = egress.toml().replace(
+        &format!("type = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{}\"", kafka(), egress.dlq),
+        &format!(
+            "type = \"amqp\"\nurl = {{ file = {:?} }}\nexchange = \"{exchange}\"\nqueue = \"{queue}\"",
+            url_file.display().to_string()
+        ),
+    );
+    assert!(toml.contains("type = \"amqp\""), "{toml}");
+    let bridge = TestBridge::start_connector(&toml).await;
+
+    let channel = amqp.create_channel().await.unwrap();
+    // Declared here too (same arguments as the bridge's), so polling never hits a missing queue.
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(&queue, durable, lapin::types::FieldTable::default())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} dead letters",
+            got.len()
+        );
+        match channel
+            .basic_get(&queue, BasicGetOptions { no_ack: true })
+            .await
+        {
+            Ok(Some(m)) => got.push(m),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    for (m, (_, seq, raw)) in got.iter().zip(&events) {
+        assert_eq!(
+            std::str::from_utf8(&m.delivery.data).unwrap(),
+            raw,
+            "exact bytes, in order"
+        );
+        let headers = m.delivery.properties.headers().as_ref().unwrap();
+        let text = |k: &str| match headers.inner().get(k) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        assert_eq!(text("dead_letter_reason").as_deref(), Some("rejected"));
+        assert_eq!(text("http_status").as_deref(), Some("422"));
+        assert_eq!(text("connector").as_deref(), Some("it"));
+        assert_eq!(
+            text("original_topic").as_deref(),
+            Some(egress.topic.as_str())
+        );
+        assert_eq!(text("original_offset"), Some((seq - 1).to_string()));
+        assert_eq!(
+            m.delivery.properties.delivery_mode(),
+            &Some(2),
+            "persistent"
+        );
+    }
+    assert!(bridge.stop().await);
+}
