@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 pub struct BridgeChild {
     child: Child,
     pub webhook_addr: String,
-    pub admin_addr: String,
 }
 
 impl BridgeChild {
@@ -38,14 +37,8 @@ impl BridgeChild {
         );
         BridgeChild {
             webhook_addr: parts[1].to_owned(),
-            admin_addr: parts[2].to_owned(),
             child,
         }
-    }
-
-    /// Process id (for /proc sampling).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Current and peak resident set size in MiB.
@@ -79,13 +72,23 @@ pub fn rss_of(pid: u32) -> (f64, f64) {
 
 /// The child side: run the bridge until SIGTERM or stdin closes.
 pub fn serve(config_dir: PathBuf) -> ! {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let code = runtime.block_on(async move {
-        let (config, _) = entity_bridge::config::load(&[config_dir]).expect("bench config");
-        let running = entity_bridge::app::start(config).await.expect("bridge starts");
+        let (config, _) = entity_bridge::config::load(&[config_dir]).unwrap_or_else(|e| {
+            eprintln!("bench bridge config: {e}");
+            std::process::exit(2)
+        });
+        let running = entity_bridge::app::start(config).await.unwrap_or_else(|e| {
+            eprintln!("bench bridge cannot start: {e}");
+            std::process::exit(2)
+        });
         println!("READY {} {}", running.webhook_addr, running.admin_addr);
         let stop = running.shutdown_token();
         tokio::spawn(async move {

@@ -12,6 +12,7 @@
 
 mod amqp_ceiling;
 mod child;
+mod egress;
 mod gen;
 mod ingress;
 mod kafka_ceiling;
@@ -28,6 +29,10 @@ pub enum Scenario {
     IngressKafka,
     /// N concurrent HTTP producers → webhook → RabbitMQ; ceiling: lapin with publisher confirms.
     IngressAmqp,
+    /// Kafka → bridge → local HTTP receiver answering 200; ceiling: a plain rdkafka consumer.
+    EgressKafka,
+    /// Bridge RSS while draining a `--backlog`-event egress backlog (must not grow with it).
+    EgressBacklog,
     /// Every scenario in turn.
     All,
 }
@@ -55,6 +60,9 @@ pub struct Opts {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Events in the egress backlog scenario (small, 512-byte events).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: u64,
     /// Partitions of the benchmark topics.
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
@@ -132,6 +140,8 @@ fn main() {
             match s {
                 Scenario::IngressKafka => ingress::run(ingress::Bus::Kafka, &opts).await,
                 Scenario::IngressAmqp => ingress::run(ingress::Bus::Amqp, &opts).await,
+                Scenario::EgressKafka => egress::run(&opts).await,
+                Scenario::EgressBacklog => egress::backlog(&opts).await,
                 Scenario::All => unreachable!(),
             }
         });

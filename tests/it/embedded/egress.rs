@@ -116,13 +116,13 @@ async fn embedded_source_delivers_everything_to_kafka_once() {
     })
     .await
     .unwrap();
-    let mut sequences: Vec<i64> = all
+    let mut delivered: Vec<i64> = all
         .iter()
         .map(|m| header(m, "EntityEventSequence").unwrap().parse().unwrap())
         .collect();
-    sequences.sort();
+    delivered.sort();
     assert_eq!(
-        sequences,
+        delivered,
         (1..=35).collect::<Vec<_>>(),
         "each event exactly once across the restart"
     );
