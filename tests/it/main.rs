@@ -1,11 +1,15 @@
 //! Integration tests against real brokers (one binary; run with `bash deploy/dev/test.sh`).
 
 mod amqp;
+mod bench_smoke;
 mod cli;
 mod common;
+mod deploy;
 mod egress;
 mod egress_dead_letter;
 mod egress_process;
 mod embedded;
 mod kafka_ingress;
+mod openapi;
 mod receiver;
+mod tls;

@@ -39,7 +39,12 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) {
         ..Default::default()
     };
     channel
-        .exchange_declare(exchange, ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            exchange,
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await
         .expect("exchange");
     let durable = QueueDeclareOptions {
@@ -51,14 +56,22 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) {
         .await
         .expect("queue");
     channel
-        .queue_bind(queue, exchange, "#", QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue,
+            exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("binding");
 }
 
 /// Deletes what [`declare`] made.
 pub async fn delete(channel: &Channel, exchange: &str, queue: &str) {
-    let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+    let _ = channel
+        .queue_delete(queue, QueueDeleteOptions::default())
+        .await;
     let _ = channel
         .exchange_delete(exchange, ExchangeDeleteOptions::default())
         .await;

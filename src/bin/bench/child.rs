@@ -22,14 +22,19 @@ impl BridgeChild {
             .arg("__bridge")
             .arg(config_dir)
             .env("BENCH_AMQP_URL", &opts.amqp)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn bridge child");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("READY line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("READY line");
         let parts: Vec<&str> = line.split_whitespace().collect();
         assert!(
             parts.len() == 3 && parts[0] == "READY",
@@ -97,7 +102,11 @@ pub fn serve(config_dir: PathBuf) -> ! {
                     .expect("SIGTERM handler");
             let stdin_closed = tokio::task::spawn_blocking(|| {
                 let mut sink = String::new();
-                while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+                while std::io::stdin()
+                    .read_line(&mut sink)
+                    .map(|n| n > 0)
+                    .unwrap_or(false)
+                {}
             });
             tokio::select! {
                 _ = term.recv() => {},

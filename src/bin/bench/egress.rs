@@ -107,10 +107,21 @@ fn write_config(dir: &std::path::Path, opts: &Opts, topic: &str, url: &str, grou
 }
 
 /// Runs the bridge over `topic` until the receiver got `events`; samples RSS meanwhile.
-async fn drain(opts: &Opts, topic: &str, events: u64, run_id: &str) -> (Figures, f64, Vec<(u64, f64)>) {
+async fn drain(
+    opts: &Opts,
+    topic: &str,
+    events: u64,
+    run_id: &str,
+) -> (Figures, f64, Vec<(u64, f64)>) {
     let (url, received) = receiver().await;
     let dir = crate::ScratchDir::new(&format!("{run_id}-egress"));
-    write_config(dir.path(), opts, topic, &url, &format!("bench-bridge-{run_id}"));
+    write_config(
+        dir.path(),
+        opts,
+        topic,
+        &url,
+        &format!("bench-bridge-{run_id}"),
+    );
     let child = BridgeChild::start(dir.path(), opts);
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut samples = Vec::new();
@@ -135,7 +146,13 @@ async fn drain(opts: &Opts, topic: &str, events: u64, run_id: &str) -> (Figures,
 /// Scenario 3: egress throughput vs a plain consumer.
 pub async fn run(opts: &Opts) -> Row {
     let run_id = crate::run_id();
-    let topic = fill_topic(opts, &format!("bench-{run_id}"), opts.events, opts.property_bytes).await;
+    let topic = fill_topic(
+        opts,
+        &format!("bench-{run_id}"),
+        opts.events,
+        opts.property_bytes,
+    )
+    .await;
     let (bridge, peak, _) = drain(opts, &topic, opts.events, &run_id).await;
     let ceiling = {
         let (kafka, topic, events) = (opts.kafka.clone(), topic.clone(), opts.events);

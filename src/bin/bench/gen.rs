@@ -31,13 +31,50 @@ impl Rng {
 }
 
 const CITIES: &[&str] = &[
-    "Austin", "Boulder", "Charleston", "Denver", "Eugene", "Fresno", "Green Bay", "Honolulu",
+    "Austin",
+    "Boulder",
+    "Charleston",
+    "Denver",
+    "Eugene",
+    "Fresno",
+    "Green Bay",
+    "Honolulu",
 ];
-const STATUSES: &[&str] = &["Active", "Pending", "Closed", "ActiveUnderContract", "Withdrawn"];
+const STATUSES: &[&str] = &[
+    "Active",
+    "Pending",
+    "Closed",
+    "ActiveUnderContract",
+    "Withdrawn",
+];
 const WORDS: &[&str] = &[
-    "bright", "spacious", "renovated", "kitchen", "quartz", "hardwood", "floors", "backyard",
-    "mountain", "views", "walk", "to", "schools", "and", "parks", "with", "a", "two-car",
-    "garage", "open", "plan", "vaulted", "ceilings", "primary", "suite", "en-suite", "bath",
+    "bright",
+    "spacious",
+    "renovated",
+    "kitchen",
+    "quartz",
+    "hardwood",
+    "floors",
+    "backyard",
+    "mountain",
+    "views",
+    "walk",
+    "to",
+    "schools",
+    "and",
+    "parks",
+    "with",
+    "a",
+    "two-car",
+    "garage",
+    "open",
+    "plan",
+    "vaulted",
+    "ceilings",
+    "primary",
+    "suite",
+    "en-suite",
+    "bath",
 ];
 
 /// What to generate.
@@ -149,7 +186,8 @@ fn media_event(rng: &mut Rng, config: &GenConfig, sequence: u64, key_n: u64) -> 
 
 /// A RESO multi-valued payload of `events`.
 pub fn payload(events: &[Event]) -> String {
-    let mut out = String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 80);
+    let mut out =
+        String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 80);
     out.push_str(r#"{"@reso.context":"urn:reso:metadata:2.0:resource:entityevent","value":["#);
     for (i, e) in events.iter().enumerate() {
         if i > 0 {

@@ -22,6 +22,8 @@ pub enum Bus {
     Kafka,
     /// RabbitMQ (AMQP) sink.
     Amqp,
+    /// The embedded log (SQLite, fsync per commit).
+    Embedded,
 }
 
 /// Generates the scenario's batches (deterministic from the seed).
@@ -35,7 +37,11 @@ pub fn batches(opts: &Opts) -> Vec<Vec<Event>> {
     let mut seq = 1u64;
     while seq <= opts.events {
         let n = (opts.events - seq + 1).min(opts.batch as u64);
-        all.push((seq..seq + n).map(|s| gen::event(&mut rng, &config, s)).collect());
+        all.push(
+            (seq..seq + n)
+                .map(|s| gen::event(&mut rng, &config, s))
+                .collect(),
+        );
         seq += n;
     }
     all
@@ -46,7 +52,10 @@ pub fn write_config(dir: &Path, sink_toml: &str) {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     std::fs::write(
         dir.join("bridge.toml"),
-        "[http]\nlisten_addr = \"127.0.0.1:0\"\n[admin]\nlisten_addr = \"127.0.0.1:0\"\n",
+        format!(
+            "data_dir = {:?}\n[http]\nlisten_addr = \"127.0.0.1:0\"\n[admin]\nlisten_addr = \"127.0.0.1:0\"\n",
+            dir.join("data").display().to_string()
+        ),
     )
     .unwrap();
     std::fs::create_dir_all(dir.join("connectors")).unwrap();
@@ -59,7 +68,11 @@ pub fn write_config(dir: &Path, sink_toml: &str) {
 }
 
 /// Posts every body with `concurrency` producers; retries a body answered 429/503.
-pub async fn post_all(url: &str, bodies: &Arc<Vec<(String, u64, u64)>>, concurrency: usize) -> Figures {
+pub async fn post_all(
+    url: &str,
+    bodies: &Arc<Vec<(String, u64, u64)>>,
+    concurrency: usize,
+) -> Figures {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -67,12 +80,15 @@ pub async fn post_all(url: &str, bodies: &Arc<Vec<(String, u64, u64)>>, concurre
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (client, next, bodies, url) = (client.clone(), next.clone(), bodies.clone(), url.to_owned());
+        let (client, next, bodies, url) =
+            (client.clone(), next.clone(), bodies.clone(), url.to_owned());
         async move {
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((body, _, _)) = bodies.get(i) else { break };
+                let Some((body, _, _)) = bodies.get(i) else {
+                    break;
+                };
                 loop {
                     let t = Instant::now();
                     let response = client
@@ -89,7 +105,10 @@ pub async fn post_all(url: &str, bodies: &Arc<Vec<(String, u64, u64)>>, concurre
                             break;
                         }
                         429 | 503 => tokio::time::sleep(Duration::from_millis(50)).await,
-                        other => panic!("bridge answered {other}: {}", response.text().await.unwrap_or_default()),
+                        other => panic!(
+                            "bridge answered {other}: {}",
+                            response.text().await.unwrap_or_default()
+                        ),
                     }
                 }
             }
@@ -111,7 +130,13 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let bodies: Arc<Vec<(String, u64, u64)>> = Arc::new(
         batches
             .iter()
-            .map(|b| (gen::payload(b), b.len() as u64, b.iter().map(|e| e.json.len() as u64).sum()))
+            .map(|b| {
+                (
+                    gen::payload(b),
+                    b.len() as u64,
+                    b.iter().map(|e| e.json.len() as u64).sum(),
+                )
+            })
             .collect(),
     );
     let run_id = crate::run_id();
@@ -120,7 +145,12 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let sink = match bus {
         Bus::Kafka => {
             for resource in ["Property", "Media"] {
-                kafka_ceiling::create_topic(&opts.kafka, &format!("{prefix}.{resource}"), opts.partitions).await;
+                kafka_ceiling::create_topic(
+                    &opts.kafka,
+                    &format!("{prefix}.{resource}"),
+                    opts.partitions,
+                )
+                .await;
             }
             format!(
                 "type = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic_template = \"{prefix}.{{ResourceName}}\"\ncreate_topics = false\n",
@@ -134,6 +164,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
                 "type = \"amqp\"\nurl_env = \"BENCH_AMQP_URL\"\nexchange = \"{prefix}\"\ndeclare_exchange = false\n"
             )
         }
+        Bus::Embedded => "type = \"embedded\"\nfile = \"bench.db\"\n".to_owned(),
     };
     write_config(dir.path(), &sink);
     let child = BridgeChild::start(dir.path(), opts);
@@ -158,11 +189,13 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
             amqp_ceiling::declare(&channel, &ceiling, &ceiling).await;
             let warm = Arc::new(vec![batches[0].clone()]);
             amqp_ceiling::publish(&channel, &ceiling, &warm, 1).await;
-            let figures = amqp_ceiling::publish(&channel, &ceiling, &batches, opts.concurrency).await;
+            let figures =
+                amqp_ceiling::publish(&channel, &ceiling, &batches, opts.concurrency).await;
             amqp_ceiling::delete(&channel, &ceiling, &ceiling).await;
             amqp_ceiling::delete(&channel, &prefix, &prefix).await;
             figures
         }
+        Bus::Embedded => store_ceiling(dir.path(), &batches, opts.concurrency).await,
     };
     Row {
         scenario: format!("ingress → {bus:?}").to_lowercase(),
@@ -171,8 +204,57 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
         ceiling_name: match bus {
             Bus::Kafka => "rdkafka producer acks=all",
             Bus::Amqp => "lapin publisher confirms",
+            Bus::Embedded => "embedded Log::append",
         },
         peak_rss_mib: peak_rss,
         note: String::new(),
+    }
+}
+
+/// The embedded ceiling: the log's own batch append (same store, same group-commit writer,
+/// same fsync per commit), called directly with the same batches and concurrency.
+async fn store_ceiling(dir: &Path, batches: &Arc<Vec<Vec<Event>>>, concurrency: usize) -> Figures {
+    use entity_bridge::connector::Message;
+    let log = entity_bridge::embedded::Log::open(&dir.join("ceiling.db")).expect("open log");
+    let messages: Arc<Vec<Vec<Message>>> = Arc::new(
+        batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                b.iter()
+                    .enumerate()
+                    .map(|(n, e)| Message {
+                        sequence: (i * 1_000_000 + n + 1) as i64,
+                        resource_name: e.resource.to_owned(),
+                        record_key: e.key.clone(),
+                        source_label: None,
+                        payload: bytes::Bytes::from(e.json.clone()),
+                        origin: None,
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    log.append("ceiling", &messages[0])
+        .await
+        .expect("warm-up append");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (log, next, messages) = (log.clone(), next.clone(), messages.clone());
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = messages.get(i) else { break };
+                log.append("ceiling", batch).await.expect("append");
+            }
+        }
+    });
+    join_all(workers).await;
+    Figures {
+        events: batches.iter().map(|b| b.len() as u64).sum(),
+        bytes: batches.iter().flatten().map(|e| e.json.len() as u64).sum(),
+        elapsed: started.elapsed(),
+        latencies: Vec::new(),
     }
 }

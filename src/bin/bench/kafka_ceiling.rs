@@ -83,14 +83,28 @@ pub async fn produce(
                 for (n, e) in batch.iter().enumerate() {
                     let seq = (i * 1_000_000 + n + 1).to_string();
                     let headers = OwnedHeaders::new_with_capacity(3)
-                        .insert(Header { key: "EntityEventSequence", value: Some(seq.as_bytes()) })
-                        .insert(Header { key: "ResourceName", value: Some(e.resource) })
-                        .insert(Header { key: "content-type", value: Some("application/json") });
+                        .insert(Header {
+                            key: "EntityEventSequence",
+                            value: Some(seq.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "ResourceName",
+                            value: Some(e.resource),
+                        })
+                        .insert(Header {
+                            key: "content-type",
+                            value: Some("application/json"),
+                        });
                     let record = FutureRecord::to(topic)
                         .key(e.key.as_bytes())
                         .payload(e.json.as_bytes())
                         .headers(headers);
-                    pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+                    pending.push(
+                        producer
+                            .send_result(record)
+                            .map_err(|(e, _)| e)
+                            .expect("enqueue"),
+                    );
                 }
                 for r in join_all(pending).await {
                     r.expect("delivery future").expect("delivered");

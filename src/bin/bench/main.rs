@@ -29,6 +29,8 @@ pub enum Scenario {
     IngressKafka,
     /// N concurrent HTTP producers → webhook → RabbitMQ; ceiling: lapin with publisher confirms.
     IngressAmqp,
+    /// N concurrent HTTP producers → webhook → embedded log; ceiling: the log's own append.
+    IngressEmbedded,
     /// Kafka → bridge → local HTTP receiver answering 200; ceiling: a plain rdkafka consumer.
     EgressKafka,
     /// Bridge RSS while draining a `--backlog`-event egress backlog (must not grow with it).
@@ -67,7 +69,11 @@ pub struct Opts {
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
     /// Kafka-protocol broker.
-    #[arg(long, env = "ENTITY_BRIDGE_TEST_KAFKA", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "ENTITY_BRIDGE_TEST_KAFKA",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka: String,
     /// RabbitMQ URL.
     #[arg(
@@ -140,6 +146,7 @@ fn main() {
             match s {
                 Scenario::IngressKafka => ingress::run(ingress::Bus::Kafka, &opts).await,
                 Scenario::IngressAmqp => ingress::run(ingress::Bus::Amqp, &opts).await,
+                Scenario::IngressEmbedded => ingress::run(ingress::Bus::Embedded, &opts).await,
                 Scenario::EgressKafka => egress::run(&opts).await,
                 Scenario::EgressBacklog => egress::backlog(&opts).await,
                 Scenario::All => unreachable!(),

@@ -75,6 +75,10 @@ pub fn print_table(rows: &[Row]) {
         );
     }
     for r in rows {
-        println!("{}: ratio = bridge / ceiling = {:.2}", r.scenario, r.ratio());
+        println!(
+            "{}: ratio = bridge / ceiling = {:.2}",
+            r.scenario,
+            r.ratio()
+        );
     }
 }
