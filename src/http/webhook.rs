@@ -130,7 +130,8 @@ impl WebhookConnector {
             Problem::new(StatusCode::BAD_REQUEST, e.to_string())
                 .with_errors(e.violations.into_iter().map(Item::from))
         })?;
-        let messages = to_messages(&payload, source_label);
+        let multi_valued = payload.multi_valued;
+        let messages = to_messages(payload, source_label);
         count_by_resource(&messages, |resource, n| {
             self.metrics.events_received(&self.name, resource, n)
         });
@@ -138,13 +139,13 @@ impl WebhookConnector {
             self.sink
                 .send(&messages)
                 .await
-                .map_err(|e| self.sink_problem(e, &payload))?;
+                .map_err(|e| self.sink_problem(e, multi_valued))?;
         }
         tracing::debug!(connector = %self.name, events = messages.len(), "push accepted");
         Ok(Json(serde_json::json!({ "accepted": messages.len() })).into_response())
     }
 
-    fn sink_problem(&self, error: SinkError, payload: &Payload) -> Problem {
+    fn sink_problem(&self, error: SinkError, multi_valued: bool) -> Problem {
         match error {
             SinkError::Rejected {
                 index,
@@ -152,7 +153,7 @@ impl WebhookConnector {
                 detail,
                 kind,
             } => {
-                let mut pointer = if payload.multi_valued {
+                let mut pointer = if multi_valued {
                     format!("/value/{index}")
                 } else {
                     String::new()
@@ -255,16 +256,16 @@ fn source_label(headers: &HeaderMap) -> Result<Option<Arc<str>>, Problem> {
     Ok((!text.is_empty()).then(|| Arc::from(text)))
 }
 
-fn to_messages(payload: &Payload, source_label: Option<Arc<str>>) -> Vec<Message> {
+fn to_messages(payload: Payload, source_label: Option<Arc<str>>) -> Vec<Message> {
     payload
         .events
-        .iter()
+        .into_iter()
         .map(|e| Message {
             sequence: e.sequence,
-            resource_name: e.resource_name.clone(),
-            record_key: e.record_key.clone(),
+            resource_name: e.resource_name,
+            record_key: e.record_key,
             source_label: source_label.clone(),
-            payload: e.raw.clone(),
+            payload: e.raw,
             origin: None,
         })
         .collect()

@@ -6,7 +6,7 @@
 //! The idempotent producer keeps librdkafka's internal retries free of duplicates and in order.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -113,7 +113,7 @@ impl KafkaSink {
     }
 
     /// Routes every message; fails on the first that cannot be published at all.
-    fn route_all(&self, batch: &[Message]) -> Result<Vec<String>, SinkError> {
+    fn route_all(&self, batch: &[Message]) -> Result<Vec<Arc<str>>, SinkError> {
         batch
             .iter()
             .enumerate()
@@ -146,13 +146,13 @@ impl KafkaSink {
     }
 
     /// Makes sure every topic exists, creating missing ones once (single flight).
-    async fn ensure_topics(&self, topics: &[String]) -> Result<(), SinkError> {
-        let unknown = |topics: &[String]| -> BTreeSet<String> {
+    async fn ensure_topics(&self, topics: &[Arc<str>]) -> Result<(), SinkError> {
+        let unknown = |topics: &[Arc<str>]| -> BTreeSet<String> {
             let known = self.known_topics.lock().expect("topic cache lock");
             topics
                 .iter()
-                .filter(|t| !known.contains(*t))
-                .cloned()
+                .filter(|t| !known.contains(&***t))
+                .map(|t| t.to_string())
                 .collect()
         };
         if unknown(topics).is_empty() {
@@ -227,7 +227,7 @@ impl KafkaSink {
         .unwrap_or(false)
     }
 
-    async fn produce_all(&self, batch: &[Message], topics: &[String]) -> Result<(), SinkError> {
+    async fn produce_all(&self, batch: &[Message], topics: &[Arc<str>]) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(batch.len());
         for (message, topic) in batch.iter().zip(topics) {
             let sequence = message.sequence.to_string();

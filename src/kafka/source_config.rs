@@ -82,7 +82,7 @@ fn default_statistics_interval_ms() -> u64 {
     5_000
 }
 fn default_max_buffered_events_per_partition() -> usize {
-    1_000
+    10_000
 }
 
 impl KafkaSourceConfig {

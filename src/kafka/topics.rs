@@ -4,7 +4,8 @@
 //! sink can route a whole batch before producing anything (a rejected event must leave the
 //! rest of its push unpublished).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use super::config::{KafkaSinkConfig, UnknownResource};
 
@@ -64,6 +65,11 @@ impl TopicTemplate {
         Ok(TopicTemplate { parts })
     }
 
+    /// Whether the template contains `{EntityEventSource}`.
+    pub fn uses_source(&self) -> bool {
+        self.parts.contains(&Part::Source)
+    }
+
     /// Renders the template; the result is not yet sanitized.
     pub fn render(&self, resource_name: &str, source_label: Option<&str>) -> String {
         let mut out = String::with_capacity(64);
@@ -111,28 +117,52 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Decides the topic of each event.
-#[derive(Debug, Clone)]
+/// Distinct ResourceNames whose routing is cached (producer-supplied, so bounded).
+const MAX_CACHED_ROUTES: usize = 1024;
+
+/// Decides the topic of each event. Decisions are cached per ResourceName when the template
+/// does not depend on the push's `EntityEventSource`, so the hot path neither renders nor
+/// allocates.
+#[derive(Debug)]
 pub struct TopicRouter {
     template: TopicTemplate,
     topics: BTreeMap<String, String>,
     unknown: UnknownResource,
     default_topic: Option<String>,
+    cache: Option<RwLock<HashMap<String, Option<Arc<str>>>>>,
 }
 
 impl TopicRouter {
     /// Builds the router from validated config.
     pub fn new(config: &KafkaSinkConfig) -> Result<Self, TemplateError> {
+        let template = TopicTemplate::parse(&config.topic_template)?;
+        let cache = (!template.uses_source()).then(|| RwLock::new(HashMap::new()));
         Ok(TopicRouter {
-            template: TopicTemplate::parse(&config.topic_template)?,
+            template,
             topics: config.topics.clone(),
             unknown: config.unknown_resource,
             default_topic: config.default_topic.clone(),
+            cache,
         })
     }
 
     /// The topic for an event, or `None` when policy rejects its ResourceName.
-    pub fn route(&self, resource_name: &str, source_label: Option<&str>) -> Option<String> {
+    pub fn route(&self, resource_name: &str, source_label: Option<&str>) -> Option<Arc<str>> {
+        let Some(cache) = &self.cache else {
+            return self.decide(resource_name, source_label).map(Arc::from);
+        };
+        if let Some(hit) = cache.read().expect("route cache").get(resource_name) {
+            return hit.clone();
+        }
+        let topic: Option<Arc<str>> = self.decide(resource_name, source_label).map(Arc::from);
+        let mut cache = cache.write().expect("route cache");
+        if cache.len() < MAX_CACHED_ROUTES {
+            cache.insert(resource_name.to_owned(), topic.clone());
+        }
+        topic
+    }
+
+    fn decide(&self, resource_name: &str, source_label: Option<&str>) -> Option<String> {
         if let Some(topic) = self.topics.get(resource_name) {
             return Some(topic.clone());
         }
@@ -185,24 +215,25 @@ mod tests {
     fn routing_policy() {
         let mut config = KafkaSinkConfig::default();
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Property", None).unwrap(), "reso.Property");
+        assert_eq!(router.route("Property", None).as_deref(), Some("reso.Property"));
 
         config
             .topics
             .insert("Property".into(), "mls.listings".into());
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Property", None).unwrap(), "mls.listings");
-        assert_eq!(router.route("Media", None).unwrap(), "reso.Media");
+        assert_eq!(router.route("Property", None).as_deref(), Some("mls.listings"));
+        assert_eq!(router.route("Media", None).as_deref(), Some("reso.Media"));
 
         config.unknown_resource = UnknownResource::DefaultTopic;
         config.default_topic = Some("reso.other".into());
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Media", None).unwrap(), "reso.other");
+        assert_eq!(router.route("Media", None).as_deref(), Some("reso.other"));
 
         config.unknown_resource = UnknownResource::Reject;
         let router = TopicRouter::new(&config).unwrap();
         assert_eq!(router.route("Media", None), None);
-        assert_eq!(router.route("Property", None).unwrap(), "mls.listings");
+        assert_eq!(router.route("Media", None), None, "cached rejection");
+        assert_eq!(router.route("Property", None).as_deref(), Some("mls.listings"));
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn write_config(dir: &std::path::Path, opts: &Opts, topic: &str, url: &str, grou
     let connector = format!(
         "[source]\ntype = \"kafka\"\nbootstrap_servers = \"{kafka}\"\ngroup_id = \"{group}\"\n\
          topics = [\"{topic}\"]\nauto_offset_reset = \"earliest\"\n\n\
+         max_buffered_events_per_partition = {buffered}\n\n\
          [sink]\ntype = \"webhook\"\nurl = \"{url}\"\nmax_events = {batch}\n\n\
          [sink.auth]\ntype = \"token\"\ntoken = {{ file = {token:?} }}\n\n\
          [sink.limits]\nmax_concurrent_requests = {concurrency}\n\n\
@@ -102,6 +103,7 @@ fn write_config(dir: &std::path::Path, opts: &Opts, topic: &str, url: &str, grou
         batch = opts.batch,
         concurrency = opts.concurrency.max(opts.partitions as usize),
         token = dir.join("token").display().to_string(),
+        buffered = opts.read_ahead,
     );
     std::fs::write(dir.join("connectors/bench.toml"), connector).unwrap();
 }

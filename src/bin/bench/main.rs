@@ -65,6 +65,9 @@ pub struct Opts {
     /// Events in the egress backlog scenario (small, 512-byte events).
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog: u64,
+    /// Egress read-ahead per partition (`max_buffered_events_per_partition`).
+    #[arg(long, default_value_t = 10_000)]
+    pub read_ahead: usize,
     /// Partitions of the benchmark topics.
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
