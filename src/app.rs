@@ -77,6 +77,9 @@ pub enum AppError {
     /// The embedded log, its replay resource or a generated token could not be set up.
     #[error("{0}")]
     Embedded(#[source] crate::embedded::EmbeddedError),
+    /// `[http.tls]`: the certificate or key could not be loaded.
+    #[error("http.tls: {0}")]
+    Tls(#[source] crate::http::tls::TlsError),
 }
 
 /// A pull-based connector waiting for its pump: name, source, sink, backoff.
@@ -235,6 +238,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
 
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
+    let tls = (config.http.tls.as_ref())
+        .map(|t| t.server_config())
+        .transpose()
+        .map_err(AppError::Tls)?;
     let webhook_listener = bind(config.http.listen_addr).await?;
     let admin_listener = bind(config.admin.listen_addr).await?;
     let webhook_addr = webhook_listener.local_addr().expect("bound address");
@@ -242,10 +249,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
 
     let webhook_app = webhook_router(routes, replay);
     let stop = shutdown.clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let webhook_task = tokio::spawn(async move {
-        axum::serve(webhook_listener, webhook_app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        match tls {
+            Some(tls) => crate::http::tls::serve(webhook_listener, webhook_app, tls, stop).await,
+            None => {
+                axum::serve(webhook_listener, webhook_app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        }
     });
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
@@ -277,12 +290,17 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .into_iter()
             .map(|(name, source)| (name, tokio::spawn(source.run(pump_stop.clone())))),
     );
-    tracing::info!(%webhook_addr, %admin_addr, connectors = sinks.len(), "entity-bridge started");
+    tracing::info!(%webhook_addr, %admin_addr, scheme, connectors = sinks.len(), "entity-bridge started");
     Ok(Running {
         webhook_addr,
         admin_addr,
         metrics,
-        notices: token_notices.iter().map(|n| n.line(webhook_addr)).collect(),
+        notices: (token_notices.iter())
+            .map(|n| {
+                n.line(webhook_addr)
+                    .replacen(" http://", &format!(" {scheme}://"), 1)
+            })
+            .collect(),
         shutdown,
         admin_stop,
         webhook_task,

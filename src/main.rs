@@ -104,6 +104,9 @@ async fn run(config: Config) -> anyhow::Result<bool> {
             "no connectors configured: add a file to connectors/ (see docs/configuration.md)"
         );
     }
+    // Install the handlers before anything can announce "started": a SIGTERM that arrives
+    // right after start-up must drain, not kill the process with the default action.
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let running = entity_bridge::app::start(config)
         .await
         .context("cannot start")?;
@@ -112,24 +115,42 @@ async fn run(config: Config) -> anyhow::Result<bool> {
     }
     let stop = running.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutdown requested; draining in-flight work");
         stop.cancel();
     });
     Ok(running.run_until_stopped().await)
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM / SIGINT, registered up front.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

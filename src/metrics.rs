@@ -7,8 +7,12 @@
 //! `ResourceName` comes from producers, so the `resource` label is capped: after
 //! [`MAX_RESOURCE_LABELS`] distinct values, further names are counted as `other`.
 
+mod catalog;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+
+pub use catalog::MetricInfo;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -23,6 +27,7 @@ pub struct Metrics(Arc<Inner>);
 
 struct Inner {
     registry: Registry,
+    catalog: Vec<MetricInfo>,
     resources: Mutex<HashSet<String>>,
     http_requests: IntCounterVec,
     http_request_duration: HistogramVec,
@@ -70,7 +75,8 @@ struct PushMetrics {
 }
 
 const RETRY_AFTER_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
-const BATCH_EVENTS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+const BATCH_EVENTS_BUCKETS: &[f64] =
+    &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -85,7 +91,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates the registry with every metric registered.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        // Records every family as it is registered (see `catalog`).
+        let registry = catalog::Recording::default();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -269,9 +276,15 @@ impl Metrics {
                 &["connector", "outcome"],
             ),
             resources: Mutex::new(HashSet::new()),
-            registry,
+            catalog: registry.catalog(),
+            registry: registry.into_registry(),
         };
         Metrics(Arc::new(inner))
+    }
+
+    /// Every registered metric family, including those without samples yet, sorted by name.
+    pub fn catalog(&self) -> &[MetricInfo] {
+        &self.0.catalog
     }
 
     /// The registry, e.g. for tests that inspect metric families.

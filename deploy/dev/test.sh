@@ -4,7 +4,9 @@
 # Starts what is missing on loopback and stops only what it started:
 #   - a Kafka-protocol broker on 127.0.0.1:9092: tansu (installed with `cargo install` when
 #     absent; the first build takes ~12 minutes on 2 cores), in-memory storage;
-#   - RabbitMQ on 127.0.0.1:5672 (guest/guest): Debian's rabbitmq-server when absent.
+#   - RabbitMQ on 127.0.0.1:5672 (guest/guest): Debian's rabbitmq-server when absent;
+#   - promtool (checks Prometheus config, alert rules and /metrics): Debian's prometheus package
+#     when absent (only the tool is used; the server the package may start is stopped).
 # Then waits until both answer and runs `cargo test`. Tests never skip a missing broker: they fail.
 set -euo pipefail
 
@@ -85,8 +87,28 @@ ensure_rabbitmq() {
   wait_port RabbitMQ "$AMQP_PORT" 120
 }
 
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    say "using $(promtool --version 2>&1 | head -1)"
+    return
+  fi
+  say "installing promtool (Debian package prometheus)"
+  as_root apt-get update -qq >"$LOG_DIR/apt.log" 2>&1
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >>"$LOG_DIR/apt.log" 2>&1 || { tail -40 "$LOG_DIR/apt.log"; exit 1; }
+  # The package enables a Prometheus server on :9090; the tests need only promtool.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  if pgrep -x prometheus >/dev/null 2>&1; then
+    as_root service prometheus stop >/dev/null 2>&1 || true
+  fi
+  command -v promtool >/dev/null 2>&1 || { say "promtool still missing after install"; exit 1; }
+}
+
 ensure_kafka
 ensure_rabbitmq
+ensure_promtool
 
 export ENTITY_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export ENTITY_BRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"

@@ -75,12 +75,16 @@ pub struct HttpConfig {
     /// Address and port to listen on for webhook pushes.
     #[serde(default = "default_http_listen")]
     pub listen_addr: SocketAddr,
+    /// Serve HTTPS from these PEM files (`[http.tls]`). Absent: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::http::TlsConfig>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen_addr: default_http_listen(),
+            tls: None,
         }
     }
 }
@@ -331,6 +335,14 @@ impl Config {
                 detail,
             }
         })?;
+        // Reads the certificate and key now, so `check` and start-up fail on a bad pair.
+        if let Some(tls) = &self.http.tls {
+            tls.server_config().map_err(|e| ConfigError::Invalid {
+                file: "bridge.toml".into(),
+                key: "http.tls".into(),
+                detail: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 }

@@ -30,12 +30,21 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
 }
 
+/// Prometheus text exposition.
+pub const METRICS_PATH: &str = "/metrics";
+/// Liveness probe.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Readiness probe.
+pub const READYZ_PATH: &str = "/readyz";
+/// Every path the admin router serves (all `GET`).
+pub const PATHS: [&str; 3] = [METRICS_PATH, HEALTHZ_PATH, READYZ_PATH];
+
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(METRICS_PATH, get(metrics))
+        .route(HEALTHZ_PATH, get(healthz))
+        .route(READYZ_PATH, get(readyz))
         .with_state(Arc::new(state))
 }
 

@@ -4,6 +4,8 @@ pub mod admin;
 mod auth;
 mod config;
 pub mod problem;
+pub mod surface;
+pub mod tls;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 pub use auth::TokenSet;
 pub use config::WebhookSourceConfig;
+pub use tls::TlsConfig;
 pub use webhook::WebhookConnector;
 
 use problem::Problem;

@@ -215,13 +215,19 @@ mod tests {
     fn routing_policy() {
         let mut config = KafkaSinkConfig::default();
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Property", None).as_deref(), Some("reso.Property"));
+        assert_eq!(
+            router.route("Property", None).as_deref(),
+            Some("reso.Property")
+        );
 
         config
             .topics
             .insert("Property".into(), "mls.listings".into());
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Property", None).as_deref(), Some("mls.listings"));
+        assert_eq!(
+            router.route("Property", None).as_deref(),
+            Some("mls.listings")
+        );
         assert_eq!(router.route("Media", None).as_deref(), Some("reso.Media"));
 
         config.unknown_resource = UnknownResource::DefaultTopic;
@@ -233,7 +239,10 @@ mod tests {
         let router = TopicRouter::new(&config).unwrap();
         assert_eq!(router.route("Media", None), None);
         assert_eq!(router.route("Media", None), None, "cached rejection");
-        assert_eq!(router.route("Property", None).as_deref(), Some("mls.listings"));
+        assert_eq!(
+            router.route("Property", None).as_deref(),
+            Some("mls.listings")
+        );
     }
 
     #[test]
