@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::dead_letter::{headers, DeadLetterError, DeadLetterInfo, DeadRecord};
-use crate::kafka::{KafkaBuildError, KafkaSinkConfig, RESERVED_LIBRDKAFKA_KEYS};
+use crate::kafka::{KafkaBuildError, KafkaSinkConfig};
 use crate::secret::SecretRef;
 
 /// A Kafka topic for dead letters.
@@ -70,33 +70,16 @@ impl KafkaDeadLetterConfig {
         }
     }
 
-    /// Semantic checks; `Err((key, detail))`.
+    /// Semantic checks; `Err((key, detail))`. The producer settings are the Kafka sink's, so
+    /// they are checked by the sink's own rules.
     pub fn validate(&self) -> Result<(), (String, String)> {
         crate::kafka::topics::check_topic_name(&self.topic).map_err(|e| ("topic".to_owned(), e))?;
-        if self.bootstrap_servers.trim().is_empty() {
-            return Err(("bootstrap_servers".into(), "must not be empty".into()));
+        KafkaSinkConfig {
+            topic_partitions: self.topic_partitions,
+            topic_replication_factor: self.topic_replication_factor,
+            ..self.as_sink_config()
         }
-        if self.topic_partitions < 1 || self.topic_replication_factor < 1 {
-            return Err((
-                "topic_partitions".into(),
-                "topic_partitions and topic_replication_factor must be at least 1".into(),
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.delivery_timeout_ms) {
-            return Err((
-                "delivery_timeout_ms".into(),
-                "must be between 100 and 3600000".into(),
-            ));
-        }
-        for key in self.librdkafka.keys().chain(self.librdkafka_secrets.keys()) {
-            if RESERVED_LIBRDKAFKA_KEYS.contains(&key.as_str()) {
-                return Err((
-                    format!("librdkafka.\"{key}\""),
-                    "is set by the bridge".into(),
-                ));
-            }
-        }
-        Ok(())
+        .validate()
     }
 
     /// A copy safe to print (sensitive-looking inline librdkafka values masked).
