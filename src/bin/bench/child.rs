@@ -46,6 +46,11 @@ impl BridgeChild {
         }
     }
 
+    /// CPU seconds the bridge has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(Some(self.child.id()))
+    }
+
     /// Current and peak resident set size in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
         rss_of(self.child.id())
@@ -58,6 +63,23 @@ impl BridgeChild {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far, from /proc.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports in USER_HZ, which is 100 on every mainstream distribution.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// (VmRSS, VmHWM) of a process in MiB, from /proc.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::child::BridgeChild;
+use crate::child::{cpu_seconds, BridgeChild};
 use crate::gen::{self, Event, GenConfig, Rng};
 use crate::stats::{Figures, Row};
 use crate::{amqp_ceiling, kafka_ceiling, Opts};
@@ -171,10 +171,16 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let url = format!("http://{}/webhooks/bench", child.webhook_addr);
     // Warm-up: connections, metadata, producer id.
     post_all(&url, &Arc::new(vec![bodies[0].clone()]), 1).await;
+    let (bridge_cpu0, loadgen_cpu0) = (child.cpu_seconds(), cpu_seconds(None));
     let bridge = post_all(&url, &bodies, opts.concurrency).await;
+    let (bridge_cpu, loadgen_cpu) = (
+        child.cpu_seconds() - bridge_cpu0,
+        cpu_seconds(None) - loadgen_cpu0,
+    );
     let (_, peak_rss) = child.rss_mib();
     child.stop();
 
+    let ceiling_cpu0 = cpu_seconds(None);
     let ceiling = match bus {
         Bus::Kafka => {
             let topic = format!("{prefix}.ceiling");
@@ -197,6 +203,13 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
         }
         Bus::Embedded => store_ceiling(dir.path(), &batches, opts.concurrency).await,
     };
+    let ceiling_cpu = cpu_seconds(None) - ceiling_cpu0;
+    let note = format!(
+        "CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0} (broker not counted)",
+        per_event(bridge_cpu, bridge.events),
+        per_event(loadgen_cpu, bridge.events),
+        per_event(ceiling_cpu, ceiling.events)
+    );
     Row {
         scenario: format!("ingress → {bus:?}").to_lowercase(),
         bridge,
@@ -207,7 +220,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
             Bus::Embedded => "embedded Log::append",
         },
         peak_rss_mib: peak_rss,
-        note: String::new(),
+        note,
     }
 }
 
@@ -257,4 +270,9 @@ async fn store_ceiling(dir: &Path, batches: &Arc<Vec<Vec<Event>>>, concurrency: 
         elapsed: started.elapsed(),
         latencies: Vec::new(),
     }
+}
+
+/// CPU microseconds per event.
+fn per_event(cpu_seconds: f64, events: u64) -> f64 {
+    cpu_seconds * 1e6 / events.max(1) as f64
 }
