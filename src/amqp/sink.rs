@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::{AmqpSinkConfig, OnUnroutable, MAX_SHORT_STRING};
 use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
-use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
+use crate::connector::{count_by_resource, observe_send, Message, RejectKind, Sink, SinkError};
 use crate::kafka::topics::TopicTemplate;
 use crate::metrics::Metrics;
 
@@ -268,19 +268,7 @@ impl Sink for AmqpSink {
             Ok(keys) => self.publish_all(batch, &keys).await,
             Err(e) => Err(e),
         };
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(SinkError::Rejected { .. }) => "rejected",
-            Err(SinkError::Overloaded { .. }) => "overloaded",
-            Err(SinkError::Unavailable { .. }) => "unavailable",
-        };
-        self.metrics
-            .publish_duration(&self.connector, outcome, started.elapsed().as_secs_f64());
-        if result.is_ok() {
-            count_by_resource(batch, |resource, n| {
-                self.metrics.events_published(&self.connector, resource, n)
-            });
-        }
+        observe_send(&self.metrics, &self.connector, batch, started, &result);
         result
     }
 

@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::KafkaSinkConfig;
 use super::topics::TopicRouter;
-use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
+use crate::connector::{observe_send, Message, RejectKind, Sink, SinkError};
 use crate::metrics::Metrics;
 
 /// Errors building the sink (bad librdkafka options, unreadable secrets).
@@ -62,16 +62,7 @@ impl KafkaSinkConfig {
         cc.set("bootstrap.servers", &self.bootstrap_servers)
             .set("client.id", format!("entity-bridge.{connector}"))
             .set("linger.ms", "5");
-        for (key, value) in &self.librdkafka {
-            cc.set(key, value);
-        }
-        for (key, secret) in &self.librdkafka_secrets {
-            let value = secret.resolve().map_err(|source| KafkaBuildError::Secret {
-                key: key.clone(),
-                source,
-            })?;
-            cc.set(key, value.expose());
-        }
+        apply_passthrough(&mut cc, &self.librdkafka, &self.librdkafka_secrets)?;
         // Set last: the delivery contract is not negotiable.
         cc.set("acks", "all")
             .set("enable.idempotence", "true")
@@ -99,6 +90,25 @@ impl KafkaSinkConfig {
             metrics,
         })
     }
+}
+
+/// Applies raw librdkafka options and secret-valued options (resolved now) to `cc`.
+pub fn apply_passthrough(
+    cc: &mut ClientConfig,
+    options: &std::collections::BTreeMap<String, String>,
+    secrets: &std::collections::BTreeMap<String, crate::secret::SecretRef>,
+) -> Result<(), KafkaBuildError> {
+    for (key, value) in options {
+        cc.set(key, value);
+    }
+    for (key, secret) in secrets {
+        let value = secret.resolve().map_err(|source| KafkaBuildError::Secret {
+            key: key.clone(),
+            source,
+        })?;
+        cc.set(key, value.expose());
+    }
+    Ok(())
 }
 
 fn unavailable(reason: impl Into<String>) -> SinkError {
@@ -306,19 +316,7 @@ impl Sink for KafkaSink {
             self.produce_all(batch, &topics).await
         }
         .await;
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(SinkError::Rejected { .. }) => "rejected",
-            Err(SinkError::Overloaded { .. }) => "overloaded",
-            Err(SinkError::Unavailable { .. }) => "unavailable",
-        };
-        self.metrics
-            .publish_duration(&self.connector, outcome, started.elapsed().as_secs_f64());
-        if result.is_ok() {
-            count_by_resource(batch, |resource, n| {
-                self.metrics.events_published(&self.connector, resource, n)
-            });
-        }
+        observe_send(&self.metrics, &self.connector, batch, started, &result);
         result
     }
 

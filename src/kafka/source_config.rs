@@ -160,16 +160,7 @@ impl KafkaSourceConfig {
     pub fn client_config(&self, connector: &str) -> Result<ClientConfig, KafkaBuildError> {
         let mut cc = ClientConfig::new();
         cc.set("client.id", format!("entity-bridge.{connector}"));
-        for (key, value) in &self.librdkafka {
-            cc.set(key, value);
-        }
-        for (key, secret) in &self.librdkafka_secrets {
-            let value = secret.resolve().map_err(|source| KafkaBuildError::Secret {
-                key: key.clone(),
-                source,
-            })?;
-            cc.set(key, value.expose());
-        }
+        super::sink::apply_passthrough(&mut cc, &self.librdkafka, &self.librdkafka_secrets)?;
         // Set last: the offset discipline is not negotiable.
         cc.set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", self.group(connector))

@@ -112,7 +112,7 @@ pub struct Event {
 /// Generates event number `sequence` (1-based) deterministically from `rng`.
 pub fn event(rng: &mut Rng, config: &GenConfig, sequence: u64) -> Event {
     let key_n = rng.below(config.keys);
-    if config.media_every > 0 && sequence % config.media_every == 0 {
+    if config.media_every > 0 && sequence.is_multiple_of(config.media_every) {
         media_event(rng, config, sequence, key_n)
     } else {
         property_event(rng, config, sequence, key_n)
