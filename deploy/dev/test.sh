@@ -113,4 +113,10 @@ ensure_promtool
 export ENTITY_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export ENTITY_BRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
 say "running cargo test"
-cargo test --locked "$@"
+if [ "$#" -eq 0 ]; then
+  # Doc tests first, so the run closes on the summary of the integration suite.
+  cargo test --locked --doc
+  cargo test --locked --lib --bins --tests
+else
+  cargo test --locked "$@"
+fi
