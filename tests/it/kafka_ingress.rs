@@ -295,30 +295,7 @@ async fn overload_is_429_with_retry_after() {
     )
     .await;
     // Hold the only request slot: headers sent, body still coming.
-    let addr = bridge
-        .webhook
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /webhooks/it HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\n\
-         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"value\":["
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
-        .await
-        .unwrap();
-    let series = "entity_bridge_requests_in_flight{connector=\"it\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&bridge.metrics().await, series) != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "slow request never became in-flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let slow = start_slow_push(&bridge, 1000, b"{\"value\":[").await;
     let response = bridge.post(GUIDE_BATCH).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "3");
@@ -358,28 +335,8 @@ async fn shutdown_finishes_in_flight_push_then_stops_accepting() {
     let prefix = unique("it-drain");
     let bridge = TestBridge::start("", &TestBridge::kafka_sink(&prefix, "")).await;
     let body = r#"{"value":[{"EntityEventSequence":5,"ResourceName":"Property","ResourceRecordKey":"D1"}]}"#;
-    let addr = bridge
-        .webhook
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /webhooks/it HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\n\
-         content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&body.as_bytes()[..10]).await.unwrap();
-    let series = "entity_bridge_requests_in_flight{connector=\"it\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&bridge.metrics().await, series) != Some(1.0) {
-        assert!(Instant::now() < deadline, "request never became in-flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut slow = start_slow_push(&bridge, body.len(), &body.as_bytes()[..10]).await;
     let webhook = bridge.webhook.clone();
     let stopping = tokio::spawn(bridge.stop());
     // New connections are refused once the listener has stopped accepting.
@@ -403,4 +360,38 @@ async fn shutdown_finishes_in_flight_push_then_stops_accepting() {
         .await
         .unwrap();
     assert_eq!(got[0].key().unwrap(), b"D1");
+}
+
+/// Opens a push whose body is still arriving (`content_length` announced, `first` sent) and
+/// waits until the bridge counts it in flight.
+async fn start_slow_push(
+    bridge: &TestBridge,
+    content_length: usize,
+    first: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = bridge
+        .webhook
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/it HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\nconnection: close\r\ncontent-length: {content_length}\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(first).await.unwrap();
+    let series = "entity_bridge_requests_in_flight{connector=\"it\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&bridge.metrics().await, series) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "slow request never became in-flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    slow
 }
