@@ -667,3 +667,35 @@ fn other_top_level_members_ignored_when_multi_valued() {
         r#"{"EntityEventSequence":1,"ResourceName":"P","ResourceRecordKey":"k"}"#
     );
 }
+
+#[test]
+fn escaped_keys_at_the_edges_of_an_event_keep_its_bytes() {
+    // The first key and the last value delimit the event: escapes there must not shift it.
+    let ev = r#"{"\u0045ntityEventSequence":9, "ResourceName":"Property","ResourceRecordKey":"K","X\"}":"{\"}"}"#;
+    let p = parse_ok(&multi(ev));
+    assert_eq!(p.events[0].sequence, 9);
+    assert_eq!(raw_str(&p.events[0]), ev);
+    // An escaped spelling inside the `value` array is still the same field.
+    assert_eq!(
+        violations(&multi(
+            r#"{"EntityEventSequence":1,"ResourceName":"P","ResourceRecordKey":"k","Resource\u0052ecordKey":"j"}"#
+        )),
+        vec![v("/value/0/ResourceRecordKey", DETAIL_DUPLICATE)]
+    );
+}
+
+#[test]
+fn nested_events_are_not_confused_with_their_data() {
+    // `Data` holding objects with the same field names must not change the event's fields.
+    let ev = r#"{"EntityEventSequence":3,"ResourceName":"Media","ResourceRecordKey":"M1","Data":{"Media":[{"ResourceName":"Property","ResourceRecordKey":"P1","EntityEventSequence":99}]}}"#;
+    let body = format!("{{\"value\":[{ev},[],{ev}]}}");
+    assert_eq!(
+        violations(&body),
+        vec![v("/value/1", DETAIL_NOT_OBJECT_EVENT)]
+    );
+    let p = parse_ok(&format!("{{\"value\":[{ev},{ev}]}}"));
+    assert_eq!(p.events[1].resource_name, "Media");
+    assert_eq!(p.events[1].record_key, "M1");
+    assert_eq!(p.events[1].sequence, 3);
+    assert_eq!(raw_str(&p.events[1]), ev);
+}

@@ -1,8 +1,11 @@
-//! Borrowed deserialization of the envelope and of the three required event fields.
+//! Borrowed deserialization of the envelope and of the three required event fields, in one pass.
 //!
-//! Custom serde visitors keep top-level members in order with raw values and read only
-//! `EntityEventSequence`, `ResourceName` and `ResourceRecordKey` of each event, skipping the
-//! rest unparsed: this is what keeps ingress cheap for events with large inline `Data`.
+//! Custom serde visitors keep top-level members in order with raw values. Inside the `value`
+//! array each event object is read once: its keys and values are taken as borrowed
+//! [`RawValue`]s (so nothing is decoded or allocated), `EntityEventSequence`, `ResourceName` and
+//! `ResourceRecordKey` are kept, and the first key and last value mark where the object's own
+//! bytes are in the body. No second scan of an event is needed to find its exact bytes: this is
+//! what keeps ingress cheap for events with large inline `Data`.
 
 use super::*;
 
@@ -24,8 +27,22 @@ pub(super) enum MemberValue<'a> {
 }
 
 pub(super) enum EventsValue<'a> {
-    Array(Vec<&'a RawValue>),
+    Array(Vec<EventItem<'a>>),
     NotArray,
+}
+
+/// One item of the `value` array, read in the envelope's single pass.
+pub(super) enum EventItem<'a> {
+    /// A JSON object: its required fields, and the bounds of its members in the body.
+    Object {
+        fields: EventFields<'a>,
+        /// The first member's key, raw (starts at its opening quote); `None` for `{}`.
+        first_key: Option<&'a RawValue>,
+        /// The last member's value, raw; `None` for `{}`.
+        last_value: Option<&'a RawValue>,
+    },
+    /// Anything else (a violation, not a parse error).
+    NotObject,
 }
 
 impl<'de> Deserialize<'de> for TopLevel<'de> {
@@ -111,7 +128,7 @@ impl<'de> Visitor<'de> for EventsVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
-        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+        while let Some(item) = seq.next_element_seed(EventSeed)? {
             items.push(item);
         }
         Ok(EventsValue::Array(items))
@@ -196,66 +213,84 @@ impl<'a> EventFields<'a> {
     }
 }
 
-/// Which member of an event object is being read.
-enum FieldId {
-    Sequence,
-    ResourceName,
-    RecordKey,
-    Other,
-}
+/// Reads one item of the `value` array; see [`EventItem`].
+struct EventSeed;
 
-impl<'de> Deserialize<'de> for FieldId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
+impl<'de> DeserializeSeed<'de> for EventSeed {
+    type Value = EventItem<'de>;
 
-        impl Visitor<'_> for FieldVisitor {
-            type Value = FieldId;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(match v {
-                    SEQUENCE => FieldId::Sequence,
-                    RESOURCE_NAME => FieldId::ResourceName,
-                    RECORD_KEY => FieldId::RecordKey,
-                    _ => FieldId::Other,
-                })
-            }
-        }
-
-        deserializer.deserialize_identifier(FieldVisitor)
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(EventVisitor)
     }
 }
 
-impl<'de> Deserialize<'de> for EventFields<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EventVisitor;
+struct EventVisitor;
 
-        impl<'de> Visitor<'de> for EventVisitor {
-            type Value = EventFields<'de>;
+impl<'de> Visitor<'de> for EventVisitor {
+    type Value = EventItem<'de>;
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an EntityEvent object")
-            }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = EventFields::default();
-                while let Some(id) = map.next_key::<FieldId>()? {
-                    match id {
-                        FieldId::Sequence => fields.sequence.set(map.next_value()?),
-                        FieldId::ResourceName => fields.resource_name.set(map.next_value()?),
-                        FieldId::RecordKey => fields.record_key.set(map.next_value()?),
-                        FieldId::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(fields)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = EventFields::default();
+        let mut first_key = None;
+        let mut last_value = None;
+        while let Some(key) = map.next_key::<&'de RawValue>()? {
+            first_key.get_or_insert(key);
+            let value = map.next_value::<&'de RawValue>()?;
+            last_value = Some(value);
+            // Keys almost never carry escapes; only the three names matter here.
+            match decode_key(key) {
+                Some(name) => fields.record(&name, value),
+                None => return Err(de::Error::custom("object key is not a string")),
             }
         }
+        Ok(EventItem::Object {
+            fields,
+            first_key,
+            last_value,
+        })
+    }
 
-        deserializer.deserialize_map(EventVisitor)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(EventItem::NotObject)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(EventItem::NotObject)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(EventItem::NotObject)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(EventItem::NotObject)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(EventItem::NotObject)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(EventItem::NotObject)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(EventItem::NotObject)
+    }
+}
+
+/// Decodes a raw object key (a JSON string token), borrowing it when it has no escapes.
+fn decode_key(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
     }
 }
