@@ -35,6 +35,7 @@ async fn every_benchmark_scenario_runs_on_tiny_sizes() {
         "ingress → kafka",
         "ingress → amqp",
         "ingress → embedded",
+        "ingress parse",
         "egress kafka → http",
         "egress backlog 2000 small events",
     ] {

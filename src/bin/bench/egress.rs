@@ -77,7 +77,8 @@ async fn fill_topic(opts: &Opts, prefix: &str, events: u64, property_bytes: usiz
             .chunks(opts.batch.max(1))
             .map(|c| c.to_vec())
             .collect();
-        kafka_ceiling::produce(&producer, &topic, &Arc::new(batches), opts.concurrency).await;
+        let topics = kafka_ceiling::Topics::One(topic.clone());
+        kafka_ceiling::produce(&producer, &topics, &Arc::new(batches), opts.concurrency).await;
         seq += n;
     }
     topic

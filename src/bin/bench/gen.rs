@@ -101,6 +101,9 @@ impl Default for GenConfig {
     }
 }
 
+/// Every ResourceName the generator produces.
+pub const RESOURCES: [&str; 2] = ["Property", "Media"];
+
 /// One generated event: routing facts and its JSON text.
 #[derive(Clone)]
 pub struct Event {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::child::{cpu_seconds, BridgeChild};
@@ -67,10 +68,11 @@ pub fn write_config(dir: &Path, sink_toml: &str) {
     std::fs::write(dir.join("connectors/bench.toml"), connector).unwrap();
 }
 
-/// Posts every body with `concurrency` producers; retries a body answered 429/503.
+/// Posts every body with `concurrency` producers; retries a body answered 429/503. Bodies are
+/// shared `Bytes`, so the generator never copies a body.
 pub async fn post_all(
     url: &str,
-    bodies: &Arc<Vec<(String, u64, u64)>>,
+    bodies: &Arc<Vec<(Bytes, u64, u64)>>,
     concurrency: usize,
 ) -> Figures {
     let client = reqwest::Client::builder()
@@ -127,12 +129,12 @@ pub async fn post_all(
 /// Runs one ingress scenario.
 pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let batches = Arc::new(batches(opts));
-    let bodies: Arc<Vec<(String, u64, u64)>> = Arc::new(
+    let bodies: Arc<Vec<(Bytes, u64, u64)>> = Arc::new(
         batches
             .iter()
             .map(|b| {
                 (
-                    gen::payload(b),
+                    Bytes::from(gen::payload(b)),
                     b.len() as u64,
                     b.iter().map(|e| e.json.len() as u64).sum(),
                 )
@@ -169,51 +171,41 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     write_config(dir.path(), &sink);
     let child = BridgeChild::start(dir.path(), opts);
     let url = format!("http://{}/webhooks/bench", child.webhook_addr);
-    // Warm-up: connections, metadata, producer id.
-    post_all(&url, &Arc::new(vec![bodies[0].clone()]), 1).await;
-    let (bridge_cpu0, loadgen_cpu0) = (child.cpu_seconds(), cpu_seconds(None));
-    let bridge = post_all(&url, &bodies, opts.concurrency).await;
-    let (bridge_cpu, loadgen_cpu) = (
-        child.cpu_seconds() - bridge_cpu0,
-        cpu_seconds(None) - loadgen_cpu0,
-    );
+    let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path()).await;
+    // Warm-up on both sides: connections, metadata, producer ids.
+    let warm = Arc::new(vec![bodies[0].clone()]);
+    post_all(&url, &warm, 1).await;
+    ceiling.run(&Arc::new(vec![batches[0].clone()]), 1).await;
+
+    // Rounds alternate bridge and ceiling, so both see the broker in the same state (tansu's
+    // memory store slows as it fills) and a one-off stall does not decide the ratio.
+    let (mut bridge_rounds, mut ceiling_rounds) = (Vec::new(), Vec::new());
+    let (mut bridge_cpu, mut loadgen_cpu, mut ceiling_cpu) = (0.0, 0.0, 0.0);
+    for _ in 0..opts.rounds.max(1) {
+        let (b0, g0) = (child.cpu_seconds(), cpu_seconds(None));
+        bridge_rounds.push(post_all(&url, &bodies, opts.concurrency).await);
+        bridge_cpu += child.cpu_seconds() - b0;
+        loadgen_cpu += cpu_seconds(None) - g0;
+        let c0 = cpu_seconds(None);
+        ceiling_rounds.push(ceiling.run(&batches, opts.concurrency).await);
+        ceiling_cpu += cpu_seconds(None) - c0;
+    }
     let (_, peak_rss) = child.rss_mib();
     child.stop();
+    ceiling.teardown().await;
 
-    let ceiling_cpu0 = cpu_seconds(None);
-    let ceiling = match bus {
-        Bus::Kafka => {
-            let topic = format!("{prefix}.ceiling");
-            kafka_ceiling::create_topic(&opts.kafka, &topic, opts.partitions).await;
-            let producer = kafka_ceiling::producer(&opts.kafka);
-            kafka_ceiling::produce(&producer, &topic, &Arc::new(vec![batches[0].clone()]), 1).await;
-            kafka_ceiling::produce(&producer, &topic, &batches, opts.concurrency).await
-        }
-        Bus::Amqp => {
-            let (_c, channel) = amqp_ceiling::channel(&opts.amqp).await;
-            let ceiling = format!("{prefix}.ceiling");
-            amqp_ceiling::declare(&channel, &ceiling, &ceiling).await;
-            let warm = Arc::new(vec![batches[0].clone()]);
-            amqp_ceiling::publish(&channel, &ceiling, &warm, 1).await;
-            let figures =
-                amqp_ceiling::publish(&channel, &ceiling, &batches, opts.concurrency).await;
-            amqp_ceiling::delete(&channel, &ceiling, &ceiling).await;
-            amqp_ceiling::delete(&channel, &prefix, &prefix).await;
-            figures
-        }
-        Bus::Embedded => store_ceiling(dir.path(), &batches, opts.concurrency).await,
-    };
-    let ceiling_cpu = cpu_seconds(None) - ceiling_cpu0;
+    let events = |rounds: &[Figures]| rounds.iter().map(|f| f.events).sum::<u64>();
     let note = format!(
-        "CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0} (broker not counted)",
-        per_event(bridge_cpu, bridge.events),
-        per_event(loadgen_cpu, bridge.events),
-        per_event(ceiling_cpu, ceiling.events)
+        "median of {} rounds; CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0} (broker not counted)",
+        bridge_rounds.len(),
+        per_event(bridge_cpu, events(&bridge_rounds)),
+        per_event(loadgen_cpu, events(&bridge_rounds)),
+        per_event(ceiling_cpu, events(&ceiling_rounds))
     );
     Row {
         scenario: format!("ingress → {bus:?}").to_lowercase(),
-        bridge,
-        ceiling,
+        bridge: Figures::median(bridge_rounds),
+        ceiling: Figures::median(ceiling_rounds),
         ceiling_name: match bus {
             Bus::Kafka => "rdkafka producer acks=all",
             Bus::Amqp => "lapin publisher confirms",
@@ -224,11 +216,89 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     }
 }
 
+/// The ceiling side of an ingress scenario: the broker's own client, set up once and run once
+/// per round with the same batches and concurrency as the HTTP producers.
+enum Ceiling {
+    Kafka {
+        producer: rdkafka::producer::FutureProducer,
+        topics: kafka_ceiling::Topics,
+    },
+    Amqp {
+        _connection: Box<lapin::Connection>,
+        channel: lapin::Channel,
+        exchange: String,
+        bridge_exchange: String,
+    },
+    Embedded {
+        log: Arc<entity_bridge::embedded::Log>,
+    },
+}
+
+impl Ceiling {
+    async fn setup(bus: Bus, opts: &Opts, prefix: &str, dir: &Path) -> Self {
+        match bus {
+            Bus::Kafka => {
+                // The same topic layout as the bridge's `{ResourceName}` template.
+                let topics = kafka_ceiling::Topics::PerResource(format!("{prefix}.ceiling"));
+                for (_, topic) in topics.names() {
+                    kafka_ceiling::create_topic(&opts.kafka, &topic, opts.partitions).await;
+                }
+                let producer = kafka_ceiling::producer(&opts.kafka);
+                Ceiling::Kafka { producer, topics }
+            }
+            Bus::Amqp => {
+                let (connection, channel) = amqp_ceiling::channel(&opts.amqp).await;
+                let exchange = format!("{prefix}.ceiling");
+                amqp_ceiling::declare(&channel, &exchange, &exchange).await;
+                Ceiling::Amqp {
+                    _connection: Box::new(connection),
+                    channel,
+                    exchange,
+                    bridge_exchange: prefix.to_owned(),
+                }
+            }
+            Bus::Embedded => {
+                let log =
+                    entity_bridge::embedded::Log::open(&dir.join("ceiling.db")).expect("open log");
+                Ceiling::Embedded { log }
+            }
+        }
+    }
+
+    async fn run(&self, batches: &Arc<Vec<Vec<Event>>>, concurrency: usize) -> Figures {
+        match self {
+            Ceiling::Kafka { producer, topics } => {
+                kafka_ceiling::produce(producer, topics, batches, concurrency).await
+            }
+            Ceiling::Amqp {
+                channel, exchange, ..
+            } => amqp_ceiling::publish(channel, exchange, batches, concurrency).await,
+            Ceiling::Embedded { log } => store_ceiling(log, batches, concurrency).await,
+        }
+    }
+
+    async fn teardown(self) {
+        if let Ceiling::Amqp {
+            channel,
+            exchange,
+            bridge_exchange,
+            ..
+        } = self
+        {
+            amqp_ceiling::delete(&channel, &exchange, &exchange).await;
+            amqp_ceiling::delete(&channel, &bridge_exchange, &bridge_exchange).await;
+        }
+    }
+}
+
 /// The embedded ceiling: the log's own batch append (same store, same group-commit writer,
 /// same fsync per commit), called directly with the same batches and concurrency.
-async fn store_ceiling(dir: &Path, batches: &Arc<Vec<Vec<Event>>>, concurrency: usize) -> Figures {
+async fn store_ceiling(
+    log: &entity_bridge::embedded::Log,
+    batches: &Arc<Vec<Vec<Event>>>,
+    concurrency: usize,
+) -> Figures {
     use entity_bridge::connector::Message;
-    let log = entity_bridge::embedded::Log::open(&dir.join("ceiling.db")).expect("open log");
     let messages: Arc<Vec<Vec<Message>>> = Arc::new(
         batches
             .iter()
@@ -248,13 +318,10 @@ async fn store_ceiling(dir: &Path, batches: &Arc<Vec<Vec<Event>>>, concurrency: 
             })
             .collect(),
     );
-    log.append("ceiling", &messages[0])
-        .await
-        .expect("warm-up append");
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (log, next, messages) = (log.clone(), next.clone(), messages.clone());
+        let (next, messages) = (next.clone(), messages.clone());
         async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

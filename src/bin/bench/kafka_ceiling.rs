@@ -16,10 +16,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::gen::Event;
+use crate::gen::{self, Event};
 use crate::stats::Figures;
 
-/// A producer configured like the bridge's Kafka sink.
+/// A producer configured like the bridge's Kafka sink (its defaults).
 pub fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -63,13 +63,40 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
-/// Produces `batches` to `topic` with `concurrency` batches in flight, awaiting every report.
+/// Where the ceiling writes.
+pub enum Topics {
+    /// Every event to one topic (egress fills).
+    One(String),
+    /// One topic per ResourceName, `<prefix>.<ResourceName>`: the layout the bridge's
+    /// `{ResourceName}` topic template gives, so both sides spread over the same partitions.
+    PerResource(String),
+}
+
+impl Topics {
+    /// The topic names, with the resource each one takes (`None`: every resource).
+    pub fn names(&self) -> Vec<(Option<&'static str>, String)> {
+        match self {
+            Topics::One(topic) => vec![(None, topic.clone())],
+            Topics::PerResource(prefix) => gen::RESOURCES
+                .iter()
+                .map(|r| (Some(*r), format!("{prefix}.{r}")))
+                .collect(),
+        }
+    }
+}
+
+/// Produces `batches` with `concurrency` batches in flight, awaiting every report.
 pub async fn produce(
     producer: &FutureProducer,
-    topic: &str,
+    topics: &Topics,
     batches: &Arc<Vec<Vec<Event>>>,
     concurrency: usize,
 ) -> Figures {
+    let names = topics.names();
+    let topic_of = |resource: &str| -> &str {
+        let found = names.iter().find(|(r, _)| r.is_none_or(|r| r == resource));
+        &found.expect("a topic for every generated resource").1
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
@@ -95,7 +122,7 @@ pub async fn produce(
                             key: "content-type",
                             value: Some("application/json"),
                         });
-                    let record = FutureRecord::to(topic)
+                    let record = FutureRecord::to(topic_of(e.resource))
                         .key(e.key.as_bytes())
                         .payload(e.json.as_bytes())
                         .headers(headers);

@@ -16,6 +16,7 @@ mod egress;
 mod gen;
 mod ingress;
 mod kafka_ceiling;
+mod parse;
 mod stats;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub enum Scenario {
     IngressAmqp,
     /// N concurrent HTTP producers → webhook → embedded log; ceiling: the log's own append.
     IngressEmbedded,
+    /// The payload parser alone on one thread; ceiling: serde_json scanning the same bodies.
+    IngressParse,
     /// Kafka → bridge → local HTTP receiver answering 200; ceiling: a plain rdkafka consumer.
     EgressKafka,
     /// Bridge RSS while draining a `--backlog`-event egress backlog (must not grow with it).
@@ -59,6 +62,10 @@ pub struct Opts {
     /// Size of a Property event's JSON in bytes.
     #[arg(long, default_value_t = 8 * 1024)]
     pub property_bytes: usize,
+    /// Ingress scenarios: rounds of bridge then ceiling, alternating; each side's median is
+    /// reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -139,8 +146,8 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "bench: {} events, batches of {}, {} producers, Property events of {} bytes, seed {}",
-        opts.events, opts.batch, opts.concurrency, opts.property_bytes, opts.seed
+        "bench: {} events, batches of {}, {} producers, Property events of {} bytes, seed {}, {} rounds",
+        opts.events, opts.batch, opts.concurrency, opts.property_bytes, opts.seed, opts.rounds
     );
     let mut rows = Vec::new();
     for s in scenarios {
@@ -152,6 +159,7 @@ fn main() {
                 Scenario::IngressEmbedded => ingress::run(ingress::Bus::Embedded, &opts).await,
                 Scenario::EgressKafka => egress::run(&opts).await,
                 Scenario::EgressBacklog => egress::backlog(&opts).await,
+                Scenario::IngressParse => parse::run(&opts),
                 Scenario::All => unreachable!(),
             }
         });

@@ -21,6 +21,13 @@ impl Figures {
         self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// The round with the median throughput (the upper one of an even count).
+    pub fn median(mut rounds: Vec<Figures>) -> Figures {
+        rounds.sort_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()));
+        let middle = rounds.len() / 2;
+        rounds.swap_remove(middle)
+    }
+
     /// The `q` quantile (0..=1) of the latencies in milliseconds, if any were recorded.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
         if self.latencies.is_empty() {
@@ -53,6 +60,15 @@ fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
 }
 
+/// A peak RSS, or `-` for a scenario without a bridge process (0).
+fn rss(mib: f64) -> String {
+    if mib > 0.0 {
+        format!("{mib:.1}")
+    } else {
+        "-".into()
+    }
+}
+
 /// Prints the table (Markdown, so it can be pasted into docs/benchmarks.md).
 pub fn print_table(rows: &[Row]) {
     println!();
@@ -60,7 +76,7 @@ pub fn print_table(rows: &[Row]) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.0} | {:.2} | {} | {} |",
             r.scenario,
             r.bridge.events,
             r.bridge.events_per_s(),
@@ -70,7 +86,7 @@ pub fn print_table(rows: &[Row]) {
             r.ceiling_name,
             r.ceiling.events_per_s(),
             r.ratio(),
-            r.peak_rss_mib,
+            rss(r.peak_rss_mib),
             r.note,
         );
     }
