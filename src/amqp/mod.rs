@@ -11,5 +11,5 @@ pub mod topology;
 
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, ExchangeType, OnUnroutable, DEFAULT_URL};
 pub use connection::AmqpBuildError;
-pub use sink::{message_id, AmqpSink};
+pub use sink::{message_id, properties, AmqpSink};
 pub use source::AmqpSource;

@@ -89,7 +89,9 @@ pub fn message_id(source_label: Option<&str>, sequence: i64) -> String {
 }
 
 /// Persistent JSON message properties with the routing headers.
-fn properties(m: &Message) -> BasicProperties {
+/// The AMQP properties every published event carries: persistent, JSON, a stable `message_id`
+/// and the routing facts as headers. Public so the benchmark's ceiling sends the same messages.
+pub fn properties(m: &Message) -> BasicProperties {
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
     let mut headers = FieldTable::default();
     headers.insert(

@@ -1,8 +1,8 @@
 //! The raw RabbitMQ ceiling: lapin publishing the same messages with publisher confirms.
 //!
 //! Like the bridge's AMQP sink it uses one confirm-mode channel, persistent `mandatory`
-//! messages, and awaits every confirm of a batch together, with the same number of batches in
-//! flight as the HTTP producers.
+//! messages with the sink's own properties (headers, `message_id`), and awaits every confirm of
+//! a batch together, with the same number of batches in flight as the HTTP producers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,10 +15,11 @@ use lapin::options::{
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::gen::Event;
 use crate::stats::Figures;
+use entity_bridge::amqp::properties;
+use entity_bridge::connector::Message;
 
 /// Opens a connection and a channel.
 pub async fn channel(url: &str) -> (Connection, Channel) {
@@ -81,7 +82,7 @@ pub async fn delete(channel: &Channel, exchange: &str, queue: &str) {
 pub async fn publish(
     channel: &Channel,
     exchange: &str,
-    batches: &Arc<Vec<Vec<Event>>>,
+    batches: &Arc<Vec<Vec<Message>>>,
     concurrency: usize,
 ) -> Figures {
     channel
@@ -101,12 +102,15 @@ pub async fn publish(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(batch) = batches.get(i) else { break };
                 let mut confirms = Vec::with_capacity(batch.len());
-                for e in batch {
-                    let properties = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into());
+                for m in batch {
                     let confirm = channel
-                        .basic_publish(exchange, e.resource, options, e.json.as_bytes(), properties)
+                        .basic_publish(
+                            exchange,
+                            &m.resource_name,
+                            options,
+                            &m.payload,
+                            properties(m),
+                        )
                         .await
                         .expect("publish");
                     confirms.push(confirm);
@@ -120,7 +124,11 @@ pub async fn publish(
     join_all(workers).await;
     Figures {
         events: batches.iter().map(|b| b.len() as u64).sum(),
-        bytes: batches.iter().flatten().map(|e| e.json.len() as u64).sum(),
+        bytes: batches
+            .iter()
+            .flatten()
+            .map(|m| m.payload.len() as u64)
+            .sum(),
         elapsed: started.elapsed(),
         latencies: Vec::new(),
     }

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 pub struct BridgeChild {
     child: Child,
     pub webhook_addr: String,
+    pub admin_addr: String,
 }
 
 impl BridgeChild {
@@ -42,8 +43,28 @@ impl BridgeChild {
         );
         BridgeChild {
             webhook_addr: parts[1].to_owned(),
+            admin_addr: parts[2].to_owned(),
             child,
         }
+    }
+
+    /// Mean of a histogram (`<name>_sum / <name>_count`, all series added up) from the
+    /// bridge's own `/metrics`, in milliseconds.
+    pub async fn mean_ms(&self, histogram: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.admin_addr);
+        let text = reqwest::get(&url)
+            .await
+            .expect("bridge /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let total = |suffix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{histogram}{suffix}")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        total("_sum") * 1000.0 / total("_count").max(1.0)
     }
 
     /// CPU seconds the bridge has used so far.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use entity_bridge::connector::Message;
 use futures::future::join_all;
 
 use crate::child::{cpu_seconds, BridgeChild};
@@ -171,7 +172,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     write_config(dir.path(), &sink);
     let child = BridgeChild::start(dir.path(), opts);
     let url = format!("http://{}/webhooks/bench", child.webhook_addr);
-    let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path()).await;
+    let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path(), &batches).await;
     // Warm-up on both sides: connections, metadata, producer ids.
     let warm = Arc::new(vec![bodies[0].clone()]);
     post_all(&url, &warm, 1).await;
@@ -191,13 +192,21 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
         ceiling_cpu += cpu_seconds(None) - c0;
     }
     let (_, peak_rss) = child.rss_mib();
+    let push_ms = child
+        .mean_ms("entity_bridge_http_request_duration_seconds")
+        .await;
+    let publish_ms = child
+        .mean_ms("entity_bridge_publish_duration_seconds")
+        .await;
     child.stop();
     ceiling.teardown().await;
 
     let events = |rounds: &[Figures]| rounds.iter().map(|f| f.events).sum::<u64>();
     let note = format!(
-        "median of {} rounds; CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0} (broker not counted)",
+        "median of {} rounds; bridge mean per push {:.1} ms, of which sink {:.1} ms; CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0} (broker not counted)",
         bridge_rounds.len(),
+        push_ms,
+        publish_ms,
         per_event(bridge_cpu, events(&bridge_rounds)),
         per_event(loadgen_cpu, events(&bridge_rounds)),
         per_event(ceiling_cpu, events(&ceiling_rounds))
@@ -228,14 +237,22 @@ enum Ceiling {
         channel: lapin::Channel,
         exchange: String,
         bridge_exchange: String,
+        messages: Arc<Vec<Vec<Message>>>,
     },
     Embedded {
         log: Arc<entity_bridge::embedded::Log>,
+        messages: Arc<Vec<Vec<Message>>>,
     },
 }
 
 impl Ceiling {
-    async fn setup(bus: Bus, opts: &Opts, prefix: &str, dir: &Path) -> Self {
+    async fn setup(
+        bus: Bus,
+        opts: &Opts,
+        prefix: &str,
+        dir: &Path,
+        batches: &[Vec<Event>],
+    ) -> Self {
         match bus {
             Bus::Kafka => {
                 // The same topic layout as the bridge's `{ResourceName}` template.
@@ -255,12 +272,16 @@ impl Ceiling {
                     channel,
                     exchange,
                     bridge_exchange: prefix.to_owned(),
+                    messages: Arc::new(messages(batches)),
                 }
             }
             Bus::Embedded => {
                 let log =
                     entity_bridge::embedded::Log::open(&dir.join("ceiling.db")).expect("open log");
-                Ceiling::Embedded { log }
+                Ceiling::Embedded {
+                    log,
+                    messages: Arc::new(messages(batches)),
+                }
             }
         }
     }
@@ -271,9 +292,17 @@ impl Ceiling {
                 kafka_ceiling::produce(producer, topics, batches, concurrency).await
             }
             Ceiling::Amqp {
-                channel, exchange, ..
-            } => amqp_ceiling::publish(channel, exchange, batches, concurrency).await,
-            Ceiling::Embedded { log } => store_ceiling(log, batches, concurrency).await,
+                channel,
+                exchange,
+                messages,
+                ..
+            } => {
+                amqp_ceiling::publish(channel, exchange, &take(messages, batches), concurrency)
+                    .await
+            }
+            Ceiling::Embedded { log, messages } => {
+                store_ceiling(log, &take(messages, batches), concurrency).await
+            }
         }
     }
 
@@ -291,33 +320,44 @@ impl Ceiling {
     }
 }
 
+/// The generated batches as the bridge's own messages (what the webhook would have made of
+/// them), for ceilings that call a sink-level API. Built once, outside the timed rounds.
+fn messages(batches: &[Vec<Event>]) -> Vec<Vec<Message>> {
+    batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            b.iter()
+                .enumerate()
+                .map(|(n, e)| Message {
+                    sequence: (i * 1_000_000 + n + 1) as i64,
+                    resource_name: e.resource.to_owned(),
+                    record_key: e.key.clone(),
+                    source_label: None,
+                    payload: Bytes::from(e.json.clone()),
+                    origin: None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The first `batches.len()` prepared batches (the warm-up round sends just one).
+fn take(messages: &Arc<Vec<Vec<Message>>>, batches: &[Vec<Event>]) -> Arc<Vec<Vec<Message>>> {
+    if batches.len() == messages.len() {
+        messages.clone()
+    } else {
+        Arc::new(messages[..batches.len()].to_vec())
+    }
+}
+
 /// The embedded ceiling: the log's own batch append (same store, same group-commit writer,
 /// same fsync per commit), called directly with the same batches and concurrency.
 async fn store_ceiling(
     log: &entity_bridge::embedded::Log,
-    batches: &Arc<Vec<Vec<Event>>>,
+    messages: &Arc<Vec<Vec<Message>>>,
     concurrency: usize,
 ) -> Figures {
-    use entity_bridge::connector::Message;
-    let messages: Arc<Vec<Vec<Message>>> = Arc::new(
-        batches
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                b.iter()
-                    .enumerate()
-                    .map(|(n, e)| Message {
-                        sequence: (i * 1_000_000 + n + 1) as i64,
-                        resource_name: e.resource.to_owned(),
-                        record_key: e.key.clone(),
-                        source_label: None,
-                        payload: bytes::Bytes::from(e.json.clone()),
-                        origin: None,
-                    })
-                    .collect()
-            })
-            .collect(),
-    );
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
@@ -332,8 +372,12 @@ async fn store_ceiling(
     });
     join_all(workers).await;
     Figures {
-        events: batches.iter().map(|b| b.len() as u64).sum(),
-        bytes: batches.iter().flatten().map(|e| e.json.len() as u64).sum(),
+        events: messages.iter().map(|b| b.len() as u64).sum(),
+        bytes: messages
+            .iter()
+            .flatten()
+            .map(|m| m.payload.len() as u64)
+            .sum(),
         elapsed: started.elapsed(),
         latencies: Vec::new(),
     }
