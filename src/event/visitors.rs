@@ -9,6 +9,40 @@
 
 use super::*;
 
+/// The scalar visits of a visitor to which every JSON scalar (null, bool, number, string) is
+/// the wrong shape: each answers `$value` (a violation to report, not a parse error).
+macro_rules! scalars_are {
+    ($value:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 /// The top-level object: its members in order, values kept raw (the `value` array split into
 /// raw items).
 pub(super) struct TopLevel<'a> {
@@ -139,33 +173,7 @@ impl<'de> Visitor<'de> for EventsVisitor {
         Ok(EventsValue::NotArray)
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(EventsValue::NotArray)
-    }
+    scalars_are!(EventsValue::NotArray);
 }
 
 /// State of one required field while reading an event.
@@ -259,29 +267,7 @@ impl<'de> Visitor<'de> for EventVisitor {
         Ok(EventItem::NotObject)
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(EventItem::NotObject)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(EventItem::NotObject)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(EventItem::NotObject)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(EventItem::NotObject)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(EventItem::NotObject)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(EventItem::NotObject)
-    }
+    scalars_are!(EventItem::NotObject);
 }
 
 /// Decodes a raw object key (a JSON string token), borrowing it when it has no escapes.
