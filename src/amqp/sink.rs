@@ -88,7 +88,6 @@ pub fn message_id(source_label: Option<&str>, sequence: i64) -> String {
     format!("sha256-{hex}:{sequence}")
 }
 
-/// Persistent JSON message properties with the routing headers.
 /// The AMQP properties every published event carries: persistent, JSON, a stable `message_id`
 /// and the routing facts as headers. Public so the benchmark's ceiling sends the same messages.
 pub fn properties(m: &Message) -> BasicProperties {

@@ -82,7 +82,7 @@ pub async fn delete(channel: &Channel, exchange: &str, queue: &str) {
 pub async fn publish(
     channel: &Channel,
     exchange: &str,
-    batches: &Arc<Vec<Vec<Message>>>,
+    batches: &[Vec<Message>],
     concurrency: usize,
 ) -> Figures {
     channel
@@ -96,7 +96,7 @@ pub async fn publish(
     };
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (next, batches) = (next.clone(), batches.clone());
+        let next = next.clone();
         async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -122,14 +122,5 @@ pub async fn publish(
         }
     });
     join_all(workers).await;
-    Figures {
-        events: batches.iter().map(|b| b.len() as u64).sum(),
-        bytes: batches
-            .iter()
-            .flatten()
-            .map(|m| m.payload.len() as u64)
-            .sum(),
-        elapsed: started.elapsed(),
-        latencies: Vec::new(),
-    }
+    Figures::of_messages(batches, started)
 }

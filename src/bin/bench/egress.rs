@@ -78,7 +78,7 @@ async fn fill_topic(opts: &Opts, prefix: &str, events: u64, property_bytes: usiz
             .map(|c| c.to_vec())
             .collect();
         let topics = kafka_ceiling::Topics::One(topic.clone());
-        kafka_ceiling::produce(&producer, &topics, &Arc::new(batches), opts.concurrency).await;
+        kafka_ceiling::produce(&producer, &topics, &batches, opts.concurrency).await;
         seq += n;
     }
     topic

@@ -49,6 +49,18 @@ pub fn batches(opts: &Opts) -> Vec<Vec<Event>> {
     all
 }
 
+/// One webhook body per batch, with its event count and the events' own bytes (what MB/s
+/// counts).
+pub fn bodies(batches: &[Vec<Event>]) -> Vec<(Bytes, u64, u64)> {
+    batches
+        .iter()
+        .map(|b| {
+            let bytes = b.iter().map(|e| e.json.len() as u64).sum();
+            (Bytes::from(gen::payload(b)), b.len() as u64, bytes)
+        })
+        .collect()
+}
+
 /// Writes a bridge config dir with one webhook connector `bench` and the given sink.
 pub fn write_config(dir: &Path, sink_toml: &str) {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
@@ -71,11 +83,7 @@ pub fn write_config(dir: &Path, sink_toml: &str) {
 
 /// Posts every body with `concurrency` producers; retries a body answered 429/503. Bodies are
 /// shared `Bytes`, so the generator never copies a body.
-pub async fn post_all(
-    url: &str,
-    bodies: &Arc<Vec<(Bytes, u64, u64)>>,
-    concurrency: usize,
-) -> Figures {
+pub async fn post_all(url: &str, bodies: &[(Bytes, u64, u64)], concurrency: usize) -> Figures {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -83,8 +91,7 @@ pub async fn post_all(
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (client, next, bodies, url) =
-            (client.clone(), next.clone(), bodies.clone(), url.to_owned());
+        let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
         async move {
             let mut latencies = Vec::new();
             loop {
@@ -129,19 +136,8 @@ pub async fn post_all(
 
 /// Runs one ingress scenario.
 pub async fn run(bus: Bus, opts: &Opts) -> Row {
-    let batches = Arc::new(batches(opts));
-    let bodies: Arc<Vec<(Bytes, u64, u64)>> = Arc::new(
-        batches
-            .iter()
-            .map(|b| {
-                (
-                    Bytes::from(gen::payload(b)),
-                    b.len() as u64,
-                    b.iter().map(|e| e.json.len() as u64).sum(),
-                )
-            })
-            .collect(),
-    );
+    let batches = batches(opts);
+    let bodies = bodies(&batches);
     let run_id = crate::run_id();
     let dir = crate::ScratchDir::new(&run_id);
     let prefix = format!("bench-{run_id}");
@@ -174,9 +170,8 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let url = format!("http://{}/webhooks/bench", child.webhook_addr);
     let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path(), &batches).await;
     // Warm-up on both sides: connections, metadata, producer ids.
-    let warm = Arc::new(vec![bodies[0].clone()]);
-    post_all(&url, &warm, 1).await;
-    ceiling.run(&Arc::new(vec![batches[0].clone()]), 1).await;
+    post_all(&url, &bodies[..1], 1).await;
+    ceiling.run(&batches[..1], 1).await;
 
     // Rounds alternate bridge and ceiling, so both see the broker in the same state (tansu's
     // memory store slows as it fills) and a one-off stall does not decide the ratio.
@@ -227,21 +222,22 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
 
 /// The ceiling side of an ingress scenario: the broker's own client, set up once and run once
 /// per round with the same batches and concurrency as the HTTP producers.
+#[allow(clippy::large_enum_variant)] // one value per scenario; its size does not matter
 enum Ceiling {
     Kafka {
         producer: rdkafka::producer::FutureProducer,
         topics: kafka_ceiling::Topics,
     },
     Amqp {
-        _connection: Box<lapin::Connection>,
+        _connection: lapin::Connection,
         channel: lapin::Channel,
         exchange: String,
         bridge_exchange: String,
-        messages: Arc<Vec<Vec<Message>>>,
+        messages: Vec<Vec<Message>>,
     },
     Embedded {
         log: Arc<entity_bridge::embedded::Log>,
-        messages: Arc<Vec<Vec<Message>>>,
+        messages: Vec<Vec<Message>>,
     },
 }
 
@@ -268,11 +264,11 @@ impl Ceiling {
                 let exchange = format!("{prefix}.ceiling");
                 amqp_ceiling::declare(&channel, &exchange, &exchange).await;
                 Ceiling::Amqp {
-                    _connection: Box::new(connection),
+                    _connection: connection,
                     channel,
                     exchange,
                     bridge_exchange: prefix.to_owned(),
-                    messages: Arc::new(messages(batches)),
+                    messages: messages(batches),
                 }
             }
             Bus::Embedded => {
@@ -280,13 +276,14 @@ impl Ceiling {
                     entity_bridge::embedded::Log::open(&dir.join("ceiling.db")).expect("open log");
                 Ceiling::Embedded {
                     log,
-                    messages: Arc::new(messages(batches)),
+                    messages: messages(batches),
                 }
             }
         }
     }
 
-    async fn run(&self, batches: &Arc<Vec<Vec<Event>>>, concurrency: usize) -> Figures {
+    /// Sends `batches` (the scenario's, or a prefix of them for the warm-up).
+    async fn run(&self, batches: &[Vec<Event>], concurrency: usize) -> Figures {
         match self {
             Ceiling::Kafka { producer, topics } => {
                 kafka_ceiling::produce(producer, topics, batches, concurrency).await
@@ -297,11 +294,11 @@ impl Ceiling {
                 messages,
                 ..
             } => {
-                amqp_ceiling::publish(channel, exchange, &take(messages, batches), concurrency)
-                    .await
+                let messages = &messages[..batches.len()];
+                amqp_ceiling::publish(channel, exchange, messages, concurrency).await
             }
             Ceiling::Embedded { log, messages } => {
-                store_ceiling(log, &take(messages, batches), concurrency).await
+                store_ceiling(log, &messages[..batches.len()], concurrency).await
             }
         }
     }
@@ -342,26 +339,17 @@ fn messages(batches: &[Vec<Event>]) -> Vec<Vec<Message>> {
         .collect()
 }
 
-/// The first `batches.len()` prepared batches (the warm-up round sends just one).
-fn take(messages: &Arc<Vec<Vec<Message>>>, batches: &[Vec<Event>]) -> Arc<Vec<Vec<Message>>> {
-    if batches.len() == messages.len() {
-        messages.clone()
-    } else {
-        Arc::new(messages[..batches.len()].to_vec())
-    }
-}
-
 /// The embedded ceiling: the log's own batch append (same store, same group-commit writer,
 /// same fsync per commit), called directly with the same batches and concurrency.
 async fn store_ceiling(
     log: &entity_bridge::embedded::Log,
-    messages: &Arc<Vec<Vec<Message>>>,
+    messages: &[Vec<Message>],
     concurrency: usize,
 ) -> Figures {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (next, messages) = (next.clone(), messages.clone());
+        let next = next.clone();
         async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -371,16 +359,7 @@ async fn store_ceiling(
         }
     });
     join_all(workers).await;
-    Figures {
-        events: messages.iter().map(|b| b.len() as u64).sum(),
-        bytes: messages
-            .iter()
-            .flatten()
-            .map(|m| m.payload.len() as u64)
-            .sum(),
-        elapsed: started.elapsed(),
-        latencies: Vec::new(),
-    }
+    Figures::of_messages(messages, started)
 }
 
 /// CPU microseconds per event.

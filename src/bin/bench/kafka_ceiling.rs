@@ -89,7 +89,7 @@ impl Topics {
 pub async fn produce(
     producer: &FutureProducer,
     topics: &Topics,
-    batches: &Arc<Vec<Vec<Event>>>,
+    batches: &[Vec<Event>],
     concurrency: usize,
 ) -> Figures {
     let names = topics.names();
@@ -101,7 +101,6 @@ pub async fn produce(
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let next = next.clone();
-        let batches = batches.clone();
         async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

@@ -11,20 +11,14 @@ use entity_bridge::event::{parse_payload, ParseOptions};
 use serde::de::IgnoredAny;
 
 use crate::stats::{Figures, Row};
-use crate::{gen, ingress, Opts};
+use crate::{ingress, Opts};
 
 /// Each side parses at least this many events, so short runs still time something.
 const MIN_EVENTS: u64 = 200_000;
 
 /// Runs the parse scenario.
 pub fn run(opts: &Opts) -> Row {
-    let bodies: Vec<(Bytes, u64, u64)> = ingress::batches(opts)
-        .iter()
-        .map(|b| {
-            let bytes = b.iter().map(|e| e.json.len() as u64).sum();
-            (Bytes::from(gen::payload(b)), b.len() as u64, bytes)
-        })
-        .collect();
+    let bodies = ingress::bodies(&ingress::batches(opts));
     let rounds = MIN_EVENTS.div_ceil(opts.events.max(1));
     // Warm caches and the allocator once on each side before timing.
     let bridge_one = |body: &Bytes| {

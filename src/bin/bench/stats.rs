@@ -1,6 +1,8 @@
 //! Figures of one run and the table the benchmark prints.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use entity_bridge::connector::Message;
 
 /// One measured side (the bridge, or the raw ceiling).
 #[derive(Debug, Clone, Default)]
@@ -19,6 +21,20 @@ impl Figures {
 
     pub fn mib_per_s(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// What a ceiling timed since `started` over `batches` of the bridge's messages.
+    pub fn of_messages(batches: &[Vec<Message>], started: Instant) -> Figures {
+        Figures {
+            events: batches.iter().map(|b| b.len() as u64).sum(),
+            bytes: batches
+                .iter()
+                .flatten()
+                .map(|m| m.payload.len() as u64)
+                .sum(),
+            elapsed: started.elapsed(),
+            latencies: Vec::new(),
+        }
     }
 
     /// The round with the median throughput (the upper one of an even count).
