@@ -2,6 +2,7 @@
 //! the source that consumes them in a consumer group with one ordered lane per partition.
 
 mod config;
+mod delivery;
 mod lane;
 mod record;
 mod sink;

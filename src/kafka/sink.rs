@@ -2,7 +2,8 @@
 //!
 //! A batch is routed completely before anything is produced (so a rejected event leaves the
 //! push unpublished), missing topics are created through the admin API once, then every record
-//! is enqueued at once and the delivery reports are awaited together — no per-event round trip.
+//! is enqueued at once and the delivery reports are awaited together — no per-event round trip,
+//! and one wake-up per batch rather than one future per record ([`super::delivery`]).
 //! The idempotent producer keeps librdkafka's internal retries free of duplicates and in order.
 
 use std::collections::{BTreeSet, HashSet};
@@ -10,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::config::KafkaSinkConfig;
+use super::delivery::{Batch, SinkContext};
 use super::topics::TopicRouter;
 use crate::connector::{observe_send, Message, RejectKind, Sink, SinkError};
 use crate::metrics::Metrics;
@@ -45,7 +46,7 @@ pub enum KafkaBuildError {
 /// Publishes batches of EntityEvents to Kafka.
 pub struct KafkaSink {
     connector: String,
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<SinkContext>>,
     admin: AdminClient<DefaultClientContext>,
     router: TopicRouter,
     config: KafkaSinkConfig,
@@ -80,7 +81,7 @@ impl KafkaSinkConfig {
             .unwrap_or(1_000_000);
         Ok(KafkaSink {
             connector: connector.to_owned(),
-            producer: cc.create()?,
+            producer: Arc::new(cc.create_with_context(SinkContext)?),
             admin: cc.create()?,
             router: TopicRouter::new(self)?,
             config: self.clone(),
@@ -238,8 +239,8 @@ impl KafkaSink {
     }
 
     async fn produce_all(&self, batch: &[Message], topics: &[Arc<str>]) -> Result<(), SinkError> {
-        let mut pending = Vec::with_capacity(batch.len());
-        for (message, topic) in batch.iter().zip(topics) {
+        let (reports, outcome) = Batch::new(batch.len());
+        for (index, (message, topic)) in batch.iter().zip(topics).enumerate() {
             let sequence = message.sequence.to_string();
             let mut headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
@@ -260,12 +261,12 @@ impl KafkaSink {
                 key: "content-type",
                 value: Some("application/json"),
             });
-            let record = FutureRecord::to(topic)
+            let record = BaseRecord::with_opaque_to(topic, reports.report(index))
                 .key(message.record_key.as_bytes())
                 .payload(&message.payload[..])
                 .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(delivery) => pending.push(delivery),
+            match self.producer.send(record) {
+                Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     return Err(SinkError::Overloaded {
                         reason: "producer queue is full".into(),
@@ -276,28 +277,22 @@ impl KafkaSink {
         }
         // librdkafka bounds each delivery by message.timeout.ms; the outer timeout is a guard.
         let guard = self.delivery_timeout() + Duration::from_secs(2);
-        let reports = tokio::time::timeout(guard, join_all(pending))
+        let outcome = tokio::time::timeout(guard, outcome)
             .await
-            .map_err(|_| unavailable("delivery reports timed out"))?;
-        for (index, report) in reports.into_iter().enumerate() {
-            match report {
-                Ok(Ok(_delivery)) => {}
-                Ok(Err((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                ))) => {
-                    return Err(SinkError::Rejected {
-                        index,
-                        field: None,
-                        detail: "the broker refused the event as too large".into(),
-                        kind: RejectKind::TooLarge,
-                    })
-                }
-                Ok(Err((e, _))) => return Err(unavailable(format!("delivery failed: {e}"))),
-                Err(_canceled) => return Err(unavailable("producer shut down")),
+            .map_err(|_| unavailable("delivery reports timed out"))?
+            .map_err(|_| unavailable("producer shut down"))?;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err((index, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))) => {
+                Err(SinkError::Rejected {
+                    index,
+                    field: None,
+                    detail: "the broker refused the event as too large".into(),
+                    kind: RejectKind::TooLarge,
+                })
             }
+            Err((_, e)) => Err(unavailable(format!("delivery failed: {e}"))),
         }
-        Ok(())
     }
 }
 

@@ -103,6 +103,17 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The pid of a running process whose command name is `comm` (e.g. `tansu`, `beam.smp`), so
+/// the broker's CPU per event can be reported when it runs on this machine.
+pub fn pid_of(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+}
+
 /// (VmRSS, VmHWM) of a process in MiB, from /proc.
 pub fn rss_of(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use entity_bridge::connector::Message;
 use futures::future::join_all;
 
-use crate::child::{cpu_seconds, BridgeChild};
+use crate::child::{cpu_seconds, pid_of, BridgeChild};
 use crate::gen::{self, Event, GenConfig, Rng};
 use crate::stats::{Figures, Row};
 use crate::{amqp_ceiling, kafka_ceiling, Opts};
@@ -177,14 +177,22 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     // memory store slows as it fills) and a one-off stall does not decide the ratio.
     let (mut bridge_rounds, mut ceiling_rounds) = (Vec::new(), Vec::new());
     let (mut bridge_cpu, mut loadgen_cpu, mut ceiling_cpu) = (0.0, 0.0, 0.0);
+    let broker = bus.broker_comm().and_then(pid_of);
+    let (mut broker_cpu_bridge, mut broker_cpu_ceiling) = (0.0, 0.0);
     for _ in 0..opts.rounds.max(1) {
-        let (b0, g0) = (child.cpu_seconds(), cpu_seconds(None));
+        let (b0, g0, k0) = (
+            child.cpu_seconds(),
+            cpu_seconds(None),
+            broker.map(Some).map_or(0.0, cpu_seconds),
+        );
         bridge_rounds.push(post_all(&url, &bodies, opts.concurrency).await);
         bridge_cpu += child.cpu_seconds() - b0;
         loadgen_cpu += cpu_seconds(None) - g0;
-        let c0 = cpu_seconds(None);
+        let (c0, k1) = (cpu_seconds(None), broker.map(Some).map_or(0.0, cpu_seconds));
+        broker_cpu_bridge += k1 - k0;
         ceiling_rounds.push(ceiling.run(&batches, opts.concurrency).await);
         ceiling_cpu += cpu_seconds(None) - c0;
+        broker_cpu_ceiling += broker.map(Some).map_or(0.0, cpu_seconds) - k1;
     }
     let (_, peak_rss) = child.rss_mib();
     let push_ms = child
@@ -197,8 +205,16 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     ceiling.teardown().await;
 
     let events = |rounds: &[Figures]| rounds.iter().map(|f| f.events).sum::<u64>();
+    let broker_note = match broker {
+        Some(_) => format!(
+            "; broker CPU µs/event: {:.0} under the bridge, {:.0} under the ceiling",
+            per_event(broker_cpu_bridge, events(&bridge_rounds)),
+            per_event(broker_cpu_ceiling, events(&ceiling_rounds))
+        ),
+        None => String::new(),
+    };
     let note = format!(
-        "median of {} rounds; bridge mean per push {:.1} ms, of which sink {:.1} ms; CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0} (broker not counted)",
+        "median of {} rounds; bridge mean per push {:.1} ms, of which sink {:.1} ms; CPU µs/event: bridge {:.0}, HTTP load generator {:.0}, ceiling client {:.0}{broker_note}",
         bridge_rounds.len(),
         push_ms,
         publish_ms,
@@ -217,6 +233,17 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
         },
         peak_rss_mib: peak_rss,
         note,
+    }
+}
+
+impl Bus {
+    /// The command name of the local broker process (its CPU is reported when it runs here).
+    fn broker_comm(self) -> Option<&'static str> {
+        match self {
+            Bus::Kafka => Some("tansu"),
+            Bus::Amqp => Some("beam.smp"),
+            Bus::Embedded => None,
+        }
     }
 }
 
