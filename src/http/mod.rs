@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod auth;
+mod body;
 mod config;
 pub mod problem;
 pub mod surface;

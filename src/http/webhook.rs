@@ -14,10 +14,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Semaphore;
 
 use super::auth::TokenSet;
+use super::body::{BodyError, BodyPool};
 use super::config::WebhookSourceConfig;
 use super::problem::{Item, Problem};
 use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
@@ -36,6 +36,7 @@ pub struct WebhookConnector {
     sink: Arc<dyn Sink>,
     parse: ParseOptions,
     max_body_bytes: usize,
+    bodies: Arc<BodyPool>,
     requests: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     overload_retry_after: u64,
@@ -64,6 +65,7 @@ impl WebhookConnector {
                 coerce_numeric_record_key: config.coerce_numeric_record_key,
             },
             max_body_bytes: config.max_body_bytes,
+            bodies: BodyPool::new(),
             requests: Arc::new(Semaphore::new(config.max_in_flight_requests)),
             bytes: Arc::new(Semaphore::new(config.max_in_flight_bytes)),
             overload_retry_after: config.overload_retry_after_seconds,
@@ -102,15 +104,17 @@ impl WebhookConnector {
         in_flight.inc();
         let _in_flight = scopeguard(move || in_flight.dec());
 
-        let body = read_body(body, self.max_body_bytes)
+        let body = self
+            .bodies
+            .read(body, self.max_body_bytes)
             .await
-            .inspect_err(|p| {
-                let outcome = if p.status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "too_large"
-                } else {
-                    "invalid"
+            .map_err(|e| {
+                let (status, outcome) = match e {
+                    BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                    BodyError::Unreadable(_) => (StatusCode::BAD_REQUEST, "invalid"),
                 };
                 self.metrics.request_rejected(&self.name, outcome);
+                Problem::new(status, e.to_string())
             })?;
         let _byte_budget = self
             .bytes
@@ -217,20 +221,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds {limit} bytes (after decompression)"),
-        )),
-        Err(e) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read request body: {e}"),
-        )),
-    }
 }
 
 fn source_label(headers: &HeaderMap) -> Result<Option<Arc<str>>, Problem> {
