@@ -178,21 +178,18 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let (mut bridge_rounds, mut ceiling_rounds) = (Vec::new(), Vec::new());
     let (mut bridge_cpu, mut loadgen_cpu, mut ceiling_cpu) = (0.0, 0.0, 0.0);
     let broker = bus.broker_comm().and_then(pid_of);
+    let broker_cpu = || broker.map_or(0.0, |pid| cpu_seconds(Some(pid)));
     let (mut broker_cpu_bridge, mut broker_cpu_ceiling) = (0.0, 0.0);
     for _ in 0..opts.rounds.max(1) {
-        let (b0, g0, k0) = (
-            child.cpu_seconds(),
-            cpu_seconds(None),
-            broker.map(Some).map_or(0.0, cpu_seconds),
-        );
+        let (b0, g0, k0) = (child.cpu_seconds(), cpu_seconds(None), broker_cpu());
         bridge_rounds.push(post_all(&url, &bodies, opts.concurrency).await);
         bridge_cpu += child.cpu_seconds() - b0;
         loadgen_cpu += cpu_seconds(None) - g0;
-        let (c0, k1) = (cpu_seconds(None), broker.map(Some).map_or(0.0, cpu_seconds));
+        let (c0, k1) = (cpu_seconds(None), broker_cpu());
         broker_cpu_bridge += k1 - k0;
         ceiling_rounds.push(ceiling.run(&batches, opts.concurrency).await);
         ceiling_cpu += cpu_seconds(None) - c0;
-        broker_cpu_ceiling += broker.map(Some).map_or(0.0, cpu_seconds) - k1;
+        broker_cpu_ceiling += broker_cpu() - k1;
     }
     let (_, peak_rss) = child.rss_mib();
     let push_ms = child
