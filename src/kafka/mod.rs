@@ -12,6 +12,6 @@ pub mod topics;
 
 pub use config::{KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
 pub use record::{parse_record, PoisonRecord, RecordView};
-pub use sink::{KafkaBuildError, KafkaSink};
+pub use sink::{headers, KafkaBuildError, KafkaSink};
 pub use source::{KafkaSource, KafkaSourceBuildError, SourceContext};
 pub use source_config::{KafkaSourceConfig, OffsetReset, RESERVED_CONSUMER_KEYS};

@@ -112,6 +112,32 @@ pub fn apply_passthrough(
     Ok(())
 }
 
+/// The headers every published record carries: `EntityEventSequence`, `ResourceName`,
+/// `EntityEventSource` when the push had one, and the content type. Public so the benchmark's
+/// ceiling writes the same records.
+pub fn headers(message: &Message) -> OwnedHeaders {
+    let sequence = message.sequence.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: "EntityEventSequence",
+            value: Some(sequence.as_bytes()),
+        })
+        .insert(Header {
+            key: "ResourceName",
+            value: Some(message.resource_name.as_bytes()),
+        });
+    if let Some(source) = &message.source_label {
+        headers = headers.insert(Header {
+            key: "EntityEventSource",
+            value: Some(source.as_bytes()),
+        });
+    }
+    headers.insert(Header {
+        key: "content-type",
+        value: Some("application/json"),
+    })
+}
+
 fn unavailable(reason: impl Into<String>) -> SinkError {
     SinkError::Unavailable {
         reason: reason.into(),
@@ -241,30 +267,10 @@ impl KafkaSink {
     async fn produce_all(&self, batch: &[Message], topics: &[Arc<str>]) -> Result<(), SinkError> {
         let (reports, outcome) = Batch::new(batch.len());
         for (index, (message, topic)) in batch.iter().zip(topics).enumerate() {
-            let sequence = message.sequence.to_string();
-            let mut headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header {
-                    key: "EntityEventSequence",
-                    value: Some(sequence.as_bytes()),
-                })
-                .insert(Header {
-                    key: "ResourceName",
-                    value: Some(message.resource_name.as_bytes()),
-                });
-            if let Some(source) = &message.source_label {
-                headers = headers.insert(Header {
-                    key: "EntityEventSource",
-                    value: Some(source.as_bytes()),
-                });
-            }
-            headers = headers.insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            });
             let record = BaseRecord::with_opaque_to(topic, reports.report(index))
                 .key(message.record_key.as_bytes())
                 .payload(&message.payload[..])
-                .headers(headers);
+                .headers(headers(message));
             match self.producer.send(record) {
                 Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

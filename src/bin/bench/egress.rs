@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::child::BridgeChild;
 use crate::gen::{self, GenConfig, Rng};
 use crate::stats::{Figures, Row};
-use crate::{kafka_ceiling, Opts};
+use crate::{ingress, kafka_ceiling, Opts};
 
 #[derive(Default)]
 struct Received {
@@ -78,7 +78,8 @@ async fn fill_topic(opts: &Opts, prefix: &str, events: u64, property_bytes: usiz
             .map(|c| c.to_vec())
             .collect();
         let topics = kafka_ceiling::Topics::One(topic.clone());
-        kafka_ceiling::produce(&producer, &topics, &batches, opts.concurrency).await;
+        let messages = ingress::messages(&batches);
+        kafka_ceiling::produce(&producer, &topics, &messages, opts.concurrency).await;
         seq += n;
     }
     topic

@@ -138,6 +138,7 @@ pub async fn post_all(url: &str, bodies: &[(Bytes, u64, u64)], concurrency: usiz
 pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let batches = batches(opts);
     let bodies = bodies(&batches);
+    let messages = messages(&batches);
     let run_id = crate::run_id();
     let dir = crate::ScratchDir::new(&run_id);
     let prefix = format!("bench-{run_id}");
@@ -168,10 +169,10 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     write_config(dir.path(), &sink);
     let child = BridgeChild::start(dir.path(), opts);
     let url = format!("http://{}/webhooks/bench", child.webhook_addr);
-    let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path(), &batches).await;
+    let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path()).await;
     // Warm-up on both sides: connections, metadata, producer ids.
     post_all(&url, &bodies[..1], 1).await;
-    ceiling.run(&batches[..1], 1).await;
+    ceiling.run(&messages[..1], 1).await;
 
     // Rounds alternate bridge and ceiling, so both see the broker in the same state (tansu's
     // memory store slows as it fills) and a one-off stall does not decide the ratio.
@@ -187,7 +188,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
         loadgen_cpu += cpu_seconds(None) - g0;
         let (c0, k1) = (cpu_seconds(None), broker_cpu());
         broker_cpu_bridge += k1 - k0;
-        ceiling_rounds.push(ceiling.run(&batches, opts.concurrency).await);
+        ceiling_rounds.push(ceiling.run(&messages, opts.concurrency).await);
         ceiling_cpu += cpu_seconds(None) - c0;
         broker_cpu_ceiling += broker_cpu() - k1;
     }
@@ -257,22 +258,14 @@ enum Ceiling {
         channel: lapin::Channel,
         exchange: String,
         bridge_exchange: String,
-        messages: Vec<Vec<Message>>,
     },
     Embedded {
         log: Arc<entity_bridge::embedded::Log>,
-        messages: Vec<Vec<Message>>,
     },
 }
 
 impl Ceiling {
-    async fn setup(
-        bus: Bus,
-        opts: &Opts,
-        prefix: &str,
-        dir: &Path,
-        batches: &[Vec<Event>],
-    ) -> Self {
+    async fn setup(bus: Bus, opts: &Opts, prefix: &str, dir: &Path) -> Self {
         match bus {
             Bus::Kafka => {
                 // The same topic layout as the bridge's `{ResourceName}` template.
@@ -292,38 +285,26 @@ impl Ceiling {
                     channel,
                     exchange,
                     bridge_exchange: prefix.to_owned(),
-                    messages: messages(batches),
                 }
             }
             Bus::Embedded => {
                 let log =
                     entity_bridge::embedded::Log::open(&dir.join("ceiling.db")).expect("open log");
-                Ceiling::Embedded {
-                    log,
-                    messages: messages(batches),
-                }
+                Ceiling::Embedded { log }
             }
         }
     }
 
-    /// Sends `batches` (the scenario's, or a prefix of them for the warm-up).
-    async fn run(&self, batches: &[Vec<Event>], concurrency: usize) -> Figures {
+    /// Sends `messages` (the scenario's batches, or the first of them for the warm-up).
+    async fn run(&self, messages: &[Vec<Message>], concurrency: usize) -> Figures {
         match self {
             Ceiling::Kafka { producer, topics } => {
-                kafka_ceiling::produce(producer, topics, batches, concurrency).await
+                kafka_ceiling::produce(producer, topics, messages, concurrency).await
             }
             Ceiling::Amqp {
-                channel,
-                exchange,
-                messages,
-                ..
-            } => {
-                let messages = &messages[..batches.len()];
-                amqp_ceiling::publish(channel, exchange, messages, concurrency).await
-            }
-            Ceiling::Embedded { log, messages } => {
-                store_ceiling(log, &messages[..batches.len()], concurrency).await
-            }
+                channel, exchange, ..
+            } => amqp_ceiling::publish(channel, exchange, messages, concurrency).await,
+            Ceiling::Embedded { log } => store_ceiling(log, messages, concurrency).await,
         }
     }
 
@@ -342,8 +323,8 @@ impl Ceiling {
 }
 
 /// The generated batches as the bridge's own messages (what the webhook would have made of
-/// them), for ceilings that call a sink-level API. Built once, outside the timed rounds.
-fn messages(batches: &[Vec<Event>]) -> Vec<Vec<Message>> {
+/// them), for the ceilings, which send what the sinks send. Built once, outside timed rounds.
+pub fn messages(batches: &[Vec<Event>]) -> Vec<Vec<Message>> {
     batches
         .iter()
         .enumerate()

@@ -1,8 +1,8 @@
 //! The raw Kafka ceilings: a plain rdkafka producer and consumer doing the bridge's work.
 //!
-//! The producer uses the bridge's own settings (`acks=all`, idempotence, `linger.ms=5`) and
-//! headers, and keeps the same number of batches in flight as the HTTP producers do, so the
-//! only difference left is the bridge itself.
+//! The producer uses the bridge's own settings (`acks=all`, idempotence, `linger.ms=5`) and the
+//! sink's own record headers (`entity_bridge::kafka::headers`), and keeps the same number of
+//! batches in flight as the HTTP producers do, so the only difference left is the bridge itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,11 +12,13 @@ use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::gen::{self, Event};
+use entity_bridge::connector::Message;
+use entity_bridge::kafka::headers;
+
+use crate::gen;
 use crate::stats::Figures;
 
 /// A producer configured like the bridge's Kafka sink (its defaults).
@@ -89,7 +91,7 @@ impl Topics {
 pub async fn produce(
     producer: &FutureProducer,
     topics: &Topics,
-    batches: &[Vec<Event>],
+    batches: &[Vec<Message>],
     concurrency: usize,
 ) -> Figures {
     let names = topics.names();
@@ -106,25 +108,11 @@ pub async fn produce(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(batch) = batches.get(i) else { break };
                 let mut pending = Vec::with_capacity(batch.len());
-                for (n, e) in batch.iter().enumerate() {
-                    let seq = (i * 1_000_000 + n + 1).to_string();
-                    let headers = OwnedHeaders::new_with_capacity(3)
-                        .insert(Header {
-                            key: "EntityEventSequence",
-                            value: Some(seq.as_bytes()),
-                        })
-                        .insert(Header {
-                            key: "ResourceName",
-                            value: Some(e.resource),
-                        })
-                        .insert(Header {
-                            key: "content-type",
-                            value: Some("application/json"),
-                        });
-                    let record = FutureRecord::to(topic_of(e.resource))
-                        .key(e.key.as_bytes())
-                        .payload(e.json.as_bytes())
-                        .headers(headers);
+                for m in batch {
+                    let record = FutureRecord::to(topic_of(&m.resource_name))
+                        .key(m.record_key.as_bytes())
+                        .payload(&m.payload[..])
+                        .headers(headers(m));
                     pending.push(
                         producer
                             .send_result(record)
@@ -139,14 +127,7 @@ pub async fn produce(
         }
     });
     join_all(workers).await;
-    let events: u64 = batches.iter().map(|b| b.len() as u64).sum();
-    let bytes = batches.iter().flatten().map(|e| e.json.len() as u64).sum();
-    Figures {
-        events,
-        bytes,
-        elapsed: started.elapsed(),
-        latencies: Vec::new(),
-    }
+    Figures::of_messages(batches, started)
 }
 
 /// Reads `expected` records of `topic` from the beginning with a plain consumer.
