@@ -5,6 +5,19 @@
 //! [asc]`; `$top`; `$skip`; `$count=true|false`; `$skiptoken` (what our `@odata.nextLink`
 //! carries); `$format=json`. Anything else is refused with the option named, rather than
 //! silently ignored: a consumer that asks for `or` or `desc` must not get a wrong answer.
+//!
+//! The query comes from the network, so the parser is bounded: the query string is at most
+//! [`MAX_QUERY_BYTES`], parentheses nest at most [`MAX_FILTER_DEPTH`] deep and a filter holds at
+//! most [`MAX_FILTER_TERMS`] comparisons. Beyond that the answer is a 400 naming the option; no
+//! input can make the parser recurse or allocate without bound.
+
+/// Longest raw query string accepted (bytes, percent-encoded). A RESO client's replay query
+/// (`$filter` on sequence and resource, paging options) is well under 1 KiB.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Deepest parenthesis nesting accepted in `$filter`.
+pub const MAX_FILTER_DEPTH: usize = 16;
+/// Most comparisons accepted in one `$filter`.
+pub const MAX_FILTER_TERMS: usize = 32;
 
 /// A parsed replay request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +78,18 @@ fn error(option: &str, detail: impl Into<String>) -> QueryError {
 /// Parses a raw (percent-encoded) query string.
 pub fn parse_query(raw: Option<&str>) -> Result<ReplayQuery, QueryError> {
     let mut q = ReplayQuery::default();
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(error(
+            "query",
+            format!(
+                "the query string is {} bytes; at most {MAX_QUERY_BYTES} are accepted",
+                raw.len()
+            ),
+        ));
+    }
     let mut seen: Vec<String> = Vec::new();
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
         if seen.iter().any(|k| *k == key) {
             return Err(error(&key, "given more than once"));
         }
@@ -199,6 +222,10 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
 struct Parser<'a> {
     tokens: &'a [Token],
     at: usize,
+    /// Open parentheses around the current position.
+    depth: usize,
+    /// Comparisons read so far.
+    terms: usize,
 }
 
 impl Parser<'_> {
@@ -226,13 +253,24 @@ impl Parser<'_> {
     fn term(&mut self, q: &mut ReplayQuery) -> Result<(), String> {
         match self.next().cloned() {
             Some(Token::Open) => {
+                if self.depth == MAX_FILTER_DEPTH {
+                    return Err(format!(
+                        "parentheses nest deeper than {MAX_FILTER_DEPTH} levels"
+                    ));
+                }
+                self.depth += 1;
                 self.expr(q)?;
+                self.depth -= 1;
                 match self.next() {
                     Some(Token::Close) => Ok(()),
                     _ => Err("missing `)`".into()),
                 }
             }
             Some(Token::Word(property)) => {
+                self.terms += 1;
+                if self.terms > MAX_FILTER_TERMS {
+                    return Err(format!("more than {MAX_FILTER_TERMS} comparisons"));
+                }
                 let op = match self.next() {
                     Some(Token::Word(op)) => op.clone(),
                     _ => return Err(format!("expected an operator after `{property}`")),
@@ -300,6 +338,8 @@ fn parse_filter(text: &str, q: &mut ReplayQuery) -> Result<(), String> {
     let mut parser = Parser {
         tokens: &tokens,
         at: 0,
+        depth: 0,
+        terms: 0,
     };
     parser.expr(q)?;
     if parser.at < tokens.len() {
@@ -382,6 +422,44 @@ mod tests {
         ] {
             assert_eq!(refused(raw).option, option, "{raw}");
         }
+    }
+
+    fn filter(text: &str) -> String {
+        format!(
+            "$filter={}",
+            form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>()
+        )
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // Regression: 100,000 nested parentheses overflowed the stack and aborted the process.
+        let deep = format!(
+            "{}ResourceName eq 'x'{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let raw = format!("$filter={deep}");
+        let e = refused(&raw);
+        assert_eq!(e.option, "query", "the size bound answers first: {e}");
+        // Within the size bound, the depth bound answers.
+        let nested = |n: usize| format!("{}ResourceName eq 'x'{}", "(".repeat(n), ")".repeat(n));
+        let e = parse_query(Some(&filter(&nested(MAX_FILTER_DEPTH + 1)))).unwrap_err();
+        assert_eq!(e.option, "$filter");
+        assert!(e.detail.contains("nest deeper"), "{e}");
+        ok(&filter(&nested(MAX_FILTER_DEPTH)));
+        // The parser itself stays bounded without the size check too.
+        let mut q = ReplayQuery::default();
+        let err = parse_filter(&nested(100_000), &mut q).unwrap_err();
+        assert!(err.contains("nest deeper"), "{err}");
+    }
+
+    #[test]
+    fn term_count_is_bounded() {
+        let terms = |n: usize| vec!["EntityEventSequence gt 1"; n].join(" and ");
+        ok(&filter(&terms(MAX_FILTER_TERMS)));
+        let e = parse_query(Some(&filter(&terms(MAX_FILTER_TERMS + 1)))).unwrap_err();
+        assert!(e.detail.contains("comparisons"), "{e}");
     }
 
     #[test]
