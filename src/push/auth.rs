@@ -82,6 +82,54 @@ fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 2).min(Duration::from_secs(60))
 }
 
+/// Longest a token is used before a new one is fetched, whatever `expires_in` says (an endpoint
+/// answering `expires_in: 18446744073709551615` once made the refresh time overflow and panic).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// When to refresh a token of `lifetime` fetched at `started`; never overflows.
+fn refresh_at(started: Instant, lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+    started + (lifetime - refresh_margin(lifetime))
+}
+
+/// Why the token request itself failed (below the OAuth2 layer).
+#[derive(Debug, thiserror::Error)]
+enum TokenHttpError {
+    /// Connecting, sending or reading failed.
+    #[error("token request failed: {0}")]
+    Request(#[from] reqwest::Error),
+    /// The answer was longer than a token response can be.
+    #[error("token endpoint answer exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The answer could not be turned into a response (never for a valid HTTP answer).
+    #[error("token endpoint answer is not a valid HTTP response")]
+    Invalid,
+}
+
+/// The OAuth2 client's transport: the sink's token `http` client, with the answer read up to
+/// [`super::capped::MAX_TOKEN_RESPONSE_BYTES`].
+async fn token_http(
+    http: reqwest::Client,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, TokenHttpError> {
+    let request = reqwest::Request::try_from(request)?;
+    let response = http.execute(request).await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let cap = super::capped::MAX_TOKEN_RESPONSE_BYTES;
+    let body = super::capped::read_capped(response, cap).await?;
+    if body.truncated {
+        return Err(TokenHttpError::TooLarge(cap));
+    }
+    let mut answer = http::Response::builder().status(status);
+    if let Some(h) = answer.headers_mut() {
+        *h = headers;
+    }
+    answer
+        .body(body.bytes.to_vec())
+        .map_err(|_| TokenHttpError::Invalid)
+}
+
 impl Auth {
     /// Resolves secrets and prepares the token source (no network yet).
     pub fn build(config: &AuthConfig, connector: &str) -> Result<Auth, AuthBuildError> {
@@ -197,10 +245,15 @@ impl OAuth2 {
         if let Some(audience) = &self.audience {
             request = request.add_extra_param("audience", audience.clone());
         }
-        let response = request.request_async(&self.http).await.map_err(|e| {
+        let http = self.http.clone();
+        let transport = move |request| token_http(http.clone(), request);
+        let response = request.request_async(&transport).await.map_err(|e| {
             let reason = match &e {
                 oauth2::RequestTokenError::ServerResponse(r) => {
                     format!("token endpoint refused: {}", r.error())
+                }
+                oauth2::RequestTokenError::Request(TokenHttpError::TooLarge(cap)) => {
+                    format!("token endpoint answer exceeds {cap} bytes")
                 }
                 oauth2::RequestTokenError::Request(_) => "token endpoint unreachable".to_owned(),
                 oauth2::RequestTokenError::Parse(_, _) => {
@@ -220,7 +273,7 @@ impl OAuth2 {
         *self.cached.write().expect("token cache lock") = Some(Cached {
             token: token.clone(),
             generation,
-            refresh_at: lifetime.map(|l| started + l - refresh_margin(l)),
+            refresh_at: lifetime.map(|l| refresh_at(started, l)),
         });
         tracing::info!(
             %connector,
@@ -248,6 +301,63 @@ mod tests {
             refresh_margin(Duration::from_secs(3600)),
             Duration::from_secs(60)
         );
+    }
+
+    #[tokio::test]
+    async fn a_huge_expires_in_is_capped_not_a_panic() {
+        let now = Instant::now();
+        // Regression: `started + expires_in - margin` overflowed and panicked the lanes.
+        let at = refresh_at(now, Duration::from_secs(u64::MAX));
+        assert_eq!(at, now + MAX_TOKEN_LIFETIME - Duration::from_secs(60));
+        assert_eq!(
+            refresh_at(now, Duration::from_secs(600)),
+            now + Duration::from_secs(540)
+        );
+        assert_eq!(refresh_at(now, Duration::ZERO), now);
+    }
+
+    /// A real token endpoint on loopback answering `body` to every request.
+    async fn token_endpoint(body: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::post(move || async move {
+                ([(http::header::CONTENT_TYPE, "application/json")], body)
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/token")
+    }
+
+    fn oauth2_config(token_url: String) -> AuthConfig {
+        std::env::set_var("ENTITY_BRIDGE_UNIT_PUSH_SECRET", "s3cret");
+        let text = format!(
+            "type = \"oauth2\"\ntoken_url = \"{token_url}\"\nclient_id = \"c\"\n\
+             client_secret = {{ env = \"ENTITY_BRIDGE_UNIT_PUSH_SECRET\" }}\n"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_responses_from_a_real_endpoint_are_bounded() {
+        let url = token_endpoint(
+            br#"{"access_token":"abc","token_type":"bearer","expires_in":18446744073709551615}"#,
+        )
+        .await;
+        let auth = Auth::build(&oauth2_config(url), "c").unwrap();
+        assert_eq!(auth.token().await.unwrap().value.expose(), "abc");
+
+        static HUGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let huge = HUGE.get_or_init(|| {
+            let mut body = br#"{"access_token":"abc","token_type":"bearer","pad":""#.to_vec();
+            body.extend(std::iter::repeat_n(b'x', 1 << 20));
+            body.extend(br#""}"#);
+            body
+        });
+        let auth = Auth::build(&oauth2_config(token_endpoint(huge.as_slice()).await), "c").unwrap();
+        let err = auth.token().await.unwrap_err();
+        assert!(err.to_string().contains("exceeds 65536 bytes"), "{err}");
     }
 
     #[tokio::test]

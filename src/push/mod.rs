@@ -1,7 +1,8 @@
 //! Egress: the webhook (push) sink that POSTs RESO EntityEvent payloads to a remote consumer.
 //!
 //! One role per file: [`config`] (what operators set), [`batch`] (RESO payloads from raw event
-//! bytes, POST-sized chunks), [`auth`] (fixed token or OAuth2 client credentials), [`limit`]
+//! bytes, POST-sized chunks), [`auth`] (fixed token or OAuth2 client credentials), [`capped`] (remote answers read up to a cap),
+//! [`limit`]
 //! (per-endpoint rate, concurrency and `Retry-After` pause), [`retry`] (answer classification,
 //! full-jitter backoff), [`dead_letter`] (where undeliverable events go: a Kafka topic,
 //! [`dead_letter_kafka`], or a RabbitMQ exchange, [`dead_letter_amqp`]) and [`sink`] (the
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod capped;
 pub mod config;
 pub mod dead_letter;
 pub mod dead_letter_amqp;

@@ -127,12 +127,31 @@ impl Backoff {
 
     /// The next wait.
     pub fn next_delay(&mut self) -> Duration {
+        full_jitter(self.next_cap())
+    }
+
+    /// The next cap itself, without jitter: the least a consumer's `Retry-After` pause lasts,
+    /// so `Retry-After: 0` (or a date in the past) still backs off exponentially instead of
+    /// inviting a retry at once, forever.
+    pub fn next_cap(&mut self) -> Duration {
         if let Some(cap) = self.caps.next() {
             self.last_cap = cap;
         }
-        full_jitter(self.last_cap)
+        self.last_cap
     }
 }
+
+/// `now + wait`, saturating at a far-future instant (about 30 years) instead of panicking on
+/// overflow: waits come from remote answers and configuration.
+pub fn saturating_deadline(wait: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// The furthest any deadline is set.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// A duration drawn uniformly from `[0, cap]`.
 pub fn full_jitter(cap: Duration) -> Duration {
@@ -161,6 +180,24 @@ mod tests {
             CAP,
             SystemTime::now(),
         )
+    }
+
+    #[test]
+    fn backoff_caps_grow_and_deadlines_saturate() {
+        let config = PushRetryConfig {
+            min_backoff_ms: 20,
+            max_backoff_ms: 200,
+            ..PushRetryConfig::default()
+        };
+        let mut backoff = Backoff::new(&config);
+        let caps: Vec<u128> = (0..6).map(|_| backoff.next_cap().as_millis()).collect();
+        // Doubling from the minimum to the maximum (backon rounds a little down).
+        for (cap, want) in caps.iter().zip([20, 40, 80, 160, 200, 200]) {
+            assert!(want - 2 <= *cap && *cap <= want, "{caps:?}");
+        }
+        // Regression: `Instant + huge` panicked.
+        let far = saturating_deadline(Duration::MAX);
+        assert!(far > tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600));
     }
 
     #[test]

@@ -140,8 +140,10 @@ impl PushSink {
                     Duration::from_secs(self.config.retry.max_retry_after_seconds),
                     SystemTime::now(),
                 );
-                // Read the (small) answer so the connection can be reused; its content is unused.
-                let _ = response.bytes().await;
+                // Read the answer so the connection can be reused, but only up to a cap: its
+                // content is unused, and a consumer streaming gigabytes must not hold the lane.
+                let _ =
+                    super::capped::read_capped(response, super::capped::MAX_RESPONSE_BYTES).await;
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics
                     .push_request(&self.connector, status_class(status), seconds);
@@ -211,6 +213,7 @@ impl PushSink {
                     return Ok(());
                 }
                 Verdict::Throttled { pause } => {
+                    let pause = pause.max(backoff.next_cap());
                     self.endpoint.pause(pause);
                     let status = status.unwrap_or_default();
                     self.metrics

@@ -423,6 +423,40 @@ async fn retry_after_http_date_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retry_after_zero_still_backs_off_exponentially() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    // Regression: `Retry-After: 0` was honoured literally, about 35 POSTs a second forever.
+    let receiver = Receiver::start(Box::new(|n, _, _| {
+        if n < 6 {
+            (429, vec![("retry-after", "0".to_owned())])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let egress = Egress::new("it-egress-ra0", &receiver.url, &dir);
+    create_topic(&egress.topic, 1).await;
+    let events = keyed_events("z", 1, 2);
+    produce(&egress.topic, &events, None).await;
+    let bridge = TestBridge::start_connector(&egress.toml()).await;
+    receiver
+        .wait_delivered(events.len(), Duration::from_secs(60))
+        .await;
+    let requests = receiver.requests();
+    // The backoff of the test connector doubles from 20 ms to 200 ms.
+    let floors = [20u64, 40, 80, 160, 200, 200];
+    for (pair, floor) in requests.windows(2).zip(floors) {
+        let gap = pair[1].at.duration_since(pair[0].answered_at);
+        assert!(
+            gap >= Duration::from_millis(floor - 3),
+            "a retry came {gap:?} after a `Retry-After: 0`, under the {floor} ms backoff"
+        );
+    }
+    assert!(bridge.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn request_rate_stays_within_the_limit() {
     require_kafka();
     let dir = tempfile::tempdir().unwrap();
