@@ -193,8 +193,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 kafka_sources.push((name.clone(), source));
             }
             SourceConfig::Webhook(w) => {
-                let webhook = WebhookConnector::build(name, w, sink.clone(), metrics.clone())
-                    .map_err(|source| AppError::Secret {
+                let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
+                let webhook =
+                    WebhookConnector::build(name, w, body_timeout, sink.clone(), metrics.clone())
+                        .map_err(|source| AppError::Secret {
                         connector: name.clone(),
                         source,
                     })?;
@@ -250,15 +252,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let webhook_app = webhook_router(routes, replay);
     let stop = shutdown.clone();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let limits = config.http.connections.clone();
     let webhook_task = tokio::spawn(async move {
-        match tls {
-            Some(tls) => crate::http::tls::serve(webhook_listener, webhook_app, tls, stop).await,
-            None => {
-                axum::serve(webhook_listener, webhook_app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-        }
+        crate::http::serve::serve(webhook_listener, webhook_app, tls, &limits, stop).await
     });
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
@@ -267,10 +263,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutdown: shutdown.clone(),
     });
     let stop = admin_stop.clone();
+    let limits = config.admin.connections.clone();
     let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        crate::http::serve::serve(admin_listener, admin_app, None, &limits, stop).await
     });
     let mut pumps: Vec<_> = pull_sources
         .into_iter()

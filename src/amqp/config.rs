@@ -110,6 +110,10 @@ pub struct AmqpSourceConfig {
     /// Accept a JSON number as `ResourceRecordKey` (its text becomes the key).
     #[serde(default)]
     pub coerce_numeric_record_key: bool,
+    /// Deepest nesting of objects and arrays in one message's event (the event object is level
+    /// 1); a deeper message is dead-lettered as unparseable.
+    #[serde(default = "crate::http::default_max_json_depth")]
+    pub max_json_depth: usize,
     /// Exchanges, queues (e.g. with a dead-letter exchange) and bindings declared on connect.
     #[serde(default)]
     pub topology: TopologyConfig,
@@ -333,6 +337,12 @@ impl AmqpSourceConfig {
             if self.queues[..i].contains(queue) {
                 return Err((format!("queues[{i}]"), format!("`{queue}` is listed twice")));
             }
+        }
+        if !(1..=crate::http::MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
+            return Err((
+                "max_json_depth".into(),
+                crate::http::MAX_JSON_DEPTH_RANGE.into(),
+            ));
         }
         if self.prefetch_count == 0 {
             return Err(("prefetch_count".into(), "must be at least 1".into()));

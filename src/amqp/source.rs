@@ -83,6 +83,8 @@ impl AmqpSourceConfig {
                 connector: connector.to_owned(),
                 parse: ParseOptions {
                     coerce_numeric_record_key: self.coerce_numeric_record_key,
+                    max_events: 1,
+                    max_depth: self.max_json_depth,
                 },
                 metrics,
             },

@@ -78,6 +78,13 @@ pub struct HttpConfig {
     /// Serve HTTPS from these PEM files (`[http.tls]`). Absent: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::http::TlsConfig>,
+    /// Time a push's body may take to arrive once its headers are read (408 and the connection
+    /// closed beyond it, so a slow body frees its request slot).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Connection limits and timeouts (`[http.connections]`).
+    #[serde(default)]
+    pub connections: crate::http::ConnectionsConfig,
 }
 
 impl Default for HttpConfig {
@@ -85,8 +92,14 @@ impl Default for HttpConfig {
         HttpConfig {
             listen_addr: default_http_listen(),
             tls: None,
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            connections: crate::http::ConnectionsConfig::default(),
         }
     }
+}
+
+fn default_body_read_timeout_ms() -> u64 {
+    60_000
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -103,6 +116,9 @@ pub struct AdminConfig {
     /// Timeout of each sink's readiness probe behind `/readyz`.
     #[serde(default = "default_ready_timeout_ms")]
     pub ready_timeout_ms: u64,
+    /// Connection limits and timeouts (`[admin.connections]`).
+    #[serde(default = "crate::http::ConnectionsConfig::admin")]
+    pub connections: crate::http::ConnectionsConfig,
 }
 
 impl Default for AdminConfig {
@@ -110,6 +126,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen_addr: default_admin_listen(),
             ready_timeout_ms: default_ready_timeout_ms(),
+            connections: crate::http::ConnectionsConfig::admin(),
         }
     }
 }
@@ -264,6 +281,25 @@ impl Config {
     /// Checks what serde cannot: names, paths, templates, cross-field rules.
     /// `file_of` maps a connector name to the file that defined it, for error messages.
     pub fn validate(&self, file_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let listener = |key: String, detail: String| ConfigError::Invalid {
+            file: "bridge.toml".into(),
+            key,
+            detail,
+        };
+        for (section, connections) in [
+            ("http", &self.http.connections),
+            ("admin", &self.admin.connections),
+        ] {
+            connections
+                .validate()
+                .map_err(|(k, d)| listener(format!("{section}.connections.{k}"), d))?;
+        }
+        if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&self.http.body_read_timeout_ms) {
+            return Err(listener(
+                "http.body_read_timeout_ms".into(),
+                "must be between 1 and 86400000 (one day)".into(),
+            ));
+        }
         let mut paths = BTreeMap::new();
         for (name, connector) in &self.connectors {
             let invalid = |key: &str, detail: String| ConfigError::Invalid {

@@ -25,11 +25,16 @@
 //!   borrowed [`RawValue`]s, the three required fields are kept, and the event's exact bytes are
 //!   found from where its first key and last value lie. No `serde_json::Value` tree of `Data` is
 //!   ever built, and no event is scanned twice.
+//! - **Bounded by the bytes.** A payload carries at most [`ParseOptions::max_events`] events
+//!   (checked while the array is read, so nothing is kept for the items beyond), a single-valued
+//!   object at most [`MAX_TOP_LEVEL_MEMBERS`] members, and no event nests deeper than
+//!   [`ParseOptions::max_depth`] (see [`depth`]).
 //! - **Every problem at once.** Validation collects all violations (up to a cap), each named by an
 //!   RFC 6901 JSON Pointer into the body, so a producer can fix a batch in one round trip. A payload
 //!   with any violation is rejected as a whole.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -63,13 +68,34 @@ const DETAIL_NOT_OBJECT_EVENT: &str = "must be a JSON object (an EntityEvent)";
 const DETAIL_NOT_ARRAY: &str = "must be an array of EntityEvent objects";
 const DETAIL_NOT_OBJECT_ROOT: &str = "must be a JSON object";
 
+/// Default most events accepted in one payload.
+pub const DEFAULT_MAX_EVENTS: usize = 10_000;
+/// Most members a single-valued payload's top-level object may have (an EntityEvent has about a
+/// dozen fields): the parser keeps one entry per member, so their number is bounded too.
+pub const MAX_TOP_LEVEL_MEMBERS: usize = 1_000;
+
 /// Knobs for [`parse_payload`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ParseOptions {
     /// Accept a JSON number as `ResourceRecordKey` (some producers send numeric keys) and use the
     /// number's literal text as the key. The payload bytes are not changed. Off by default: RCP-28
     /// says the key is a string.
     pub coerce_numeric_record_key: bool,
+    /// Most events in one payload, checked while the `value` array is read (nothing is kept for
+    /// the items beyond it).
+    pub max_events: usize,
+    /// Deepest nesting of objects and arrays in one event, the event object being level 1.
+    pub max_depth: usize,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            coerce_numeric_record_key: false,
+            max_events: DEFAULT_MAX_EVENTS,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
 }
 
 /// One validated EntityEvent.
@@ -162,12 +188,38 @@ pub fn parse_payload(body: &Bytes, opts: ParseOptions) -> Result<Payload, Payloa
             )));
         }
     };
-    let top: TopLevel<'_> = match serde_json::from_str(text) {
-        Ok(top) => top,
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
+    let exceeded = Cell::new(None);
+    let seed = TopSeed {
+        max_events: opts.max_events,
+        exceeded: &exceeded,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = seed
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top));
+    let top: TopLevel<'_> = match (top, exceeded.get()) {
+        (Ok(top), _) => top,
+        (Err(_), Some(Exceeded::Events)) => {
+            return Err(PayloadError {
+                violations: vec![Violation {
+                    pointer: format!("/{VALUE}/{}", opts.max_events),
+                    detail: format!(
+                        "is one event too many: at most {} events are accepted in one payload; \
+                         split the batch",
+                        opts.max_events
+                    ),
+                }],
+            })
+        }
+        (Err(_), Some(Exceeded::Members)) => {
+            return Err(root_error(format!(
+                "must have at most {MAX_TOP_LEVEL_MEMBERS} members"
+            )))
+        }
+        (Err(e), None) if e.classify() == serde_json::error::Category::Data => {
             return Err(root_error(DETAIL_NOT_OBJECT_ROOT.to_owned()))
         }
-        Err(e) => return Err(root_error(format!("is not valid JSON: {e}"))),
+        (Err(e), None) => return Err(root_error(format!("is not valid JSON: {e}"))),
     };
 
     let mut sink = Violations::default();
@@ -256,6 +308,9 @@ fn multi_valued_events(
             continue;
         }
         match object_bytes(body, text, *first_key, *last_value) {
+            Some(raw) if deeper_than(&raw, opts.max_depth) => {
+                sink.push(prefix(), too_deep(opts.max_depth))
+            }
             Some(raw) => events.push(ParsedEvent {
                 sequence,
                 resource_name,
@@ -311,6 +366,17 @@ fn single_valued_event(
     else {
         return Vec::new();
     };
+    if !sink.list.is_empty() {
+        return Vec::new();
+    }
+    // The member values sit one level below the event object.
+    for member in &top.members {
+        if let MemberValue::Raw(raw) = member.value {
+            if deeper_than(raw.get().as_bytes(), opts.max_depth.saturating_sub(1)) {
+                sink.push(pointer("", &member.key), too_deep(opts.max_depth));
+            }
+        }
+    }
     if !sink.list.is_empty() {
         return Vec::new();
     }
@@ -378,6 +444,10 @@ fn escape_segment(segment: &str) -> Cow<'_, str> {
     }
 }
 
+fn too_deep(limit: usize) -> String {
+    format!("nests objects and arrays deeper than {limit} levels (max_json_depth)")
+}
+
 fn root_error(detail: String) -> PayloadError {
     PayloadError {
         violations: vec![Violation {
@@ -408,8 +478,10 @@ impl Violations {
     }
 }
 
+mod depth;
 mod fields;
 mod visitors;
+pub use depth::{deeper_than, DEFAULT_MAX_DEPTH};
 use fields::*;
 use visitors::*;
 

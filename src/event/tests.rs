@@ -22,6 +22,7 @@ fn parse_coerce(body: &str) -> Result<Payload, PayloadError> {
         &Bytes::copy_from_slice(body.as_bytes()),
         ParseOptions {
             coerce_numeric_record_key: true,
+            ..ParseOptions::default()
         },
     )
 }
@@ -698,4 +699,89 @@ fn nested_events_are_not_confused_with_their_data() {
     assert_eq!(p.events[1].record_key, "M1");
     assert_eq!(p.events[1].sequence, 3);
     assert_eq!(raw_str(&p.events[1]), ev);
+}
+
+// --- bounds: count, members, depth ------------------------------------------------------
+
+fn event(seq: usize, data: &str) -> String {
+    format!(
+        r#"{{"EntityEventSequence":{seq},"ResourceName":"Property","ResourceRecordKey":"k","Data":{data}}}"#
+    )
+}
+
+#[test]
+fn events_beyond_the_limit_are_refused_while_parsing() {
+    let opts = ParseOptions {
+        max_events: 3,
+        ..ParseOptions::default()
+    };
+    let body = |n: usize| {
+        let items: Vec<String> = (1..=n).map(|i| event(i, "{}")).collect();
+        Bytes::from(format!(r#"{{"value":[{}]}}"#, items.join(",")))
+    };
+    assert_eq!(parse_payload(&body(3), opts).unwrap().len(), 3);
+    let err = parse_payload(&body(4), opts).unwrap_err();
+    assert_eq!(err.violations.len(), 1);
+    assert_eq!(err.violations[0].pointer, "/value/3");
+    assert!(err.violations[0].detail.contains("at most 3 events"));
+    // Items that are not events count too: a body of a million `{}` stops at the limit (the
+    // regression: every item was kept, ~100 bytes each, before any check).
+    let flood = Bytes::from(format!(
+        r#"{{"value":[{}]}}"#,
+        vec!["{}"; 1_000_000].join(",")
+    ));
+    let err = parse_payload(&flood, ParseOptions::default()).unwrap_err();
+    assert_eq!(
+        err.violations[0].pointer,
+        format!("/value/{DEFAULT_MAX_EVENTS}")
+    );
+}
+
+#[test]
+fn top_level_members_are_bounded() {
+    let members: Vec<String> = (0..=MAX_TOP_LEVEL_MEMBERS)
+        .map(|i| format!("\"m{i}\":1"))
+        .collect();
+    let got = violations(&format!("{{{}}}", members.join(",")));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "");
+    assert!(got[0].1.contains("at most 1000 members"), "{got:?}");
+}
+
+#[test]
+fn deep_data_is_refused_naming_the_event() {
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    // The event object is level 1, `Data` level 2: 63 more levels fit in the default 64.
+    let ok = format!(
+        r#"{{"value":[{},{}]}}"#,
+        event(1, "{}"),
+        event(2, &nested(63))
+    );
+    assert_eq!(parse_ok(&ok).len(), 2);
+    // Regression: 100,000 levels were accepted and published.
+    let deep = format!(
+        r#"{{"value":[{},{}]}}"#,
+        event(1, "{}"),
+        event(2, &nested(100_000))
+    );
+    let got = violations(&deep);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "/value/1");
+    assert!(got[0].1.contains("deeper than 64 levels"), "{got:?}");
+    let just_over = format!(r#"{{"value":[{}]}}"#, event(1, &nested(64)));
+    assert_eq!(violations(&just_over)[0].0, "/value/0");
+}
+
+#[test]
+fn deep_single_valued_member_is_named() {
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let body = |n: usize| {
+        format!(
+            r#"{{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"k","Data":{}}}"#,
+            nested(n)
+        )
+    };
+    assert_eq!(parse_ok(&body(63)).len(), 1);
+    let got = violations(&body(64));
+    assert_eq!(got, vec![v("/Data", &too_deep(64))]);
 }

@@ -79,32 +79,54 @@ pub(super) enum EventItem<'a> {
     NotObject,
 }
 
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TopVisitor;
+/// Which bound a payload went beyond while it was read (the parse then stops with an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Exceeded {
+    /// More than `max_events` items in `value`.
+    Events,
+    /// More than [`MAX_TOP_LEVEL_MEMBERS`] top-level members.
+    Members,
+}
 
-        impl<'de> Visitor<'de> for TopVisitor {
-            type Value = TopLevel<'de>;
+/// Reads the top-level object, stopping (and saying why in `exceeded`) at the first bound passed.
+pub(super) struct TopSeed<'c> {
+    pub(super) max_events: usize,
+    pub(super) exceeded: &'c Cell<Option<Exceeded>>,
+}
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = TopLevel<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = TopLevel<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::with_capacity(4);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if members.len() == MAX_TOP_LEVEL_MEMBERS {
+                self.exceeded.set(Some(Exceeded::Members));
+                return Err(de::Error::custom("too many top-level members"));
             }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    let value = if key == VALUE {
-                        MemberValue::Events(map.next_value_seed(EventsSeed)?)
-                    } else {
-                        MemberValue::Raw(map.next_value::<&'de RawValue>()?)
-                    };
-                    members.push(Member { key, value });
-                }
-                Ok(TopLevel { members })
-            }
+            let value = if key == VALUE {
+                MemberValue::Events(map.next_value_seed(EventsVisitor {
+                    max_events: self.max_events,
+                    exceeded: self.exceeded,
+                })?)
+            } else {
+                MemberValue::Raw(map.next_value::<&'de RawValue>()?)
+            };
+            members.push(Member { key, value });
         }
-
-        deserializer.deserialize_map(TopVisitor)
+        Ok(TopLevel { members })
     }
 }
 
@@ -139,21 +161,23 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Reads the `value` member in one pass: an array becomes its raw items, anything else is
-/// skipped and reported as [`EventsValue::NotArray`] (a violation, not a parse error).
-struct EventsSeed;
+/// Reads the `value` member in one pass: an array becomes its raw items (at most `max_events`),
+/// anything else is skipped and reported as [`EventsValue::NotArray`] (a violation, not a parse
+/// error).
+struct EventsVisitor<'c> {
+    max_events: usize,
+    exceeded: &'c Cell<Option<Exceeded>>,
+}
 
-impl<'de> DeserializeSeed<'de> for EventsSeed {
+impl<'de> DeserializeSeed<'de> for EventsVisitor<'_> {
     type Value = EventsValue<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(EventsVisitor)
+        deserializer.deserialize_any(self)
     }
 }
 
-struct EventsVisitor;
-
-impl<'de> Visitor<'de> for EventsVisitor {
+impl<'de> Visitor<'de> for EventsVisitor<'_> {
     type Value = EventsValue<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,8 +185,12 @@ impl<'de> Visitor<'de> for EventsVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+        let mut items = Vec::with_capacity(16);
         while let Some(item) = seq.next_element_seed(EventSeed)? {
+            if items.len() == self.max_events {
+                self.exceeded.set(Some(Exceeded::Events));
+                return Err(de::Error::custom("too many events"));
+            }
             items.push(item);
         }
         Ok(EventsValue::Array(items))

@@ -8,17 +8,27 @@
 //! buffer returns to the pool when the last `Bytes` slice of its push is dropped (after the
 //! sink has answered), so the sinks see ordinary `Bytes` and nothing is copied twice.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, HttpBody};
+use axum::http::{header, HeaderMap};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use flate2::write::MultiGzDecoder;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Total capacity the pool keeps between requests. Pushes beyond it still work; their buffers
 /// are simply freed afterwards.
 pub const POOL_RETAINED_BYTES: usize = 16 * 1024 * 1024;
 /// Largest buffer the pool keeps: one rare giant push must not pin its memory for good.
 pub const POOL_MAX_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// The byte budget is taken in steps of at least this much, so a streamed body does not touch
+/// the shared semaphore for every frame.
+const BUDGET_STEP_BYTES: usize = 64 * 1024;
+/// Decompressed bytes always allowed before the ratio limit applies (a tiny gzip body of a
+/// small push may legitimately expand more than the ratio).
+const RATIO_FLOOR_BYTES: usize = 64 * 1024;
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +39,15 @@ pub enum BodyError {
         /// The connector's `max_body_bytes`.
         limit: usize,
     },
+    /// The compressed body expands more than the connector accepts.
+    #[error("gzip body expands more than {ratio} times its compressed size")]
+    RatioExceeded {
+        /// The connector's `max_decompression_ratio`.
+        ratio: usize,
+    },
+    /// The connector's in-flight byte budget is used up by other requests.
+    #[error("too many request bytes in flight; retry later")]
+    OverBudget,
     /// The connection failed or the compressed body was corrupt.
     #[error("cannot read request body: {0}")]
     Unreadable(String),
@@ -40,39 +59,206 @@ pub struct BodyPool {
     free: Mutex<Vec<Vec<u8>>>,
 }
 
+/// A request body's content coding (RFC 9110 §8.4). Codings are matched case-insensitively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// No coding (absent header or `identity`).
+    Identity,
+    /// `gzip` (or its alias `x-gzip`); several members are read as one stream (RFC 1952).
+    Gzip,
+}
+
+/// The body's coding, or the first coding this bridge cannot decode (for the 415).
+pub fn content_coding(headers: &HeaderMap) -> Result<Coding, String> {
+    let mut coding = Coding::Identity;
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| String::from_utf8_lossy(value.as_bytes()).into_owned())?;
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name.eq_ignore_ascii_case("identity") {
+                continue;
+            }
+            let gzip = name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip");
+            if !gzip || coding == Coding::Gzip {
+                // Unknown, or gzip applied twice (never sent by a real producer).
+                return Err(name.chars().take(64).collect());
+            }
+            coding = Coding::Gzip;
+        }
+    }
+    Ok(coding)
+}
+
+/// How much a body may be, and how much it may expand.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body after decompression.
+    pub max_bytes: usize,
+    /// Largest ratio of decompressed to compressed bytes.
+    pub max_ratio: usize,
+}
+
+/// The connector's in-flight byte budget: bytes of request bodies held in memory at once.
+pub struct ByteBudget {
+    semaphore: Arc<Semaphore>,
+}
+
+/// A share of the [`ByteBudget`], returned when dropped.
+#[derive(Debug, Default)]
+pub struct BudgetShare {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ByteBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        ByteBudget {
+            semaphore: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// Grows `share` to at least `bytes` (in steps, never past `cap`), or fails at once when the
+    /// budget does not have them: a request never waits for another's bytes.
+    fn grow(&self, share: &mut BudgetShare, bytes: usize, cap: usize) -> Result<(), BodyError> {
+        let held = share.bytes();
+        if bytes <= held {
+            return Ok(());
+        }
+        // Take a step ahead when the budget has it, else exactly what is needed.
+        let stepped = bytes.max(held + BUDGET_STEP_BYTES).min(cap.max(bytes)) - held;
+        let exact = bytes - held;
+        let take = |n: usize| {
+            let n = u32::try_from(n).ok()?;
+            self.semaphore.clone().try_acquire_many_owned(n).ok()
+        };
+        let permit = take(stepped)
+            .or_else(|| take(exact))
+            .ok_or(BodyError::OverBudget)?;
+        match &mut share.permit {
+            Some(held) => held.merge(permit),
+            None => share.permit = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+impl BudgetShare {
+    /// Bytes of the budget this share holds.
+    pub fn bytes(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+/// Where decompressed (or plain) bytes go: the pooled buffer, checked against the limits and the
+/// budget as they arrive, so memory never runs ahead of what was allowed.
+struct Collector<'a> {
+    buf: &'a mut Vec<u8>,
+    limits: BodyLimits,
+    budget: &'a ByteBudget,
+    share: &'a mut BudgetShare,
+    /// Compressed bytes fed so far (for the ratio; 0 for identity).
+    compressed: usize,
+    /// Why the last write failed (the decoder only passes an `io::Error` on).
+    failed: Option<BodyError>,
+}
+
+impl Collector<'_> {
+    fn accept(&mut self, data: &[u8]) -> Result<(), BodyError> {
+        let len = self.buf.len().saturating_add(data.len());
+        if len > self.limits.max_bytes {
+            return Err(BodyError::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        if self.compressed > 0
+            && len > RATIO_FLOOR_BYTES
+            && len > self.compressed.saturating_mul(self.limits.max_ratio)
+        {
+            return Err(BodyError::RatioExceeded {
+                ratio: self.limits.max_ratio,
+            });
+        }
+        self.budget.grow(self.share, len, self.limits.max_bytes)?;
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+impl Write for Collector<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self.accept(data) {
+            Ok(()) => Ok(data.len()),
+            Err(e) => {
+                let text = e.to_string();
+                self.failed = Some(e);
+                Err(std::io::Error::other(text))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl BodyPool {
     /// An empty pool.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    /// Reads all of `body` (at most `limit` bytes) into a pooled buffer.
-    pub async fn read(self: &Arc<Self>, body: Body, limit: usize) -> Result<Bytes, BodyError> {
-        let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-        let mut buf = self.take();
-        buf.reserve(hint.min(limit));
-        let mut body = Limited::new(body, limit);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| match e.downcast_ref::<LengthLimitError>() {
-                Some(_) => BodyError::TooLarge { limit },
-                None => BodyError::Unreadable(e.to_string()),
+    /// Reads all of `body` into a pooled buffer, decoding `coding`, within `limits` and taking
+    /// `budget` as the bytes arrive (a declared `Content-Length` is taken, or refused, up front).
+    /// The returned share holds the body's bytes of the budget; drop it with the body.
+    pub async fn read(
+        self: &Arc<Self>,
+        body: Body,
+        coding: Coding,
+        limits: BodyLimits,
+        budget: &ByteBudget,
+    ) -> Result<(Bytes, BudgetShare), BodyError> {
+        let declared = usize::try_from(body.size_hint().exact().unwrap_or(0)).unwrap_or(usize::MAX);
+        if declared > limits.max_bytes {
+            return Err(BodyError::TooLarge {
+                limit: limits.max_bytes,
             });
-            match frame {
-                Ok(frame) => {
-                    if let Some(data) = frame.data_ref() {
-                        buf.extend_from_slice(data);
-                    }
-                }
-                Err(e) => {
-                    self.put(buf);
-                    return Err(e);
-                }
+        }
+        let mut share = BudgetShare::default();
+        if coding == Coding::Identity {
+            budget.grow(&mut share, declared, limits.max_bytes)?;
+        }
+        let mut buf = self.take();
+        buf.reserve(if coding == Coding::Identity {
+            declared
+        } else {
+            0
+        });
+        let collector = Collector {
+            buf: &mut buf,
+            limits,
+            budget,
+            share: &mut share,
+            compressed: 0,
+            failed: None,
+        };
+        let result = match coding {
+            Coding::Identity => read_plain(body, collector).await,
+            Coding::Gzip => read_gzip(body, collector).await,
+        };
+        match result {
+            Ok(()) => Ok((
+                Bytes::from_owner(Pooled {
+                    buf,
+                    pool: self.clone(),
+                }),
+                share,
+            )),
+            Err(e) => {
+                self.put(buf);
+                Err(e)
             }
         }
-        Ok(Bytes::from_owner(Pooled {
-            buf,
-            pool: self.clone(),
-        }))
     }
 
     fn take(&self) -> Vec<u8> {
@@ -103,6 +289,41 @@ impl BodyPool {
     }
 }
 
+async fn read_plain(mut body: Body, mut out: Collector<'_>) -> Result<(), BodyError> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            out.accept(data)?;
+        }
+    }
+    Ok(())
+}
+
+async fn read_gzip(mut body: Body, mut out: Collector<'_>) -> Result<(), BodyError> {
+    let mut decoder = MultiGzDecoder::new(&mut out);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        decoder.get_mut().compressed = decoder.get_mut().compressed.saturating_add(data.len());
+        if let Err(e) = decoder.write_all(&data) {
+            return Err(gzip_failure(decoder.get_mut(), e));
+        }
+    }
+    if let Err(e) = decoder.try_finish() {
+        return Err(gzip_failure(decoder.get_mut(), e));
+    }
+    Ok(())
+}
+
+/// The cause of a failed gzip write: the collector's own refusal, or corrupt compressed data.
+fn gzip_failure(out: &mut Collector<'_>, error: std::io::Error) -> BodyError {
+    out.failed
+        .take()
+        .unwrap_or_else(|| BodyError::Unreadable(format!("invalid gzip data: {error}")))
+}
+
 /// A body's buffer; goes back to its pool when the last `Bytes` of the push is dropped.
 struct Pooled {
     buf: Vec<u8>,
@@ -124,11 +345,45 @@ impl Drop for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::write::GzEncoder;
+    use flate2::Compression;
+
+    const LIMITS: BodyLimits = BodyLimits {
+        max_bytes: 1024,
+        max_ratio: 100,
+    };
+
+    async fn read_all(
+        pool: &Arc<BodyPool>,
+        body: impl Into<Body>,
+        limits: BodyLimits,
+    ) -> Result<Bytes, BodyError> {
+        let budget = ByteBudget::new(1 << 20);
+        pool.read(body.into(), Coding::Identity, limits, &budget)
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A body that arrives in frames, as from a socket (no exact size hint).
+    fn streamed(chunks: Vec<Vec<u8>>) -> Body {
+        let stream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+        );
+        Body::from_stream(stream)
+    }
 
     #[tokio::test]
     async fn a_buffer_is_reused_once_every_slice_is_dropped() {
         let pool = BodyPool::new();
-        let first = pool.read(Body::from("{\"value\":[]}"), 1024).await.unwrap();
+        let first = read_all(&pool, "{\"value\":[]}", LIMITS).await.unwrap();
         let slice = first.slice(1..8);
         drop(first);
         assert_eq!(pool.retained(), 0, "a slice still holds the buffer");
@@ -137,7 +392,7 @@ mod tests {
         let capacity = pool.retained();
         assert!(capacity >= 12);
 
-        let second = pool.read(Body::from("[1,2]"), 1024).await.unwrap();
+        let second = read_all(&pool, "[1,2]", LIMITS).await.unwrap();
         assert_eq!(&second[..], b"[1,2]", "no bytes of the earlier push remain");
         assert_eq!(pool.retained(), 0, "the kept buffer was taken");
     }
@@ -145,10 +400,144 @@ mod tests {
     #[tokio::test]
     async fn over_the_limit_is_too_large_and_keeps_the_buffer() {
         let pool = BodyPool::new();
-        let err = pool.read(Body::from(vec![b'x'; 100]), 10).await;
+        let limits = BodyLimits {
+            max_bytes: 10,
+            ..LIMITS
+        };
+        let err = read_all(&pool, vec![b'x'; 100], limits).await;
         assert!(matches!(err, Err(BodyError::TooLarge { limit: 10 })));
-        let ok = pool.read(Body::from("abc"), 10).await.unwrap();
+        let err = read_all(&pool, streamed(vec![vec![b'x'; 6]; 2]), limits).await;
+        assert!(matches!(err, Err(BodyError::TooLarge { limit: 10 })));
+        let ok = read_all(&pool, "abc", limits).await.unwrap();
         assert_eq!(&ok[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_taken_while_reading_and_given_back() {
+        let pool = BodyPool::new();
+        let budget = ByteBudget::new(200 * 1024);
+        let limits = BodyLimits {
+            max_bytes: 1 << 20,
+            max_ratio: 100,
+        };
+        // A declared length beyond what is left is refused before a byte is read.
+        let err = pool
+            .read(
+                Body::from(vec![b'x'; 300 * 1024]),
+                Coding::Identity,
+                limits,
+                &budget,
+            )
+            .await;
+        assert!(matches!(err, Err(BodyError::OverBudget)), "{err:?}");
+        // A streamed body takes the budget as it grows: the first holds it, the second fails
+        // once its bytes would pass what is left.
+        let (first, share) = pool
+            .read(
+                streamed(vec![vec![b'a'; 150 * 1024]]),
+                Coding::Identity,
+                limits,
+                &budget,
+            )
+            .await
+            .unwrap();
+        assert!(share.bytes() >= first.len());
+        let err = pool
+            .read(
+                streamed(vec![vec![b'b'; 40 * 1024], vec![b'b'; 40 * 1024]]),
+                Coding::Identity,
+                limits,
+                &budget,
+            )
+            .await;
+        assert!(matches!(err, Err(BodyError::OverBudget)), "{err:?}");
+        // Gzip takes the budget for the decompressed bytes.
+        let packed = gzip(&vec![b'c'; 100 * 1024]);
+        let err = pool
+            .read(
+                streamed(vec![packed.clone()]),
+                Coding::Gzip,
+                limits,
+                &budget,
+            )
+            .await;
+        assert!(matches!(err, Err(BodyError::OverBudget)), "{err:?}");
+        drop(share);
+        let (body, _) = pool
+            .read(
+                streamed(vec![packed]),
+                Coding::Gzip,
+                BodyLimits {
+                    max_ratio: 100_000,
+                    ..limits
+                },
+                &budget,
+            )
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 100 * 1024);
+    }
+
+    #[tokio::test]
+    async fn gzip_members_are_all_read_and_bombs_stop_at_the_ratio() {
+        let pool = BodyPool::new();
+        let budget = ByteBudget::new(1 << 30);
+        let limits = BodyLimits {
+            max_bytes: 64 << 20,
+            max_ratio: 100,
+        };
+        // RFC 1952: a gzip file may hold several members; all of them are the body.
+        let mut two = gzip(b"{\"value\":");
+        two.extend(gzip(b"[]}"));
+        let (body, _) = pool
+            .read(streamed(vec![two]), Coding::Gzip, limits, &budget)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{\"value\":[]}");
+        // 32 MiB of zeros compress ~1000:1: refused at the ratio, not read to the limit.
+        let bomb = gzip(&vec![0u8; 32 << 20]);
+        let err = pool
+            .read(streamed(vec![bomb]), Coding::Gzip, limits, &budget)
+            .await;
+        assert!(
+            matches!(err, Err(BodyError::RatioExceeded { ratio: 100 })),
+            "{err:?}"
+        );
+        // Corrupt and truncated data are unreadable, not accepted.
+        let mut cut = gzip(&vec![b'x'; 10_000]);
+        cut.truncate(cut.len() - 10);
+        let err = pool
+            .read(streamed(vec![cut]), Coding::Gzip, limits, &budget)
+            .await;
+        assert!(matches!(err, Err(BodyError::Unreadable(_))), "{err:?}");
+        let err = pool
+            .read(
+                streamed(vec![b"not gzip".to_vec()]),
+                Coding::Gzip,
+                limits,
+                &budget,
+            )
+            .await;
+        assert!(matches!(err, Err(BodyError::Unreadable(_))), "{err:?}");
+    }
+
+    #[test]
+    fn codings_are_case_insensitive_and_unknown_ones_named() {
+        let coding = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_ENCODING, v.parse().unwrap());
+            }
+            content_coding(&h)
+        };
+        assert_eq!(coding(&[]), Ok(Coding::Identity));
+        assert_eq!(coding(&["identity"]), Ok(Coding::Identity));
+        assert_eq!(coding(&["GZIP"]), Ok(Coding::Gzip));
+        assert_eq!(coding(&["x-gzip"]), Ok(Coding::Gzip));
+        assert_eq!(coding(&["Identity, gzip"]), Ok(Coding::Gzip));
+        assert_eq!(coding(&["br"]), Err("br".into()));
+        assert_eq!(coding(&["gzip", "zstd"]), Err("zstd".into()));
+        assert_eq!(coding(&["gzip, gzip"]), Err("gzip".into()));
     }
 
     #[test]

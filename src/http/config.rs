@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretRef;
 
+/// Highest `max_json_depth` accepted: deeper events are unreadable for most consumers.
+pub const MAX_JSON_DEPTH_CEILING: usize = 1_000;
+/// The detail of a `max_json_depth` out of range.
+pub const MAX_JSON_DEPTH_RANGE: &str = "must be between 1 and 1000";
+
 /// Receives RESO EntityEvent pushes (RCP-28) on `POST <path>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,15 +21,22 @@ pub struct WebhookSourceConfig {
     /// token is generated on first start and kept in `<data_dir>/tokens/<connector>.token`.
     #[serde(default)]
     pub tokens: Vec<SecretRef>,
-    /// Largest accepted request body, after gzip decompression (413 above).
+    /// Largest accepted request body, after gzip decompression (413 above; a larger declared
+    /// `Content-Length` is refused before the body is read).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Requests processed at once before new ones get 429.
     #[serde(default = "default_max_in_flight_requests")]
     pub max_in_flight_requests: usize,
-    /// Body bytes held by in-flight requests before new ones get 429.
+    /// Body bytes (after decompression) held by in-flight requests before new ones get 429. Taken
+    /// as bodies arrive (a declared `Content-Length` up front), so it bounds the memory of
+    /// request bodies.
     #[serde(default = "default_max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
+    /// Largest ratio of decompressed to compressed size of a gzip body (413 above; the first
+    /// 64 KiB are always allowed). JSON batches rarely pass 30; a gzip bomb passes 1000.
+    #[serde(default = "default_max_decompression_ratio")]
+    pub max_decompression_ratio: usize,
     /// `Retry-After` sent with 429 (this connector is overloaded).
     #[serde(default = "default_overload_retry_after_seconds")]
     pub overload_retry_after_seconds: u64,
@@ -35,6 +47,15 @@ pub struct WebhookSourceConfig {
     /// event's bytes are unchanged). Off by default: RESO defines the key as a string.
     #[serde(default)]
     pub coerce_numeric_record_key: bool,
+    /// Most events in one push, counted while the body is parsed (400 naming `/value/<n>` above;
+    /// the producer splits the batch).
+    #[serde(default = "default_max_events_per_push")]
+    pub max_events_per_push: usize,
+    /// Deepest nesting of objects and arrays in one event, the event object being level 1 (400
+    /// naming the event above). The default keeps every event readable by consumers whose JSON
+    /// parser stops at 128 levels (serde_json, many others).
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
 }
 
 impl Default for WebhookSourceConfig {
@@ -45,9 +66,12 @@ impl Default for WebhookSourceConfig {
             max_body_bytes: default_max_body_bytes(),
             max_in_flight_requests: default_max_in_flight_requests(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
+            max_decompression_ratio: default_max_decompression_ratio(),
             overload_retry_after_seconds: default_overload_retry_after_seconds(),
             unavailable_retry_after_seconds: default_unavailable_retry_after_seconds(),
             coerce_numeric_record_key: false,
+            max_events_per_push: default_max_events_per_push(),
+            max_json_depth: default_max_json_depth(),
         }
     }
 }
@@ -60,6 +84,16 @@ fn default_max_in_flight_requests() -> usize {
 }
 fn default_max_in_flight_bytes() -> usize {
     256 * 1024 * 1024
+}
+fn default_max_events_per_push() -> usize {
+    crate::event::DEFAULT_MAX_EVENTS
+}
+/// Default for `max_json_depth` (webhook, AMQP and Kafka sources).
+pub fn default_max_json_depth() -> usize {
+    crate::event::DEFAULT_MAX_DEPTH
+}
+fn default_max_decompression_ratio() -> usize {
+    200
 }
 fn default_overload_retry_after_seconds() -> u64 {
     1
@@ -92,6 +126,15 @@ impl WebhookSourceConfig {
         if self.max_body_bytes == 0 || self.max_body_bytes > u32::MAX as usize {
             return err("max_body_bytes", "must be between 1 and 4294967295");
         }
+        if self.max_decompression_ratio < 2 {
+            return err("max_decompression_ratio", "must be at least 2");
+        }
+        if self.max_events_per_push == 0 {
+            return err("max_events_per_push", "must be at least 1");
+        }
+        if !(1..=MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
+            return err("max_json_depth", MAX_JSON_DEPTH_RANGE);
+        }
         if self.max_in_flight_requests == 0 {
             return err("max_in_flight_requests", "must be at least 1");
         }
@@ -103,4 +146,124 @@ impl WebhookSourceConfig {
         }
         Ok(())
     }
+}
+
+/// Connection limits and timeouts of a listener (`[http.connections]`, `[admin.connections]`).
+/// They apply to plain HTTP/1.1, h2c and TLS alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Most connections open at once. Beyond it the listener stops accepting until one closes
+    /// (new clients wait in the kernel's backlog, then time out), so file descriptors and memory
+    /// stay bounded.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's complete headers: from the connection's accept
+    /// (TLS handshake included) for its first request, from its first byte for later ones.
+    /// The connection is closed beyond it.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long a kept-alive connection may wait, with no request in flight, for its next
+    /// request before it is closed.
+    #[serde(default = "default_keep_alive_idle_timeout_ms")]
+    pub keep_alive_idle_timeout_ms: u64,
+    /// HTTP/2: interval of the PING that checks an open connection is still alive (`0` turns
+    /// the PINGs off).
+    #[serde(default = "default_http2_keep_alive_interval_ms")]
+    pub http2_keep_alive_interval_ms: u64,
+    /// HTTP/2: time a PING may wait for its answer before the connection is closed.
+    #[serde(default = "default_http2_keep_alive_timeout_ms")]
+    pub http2_keep_alive_timeout_ms: u64,
+    /// HTTP/2: most concurrent streams (requests) one connection may open.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// When the bridge closes a connection, how long it still reads (and drops) what the client
+    /// sends, e.g. the rest of a body it answered early, so the answer is not lost to a reset.
+    #[serde(default = "default_close_linger_ms")]
+    pub close_linger_ms: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_connections: default_max_connections(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            keep_alive_idle_timeout_ms: default_keep_alive_idle_timeout_ms(),
+            http2_keep_alive_interval_ms: default_http2_keep_alive_interval_ms(),
+            http2_keep_alive_timeout_ms: default_http2_keep_alive_timeout_ms(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            close_linger_ms: default_close_linger_ms(),
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The admin listener's defaults: a scraper and a few probes need few connections.
+    pub fn admin() -> Self {
+        ConnectionsConfig {
+            max_connections: 64,
+            ..ConnectionsConfig::default()
+        }
+    }
+
+    /// Semantic checks; `Err((key, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return err("max_connections", "must be between 1 and 1000000");
+        }
+        for (key, ms) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            (
+                "keep_alive_idle_timeout_ms",
+                self.keep_alive_idle_timeout_ms,
+            ),
+            (
+                "http2_keep_alive_timeout_ms",
+                self.http2_keep_alive_timeout_ms,
+            ),
+        ] {
+            if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
+                return err(key, "must be between 1 and 86400000 (one day)");
+            }
+        }
+        if self.http2_keep_alive_interval_ms > MAX_TIMEOUT_MS {
+            return err(
+                "http2_keep_alive_interval_ms",
+                "must be at most 86400000 (one day); 0 turns the PINGs off",
+            );
+        }
+        if self.close_linger_ms > 60_000 {
+            return err("close_linger_ms", "must be at most 60000");
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return err("http2_max_concurrent_streams", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Longest timeout accepted anywhere in the listener settings (one day).
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_keep_alive_idle_timeout_ms() -> u64 {
+    75_000
+}
+fn default_http2_keep_alive_interval_ms() -> u64 {
+    30_000
+}
+fn default_http2_keep_alive_timeout_ms() -> u64 {
+    20_000
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    128
+}
+fn default_close_linger_ms() -> u64 {
+    2_000
 }

@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod config;
 pub mod problem;
+pub mod serve;
 pub mod surface;
 pub mod tls;
 pub mod webhook;
@@ -15,17 +16,20 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use tower_http::decompression::RequestDecompressionLayer;
 
 pub use auth::TokenSet;
-pub use config::WebhookSourceConfig;
+pub use config::{
+    default_max_json_depth, ConnectionsConfig, WebhookSourceConfig, MAX_JSON_DEPTH_CEILING,
+    MAX_JSON_DEPTH_RANGE, MAX_TIMEOUT_MS,
+};
 pub use tls::TlsConfig;
 pub use webhook::WebhookConnector;
 
 use problem::Problem;
 
-/// The webhook router: `POST <path>` for every webhook connector, gzip bodies accepted, plus
-/// `extra` routes served on the same listener (the embedded log's replay resource).
+/// The webhook router: `POST <path>` for every webhook connector (gzip bodies are decoded by the
+/// connector, see [`body`]), plus `extra` routes served on the same listener (the embedded log's
+/// replay resource). Unknown paths and methods get problem bodies too.
 pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>, extra: Router) -> Router {
     let mut router = extra;
     for (path, connector) in routes {
@@ -39,5 +43,13 @@ pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>, extra: Route
             )
             .into_response()
         })
-        .layer(RequestDecompressionLayer::new())
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> axum::response::Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on this path"),
+    )
+    .into_response()
 }

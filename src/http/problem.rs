@@ -5,7 +5,7 @@
 //! and `Retry-After` / `WWW-Authenticate` where the status calls for them. Internals (broker
 //! addresses, librdkafka errors) never appear here; they go to the bridge's own log.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -45,6 +45,8 @@ pub struct Problem {
     pub errors: Vec<Item>,
     /// `Retry-After` in seconds (429 / 503).
     pub retry_after_seconds: Option<u64>,
+    /// Other response headers (e.g. `Accept-Encoding` with a 415, `Connection: close`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -66,7 +68,21 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after_seconds: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Says `Connection: close`: the answer came before the request body was read, so the
+    /// connection cannot carry another request (HTTP/2 drops the header; its streams are
+    /// independent).
+    pub fn close_connection(self) -> Self {
+        self.header(header::CONNECTION, HeaderValue::from_static("close"))
     }
 
     /// Adds the failing items.
@@ -100,6 +116,9 @@ impl IntoResponse for Problem {
         );
         if let Some(seconds) = self.retry_after_seconds {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        for (name, value) in self.headers {
+            headers.insert(name, value);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(

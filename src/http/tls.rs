@@ -2,26 +2,17 @@
 //!
 //! The files are read once at start-up (and by `entity-bridge check`), so a bad certificate
 //! fails fast with the file named. rustls runs with the *ring* provider chosen explicitly
-//! (never the process default), TLS 1.2 and 1.3, ALPN `h2` + `http/1.1`. Serving uses
-//! axum-server's rustls acceptor with a [`Handle`](axum_server::Handle) whose graceful shutdown
-//! stops accepting and lets in-flight requests finish, like `axum::serve` does for plain HTTP.
-//! Certificates are not reloaded while running: rotate them with a (rolling) restart.
-//! Requests that arrived over TLS carry `X-Forwarded-Proto: https` into the handlers (set here,
-//! overriding any client value), so absolute links such as the replay resource's
-//! `@odata.nextLink` name the scheme the client really used.
+//! (never the process default), TLS 1.2 and 1.3, ALPN `h2` + `http/1.1`. The handshake runs in
+//! [`super::serve`] within the header timeout. Certificates are not reloaded while running:
+//! rotate them with a (rolling) restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::http::HeaderValue;
-use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// `[http.tls]`: serve the webhook listener over HTTPS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,36 +103,4 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Serves `router` over HTTPS on `listener` until `stop` is cancelled, then stops accepting
-/// and waits for in-flight requests (the caller bounds that wait).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    config: Arc<ServerConfig>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let handle = axum_server::Handle::new();
-    let on_stop = handle.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        on_stop.graceful_shutdown(None);
-    });
-    let router = router.layer(axum::middleware::map_request(
-        |mut request: Request| async {
-            request
-                .headers_mut()
-                .insert("x-forwarded-proto", HeaderValue::from_static("https"));
-            request
-        },
-    ));
-    let listener = listener.into_std()?;
-    axum_server::from_tcp_rustls(
-        listener,
-        axum_server::tls_rustls::RustlsConfig::from_config(config),
-    )?
-    .handle(handle)
-    .serve(router.into_make_service())
-    .await
 }

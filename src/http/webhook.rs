@@ -1,13 +1,15 @@
 //! The webhook source: RCP-28 pushes in, one sink batch per push, an honest answer out.
 //!
 //! Order of checks, cheapest first, so unauthenticated or malformed traffic costs little:
-//! bearer token (401) → content type (415) → in-flight request slot (429) → body size (413) →
-//! in-flight byte budget (429) → `EntityEventSource` header and payload validation (400) →
-//! `sink.send`. The answer is 200 only after the sink confirmed every event; a sink that is
+//! bearer token (401) → content type and coding (415) → in-flight request slot (429) → body,
+//! read within `body_read_timeout_ms` (408), its declared and decoded size (413) and the
+//! in-flight byte budget taken as it arrives (429) → `EntityEventSource` header and payload
+//! validation (400) → `sink.send`. Every answer given before the body was read whole says
+//! `Connection: close`, so a producer that reuses connections sees the answer, not a reset. The answer is 200 only after the sink confirmed every event; a sink that is
 //! saturated gives 429 and an unreachable bus 503, both with `Retry-After`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,7 +19,7 @@ use axum::Json;
 use tokio::sync::Semaphore;
 
 use super::auth::TokenSet;
-use super::body::{BodyError, BodyPool};
+use super::body::{content_coding, BodyError, BodyLimits, BodyPool, ByteBudget};
 use super::config::WebhookSourceConfig;
 use super::problem::{Item, Problem};
 use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
@@ -35,20 +37,23 @@ pub struct WebhookConnector {
     tokens: TokenSet,
     sink: Arc<dyn Sink>,
     parse: ParseOptions,
-    max_body_bytes: usize,
+    limits: BodyLimits,
+    body_timeout: Duration,
     bodies: Arc<BodyPool>,
     requests: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
+    bytes: ByteBudget,
     overload_retry_after: u64,
     unavailable_retry_after: u64,
     metrics: Metrics,
 }
 
 impl WebhookConnector {
-    /// Resolves the tokens and wires the connector to its sink.
+    /// Resolves the tokens and wires the connector to its sink. `body_timeout` is the
+    /// listener's `body_read_timeout_ms`.
     pub fn build(
         name: &str,
         config: &WebhookSourceConfig,
+        body_timeout: Duration,
         sink: Arc<dyn Sink>,
         metrics: Metrics,
     ) -> Result<Self, SecretError> {
@@ -63,11 +68,17 @@ impl WebhookConnector {
             sink,
             parse: ParseOptions {
                 coerce_numeric_record_key: config.coerce_numeric_record_key,
+                max_events: config.max_events_per_push,
+                max_depth: config.max_json_depth,
             },
-            max_body_bytes: config.max_body_bytes,
+            limits: BodyLimits {
+                max_bytes: config.max_body_bytes,
+                max_ratio: config.max_decompression_ratio,
+            },
+            body_timeout,
             bodies: BodyPool::new(),
             requests: Arc::new(Semaphore::new(config.max_in_flight_requests)),
-            bytes: Arc::new(Semaphore::new(config.max_in_flight_bytes)),
+            bytes: ByteBudget::new(config.max_in_flight_bytes),
             overload_retry_after: config.overload_retry_after_seconds,
             unavailable_retry_after: config.unavailable_retry_after_seconds,
             metrics,
@@ -85,7 +96,8 @@ impl WebhookConnector {
             return Err(Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "a valid `Authorization: Bearer <token>` header is required",
-            ));
+            )
+            .close_connection());
         }
         if !is_json(&headers) {
             self.metrics
@@ -93,34 +105,49 @@ impl WebhookConnector {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
-            ));
+            )
+            .with_errors([header_item(
+                header::CONTENT_TYPE,
+                "must be application/json",
+            )])
+            .close_connection());
         }
-        let _request_slot = self
-            .requests
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| self.overloaded("too many requests in flight; retry later"))?;
+        let coding = content_coding(&headers).map_err(|coding| {
+            self.metrics
+                .request_rejected(&self.name, "unsupported_media_type");
+            let detail = format!("content coding `{coding}` is not supported (gzip or identity)");
+            Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail.clone())
+                .with_errors([header_item(header::CONTENT_ENCODING, &detail)])
+                .header(
+                    header::ACCEPT_ENCODING,
+                    header::HeaderValue::from_static("gzip, identity"),
+                )
+                .close_connection()
+        })?;
+        let _request_slot = self.requests.clone().try_acquire_owned().map_err(|_| {
+            self.overloaded("too many requests in flight; retry later")
+                .close_connection()
+        })?;
         let in_flight = self.metrics.requests_in_flight(&self.name);
         in_flight.inc();
         let _in_flight = scopeguard(move || in_flight.dec());
 
-        let body = self
-            .bodies
-            .read(body, self.max_body_bytes)
-            .await
-            .map_err(|e| {
-                let (status, outcome) = match e {
-                    BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-                    BodyError::Unreadable(_) => (StatusCode::BAD_REQUEST, "invalid"),
-                };
-                self.metrics.request_rejected(&self.name, outcome);
-                Problem::new(status, e.to_string())
-            })?;
-        let _byte_budget = self
-            .bytes
-            .clone()
-            .try_acquire_many_owned(body.len().max(1) as u32)
-            .map_err(|_| self.overloaded("too many request bytes in flight; retry later"))?;
+        let read = self.bodies.read(body, coding, self.limits, &self.bytes);
+        let (body, _byte_budget) = match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Err(self.body_problem(e)),
+            Err(_) => {
+                self.metrics.request_rejected(&self.name, "timeout");
+                return Err(Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        self.body_timeout.as_millis()
+                    ),
+                )
+                .close_connection());
+            }
+        };
         let bytes_gauge = self.metrics.request_bytes_in_flight(&self.name);
         let len = body.len() as i64;
         bytes_gauge.add(len);
@@ -147,6 +174,18 @@ impl WebhookConnector {
         }
         tracing::debug!(connector = %self.name, events = messages.len(), "push accepted");
         Ok(Json(serde_json::json!({ "accepted": messages.len() })).into_response())
+    }
+
+    fn body_problem(&self, error: BodyError) -> Problem {
+        let (status, outcome) = match error {
+            BodyError::TooLarge { .. } | BodyError::RatioExceeded { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
+            BodyError::OverBudget => return self.overloaded(&error.to_string()).close_connection(),
+            BodyError::Unreadable(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        self.metrics.request_rejected(&self.name, outcome);
+        Problem::new(status, error.to_string()).close_connection()
     }
 
     fn sink_problem(&self, error: SinkError, multi_valued: bool) -> Problem {
@@ -213,6 +252,14 @@ pub async fn handle(
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+fn header_item(name: header::HeaderName, detail: &str) -> Item {
+    Item {
+        pointer: None,
+        header: Some(name.as_str().to_owned()),
+        detail: detail.to_owned(),
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

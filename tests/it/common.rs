@@ -84,6 +84,12 @@ pub struct TestBridge {
 impl TestBridge {
     /// Starts a bridge whose connector file is `[source]` (webhook, token file) + `sink_toml`.
     pub async fn start(source_extra: &str, sink_toml: &str) -> TestBridge {
+        Self::start_tuned("", source_extra, sink_toml).await
+    }
+
+    /// Like [`TestBridge::start`], with `http_extra` added to `bridge.toml`'s `[http]` table
+    /// (it may open sub-tables such as `[http.connections]`).
+    pub async fn start_tuned(http_extra: &str, source_extra: &str, sink_toml: &str) -> TestBridge {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -91,20 +97,22 @@ impl TestBridge {
             "[source]\ntype = \"webhook\"\npath = \"/webhooks/it\"\ntokens = [{{ file = {:?} }}]\n{source_extra}\n\n[sink]\n{sink_toml}\n",
             token_file.display().to_string()
         );
-        Self::launch(dir, &connector).await
+        Self::launch(dir, &connector, http_extra).await
     }
 
     /// Starts a bridge with one connector `it` whose file is exactly `connector_toml` (any
     /// source and sink, e.g. a pull source; `webhook` is then meaningless).
     pub async fn start_connector(connector_toml: &str) -> TestBridge {
-        Self::launch(tempfile::tempdir().unwrap(), connector_toml).await
+        Self::launch(tempfile::tempdir().unwrap(), connector_toml, "").await
     }
 
-    async fn launch(dir: tempfile::TempDir, connector: &str) -> TestBridge {
+    async fn launch(dir: tempfile::TempDir, connector: &str, http_extra: &str) -> TestBridge {
         std::fs::write(
             dir.path().join("bridge.toml"),
-            "shutdown_timeout_ms = 10000\n[http]\nlisten_addr = \"127.0.0.1:0\"\n\
-             [admin]\nlisten_addr = \"127.0.0.1:0\"\n",
+            format!(
+                "shutdown_timeout_ms = 10000\n[http]\nlisten_addr = \"127.0.0.1:0\"\n{http_extra}\n\
+                 [admin]\nlisten_addr = \"127.0.0.1:0\"\n"
+            ),
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("connectors")).unwrap();
