@@ -20,8 +20,10 @@ pub struct RecordView<'a> {
     pub key: Option<&'a [u8]>,
     /// The record value.
     pub payload: Option<&'a [u8]>,
-    /// Headers, in record order.
+    /// Headers with a value, in record order.
     pub headers: Vec<(&'a str, &'a [u8])>,
+    /// Some header could not be read (a key that is not UTF-8): the record is unparseable.
+    pub unreadable_header: bool,
 }
 
 impl<'a> RecordView<'a> {
@@ -69,7 +71,10 @@ fn short_name(s: &str) -> bool {
 type Fields = (i64, String, String, Option<Arc<str>>, Bytes);
 
 /// Parses a record; `Err` carries the reason it is poison.
-fn parse_fields(record: &RecordView<'_>) -> Result<Fields, String> {
+fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, String> {
+    if record.unreadable_header {
+        return Err("a header key is not UTF-8".into());
+    }
     let payload = record.payload.ok_or("record has no value")?;
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
@@ -77,6 +82,11 @@ fn parse_fields(record: &RecordView<'_>) -> Result<Fields, String> {
     }
     let fields: EventFields =
         serde_json::from_slice(payload).map_err(|e| format!("value is not valid JSON: {e}"))?;
+    if crate::event::deeper_than(payload, max_depth) {
+        return Err(format!(
+            "value nests objects and arrays deeper than {max_depth} levels (max_json_depth)"
+        ));
+    }
     let sequence = match record.header("EntityEventSequence") {
         Some(h) => h
             .trim()
@@ -125,8 +135,12 @@ fn parse_fields(record: &RecordView<'_>) -> Result<Fields, String> {
 }
 
 /// Turns a record into a message, or into a poison record to dead-letter.
-pub fn parse_record(record: &RecordView<'_>, origin: Origin) -> Result<Message, Box<PoisonRecord>> {
-    match parse_fields(record) {
+pub fn parse_record(
+    record: &RecordView<'_>,
+    origin: Origin,
+    max_depth: usize,
+) -> Result<Message, Box<PoisonRecord>> {
+    match parse_fields(record, max_depth) {
         Ok((sequence, resource_name, record_key, source_label, payload)) => Ok(Message {
             sequence,
             resource_name,
@@ -153,6 +167,8 @@ pub fn parse_record(record: &RecordView<'_>, origin: Origin) -> Result<Message, 
 mod tests {
     use super::*;
 
+    const DEPTH: usize = crate::event::DEFAULT_MAX_DEPTH;
+
     fn origin() -> Origin {
         Origin {
             topic: Arc::from("t"),
@@ -174,8 +190,9 @@ mod tests {
                 ("ResourceName", b"Property"),
                 ("EntityEventSource", b"IDX Feed 123"),
             ],
+            unreadable_header: false,
         };
-        let m = parse_record(&view, origin()).unwrap();
+        let m = parse_record(&view, origin(), DEPTH).unwrap();
         assert_eq!(
             (m.sequence, m.resource_name.as_str(), m.record_key.as_str()),
             (9, "Property", "key-from-kafka")
@@ -191,7 +208,7 @@ mod tests {
             payload: Some(EVENT),
             ..RecordView::default()
         };
-        let m = parse_record(&view, origin()).unwrap();
+        let m = parse_record(&view, origin(), DEPTH).unwrap();
         assert_eq!(
             (m.sequence, m.resource_name.as_str(), m.record_key.as_str()),
             (7, "Media", "K1")
@@ -227,6 +244,7 @@ mod tests {
                 key: Some(b"k"),
                 payload: Some(payload),
                 headers: vec![("ResourceName", b"P")],
+                unreadable_header: false,
             };
             let view = if why.contains("ResourceName") || why.contains("ResourceRecordKey") {
                 RecordView {
@@ -237,14 +255,37 @@ mod tests {
             } else {
                 view
             };
-            let poison = parse_record(&view, origin()).unwrap_err();
+            let poison = parse_record(&view, origin(), DEPTH).unwrap_err();
             assert!(
                 poison.reason.contains(why),
                 "{poison:?} should mention {why}"
             );
             assert_eq!(&poison.payload[..], *payload);
         }
-        let empty = parse_record(&RecordView::default(), origin()).unwrap_err();
+        let empty = parse_record(&RecordView::default(), origin(), DEPTH).unwrap_err();
         assert_eq!(empty.reason, "record has no value");
+    }
+
+    #[test]
+    fn unreadable_headers_and_deep_values_are_poison() {
+        let event = br#"{"EntityEventSequence":1,"ResourceName":"P","ResourceRecordKey":"k"}"#;
+        let view = RecordView {
+            payload: Some(event),
+            unreadable_header: true,
+            ..RecordView::default()
+        };
+        let poison = parse_record(&view, origin(), DEPTH).unwrap_err();
+        assert_eq!(poison.reason, "a header key is not UTF-8");
+        let deep = format!(
+            r#"{{"EntityEventSequence":1,"ResourceName":"P","ResourceRecordKey":"k","Data":{}{}}}"#,
+            "[".repeat(DEPTH),
+            "]".repeat(DEPTH)
+        );
+        let view = RecordView {
+            payload: Some(deep.as_bytes()),
+            ..RecordView::default()
+        };
+        let poison = parse_record(&view, origin(), DEPTH).unwrap_err();
+        assert!(poison.reason.contains("deeper than 64"), "{poison:?}");
     }
 }

@@ -23,7 +23,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use tokio::task::JoinHandle;
@@ -129,6 +129,7 @@ pub struct KafkaSource {
     topics: Vec<String>,
     commit_interval: Duration,
     max_buffered: usize,
+    max_depth: usize,
     sink: Arc<dyn Sink>,
     retry: RetryConfig,
     dead_letter: Arc<DeadLetter>,
@@ -168,6 +169,7 @@ impl KafkaSourceConfig {
             topics: self.topics.clone(),
             commit_interval: Duration::from_millis(self.commit_interval_ms),
             max_buffered: self.max_buffered_events_per_partition,
+            max_depth: self.max_json_depth,
             sink,
             retry,
             dead_letter: Arc::new(dead_letter.build(connector, metrics.clone())?),
@@ -178,18 +180,55 @@ impl KafkaSourceConfig {
 }
 
 fn view<'a>(m: &'a BorrowedMessage<'a>) -> RecordView<'a> {
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .filter_map(|h| h.value.map(|v| (h.key, v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut headers = Vec::new();
+    let mut unreadable_header = false;
+    if let Some(h) = m.headers() {
+        for i in 0..h.count() {
+            match header_at(h, i) {
+                Some((Ok(key), Some(value))) => headers.push((key, value)),
+                Some((Ok(_), None)) => {}
+                Some((Err(_), _)) | None => unreadable_header = true,
+            }
+        }
+    }
     RecordView {
         key: m.key(),
         payload: m.payload(),
         headers,
+        unreadable_header,
+    }
+}
+
+/// A header as read: its key (if UTF-8) and its value (if any).
+type RawHeader<'a> = (Result<&'a str, std::str::Utf8Error>, Option<&'a [u8]>);
+
+/// Header `idx` as (key, value), without rdkafka's `Headers::get`, which panics on a key that
+/// is not UTF-8 (any producer can write one, and the panic took the whole source down).
+fn header_at(headers: &BorrowedHeaders, idx: usize) -> Option<RawHeader<'_>> {
+    let mut name: *const std::ffi::c_char = std::ptr::null();
+    let mut value: *const std::ffi::c_void = std::ptr::null();
+    let mut size = 0usize;
+    // SAFETY: a `&BorrowedHeaders` is the librdkafka headers pointer of a message that outlives
+    // the returned borrows (rdkafka's own accessors cast it the same way). On success,
+    // librdkafka sets `name` to a NUL-terminated string and `value` to `size` bytes (or null)
+    // owned by those headers.
+    unsafe {
+        let err = rdkafka::bindings::rd_kafka_header_get_all(
+            (headers as *const BorrowedHeaders).cast(),
+            idx,
+            &mut name,
+            &mut value,
+            &mut size,
+        );
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || name.is_null()
+        {
+            return None;
+        }
+        let key = std::ffi::CStr::from_ptr(name).to_str();
+        let value =
+            (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+        Some((key, value))
     }
 }
 
@@ -247,7 +286,7 @@ impl KafkaSource {
             partition: m.partition(),
             offset: m.offset(),
         };
-        let item = match parse_record(&view(m), origin) {
+        let item = match parse_record(&view(m), origin, self.max_depth) {
             Ok(message) => Item::Event(message),
             Err(poison) => {
                 tracing::warn!(connector = %self.connector, topic = %key.0, partition = key.1, offset = m.offset(), reason = %poison.reason, "record is not an EntityEvent; dead-lettering");

@@ -48,6 +48,10 @@ pub struct KafkaSourceConfig {
     /// Events read ahead per partition before fetching that partition pauses.
     #[serde(default = "default_max_buffered_events_per_partition")]
     pub max_buffered_events_per_partition: usize,
+    /// Deepest nesting of objects and arrays in a record's event (the event object is level 1);
+    /// a deeper record is dead-lettered as unparseable.
+    #[serde(default = "crate::http::default_max_json_depth")]
+    pub max_json_depth: usize,
     /// Extra librdkafka consumer options, passed through (e.g. `session.timeout.ms`,
     /// `partition.assignment.strategy`, `security.protocol`).
     #[serde(default)]
@@ -95,6 +99,12 @@ impl KafkaSourceConfig {
 
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=crate::http::MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
+            return Err((
+                "max_json_depth".into(),
+                crate::http::MAX_JSON_DEPTH_RANGE.into(),
+            ));
+        }
         if self.bootstrap_servers.trim().is_empty() {
             return Err(("bootstrap_servers".into(), "must not be empty".into()));
         }

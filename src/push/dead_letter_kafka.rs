@@ -157,7 +157,10 @@ impl KafkaDeadLetter {
             .map(|_| ())
     }
 
-    /// Writes every record and waits until all are confirmed (`acks=all`).
+    /// Writes every record and waits until all are confirmed (`acks=all`). A record too large
+    /// for the producer or the topic is written again without its payload (headers
+    /// `dead_letter_payload_omitted` and `dead_letter_payload_bytes` say so; `original_*` say
+    /// where the event still is), so it never blocks its partition.
     pub async fn write(
         &self,
         records: &[DeadRecord<'_>],
@@ -167,37 +170,75 @@ impl KafkaDeadLetter {
         self.ensure_topic().await?;
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
-            let fields = headers(record, info, connector);
-            let mut kafka_headers = OwnedHeaders::new_with_capacity(fields.len());
-            for (key, value) in &fields {
-                kafka_headers = kafka_headers.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
-            let mut fr = FutureRecord::to(&self.config.topic)
-                .payload(record.payload)
-                .headers(kafka_headers);
-            if let Some(key) = record.key {
-                fr = fr.key(key);
-            }
-            match self.producer.send_result(fr) {
-                Ok(delivery) => pending.push(delivery),
+            match self
+                .producer
+                .send_result(self.record(record, info, connector, false))
+            {
+                Ok(delivery) => pending.push((record, Some(delivery))),
+                Err((e, _)) if too_large(&e) => pending.push((record, None)),
                 Err((e, _)) => return Err(self.unavailable(format!("cannot enqueue: {e}"))),
             }
         }
         let guard = self.timeout() + Duration::from_secs(2);
-        let reports = tokio::time::timeout(guard, join_all(pending))
+        let waits = pending.into_iter().map(|(record, delivery)| async move {
+            if let Some(delivery) = delivery {
+                match delivery.await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err((e, _))) if too_large(&e) => {}
+                    Ok(Err((e, _))) => return Err(format!("delivery failed: {e}")),
+                    Err(_) => return Err("producer shut down".to_owned()),
+                }
+            }
+            tracing::warn!(%connector, topic = %self.config.topic, bytes = record.payload.len(), "dead letter too large for its topic; writing it without its payload");
+            let slim = self.record(record, info, connector, true);
+            match self.producer.send_result(slim) {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(format!("delivery failed: {e}")),
+                    Err(_) => Err("producer shut down".to_owned()),
+                },
+                Err((e, _)) => Err(format!("cannot enqueue: {e}")),
+            }
+        });
+        let reports = tokio::time::timeout(guard, join_all(waits))
             .await
             .map_err(|_| self.unavailable("delivery reports timed out"))?;
         for report in reports {
-            match report {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(self.unavailable(format!("delivery failed: {e}"))),
-                Err(_) => return Err(self.unavailable("producer shut down")),
-            }
+            report.map_err(|e| self.unavailable(e))?;
         }
         Ok(())
+    }
+
+    fn record<'r>(
+        &'r self,
+        record: &'r DeadRecord<'_>,
+        info: &DeadLetterInfo<'_>,
+        connector: &str,
+        omit_payload: bool,
+    ) -> FutureRecord<'r, [u8], [u8]> {
+        let mut fields = headers(record, info, connector);
+        if omit_payload {
+            fields.push(("dead_letter_payload_omitted", "too_large".to_owned()));
+            fields.push((
+                "dead_letter_payload_bytes",
+                record.payload.len().to_string(),
+            ));
+        }
+        let mut kafka_headers = OwnedHeaders::new_with_capacity(fields.len());
+        for (key, value) in &fields {
+            kafka_headers = kafka_headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut fr = FutureRecord::to(&self.config.topic).headers(kafka_headers);
+        if !omit_payload {
+            fr = fr.payload(record.payload);
+        }
+        if let Some(key) = record.key {
+            fr = fr.key(key);
+        }
+        fr
     }
 
     /// Waits for anything still queued in the producer, up to `timeout` (shutdown).
@@ -208,6 +249,14 @@ impl KafkaDeadLetter {
             .map_err(|e| self.unavailable(format!("flush task failed: {e}")))?
             .map_err(|e| self.unavailable(format!("flush incomplete: {e}")))
     }
+}
+
+/// Whether a produce error means the record is too large for the producer or the topic.
+fn too_large(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }
 
 #[cfg(test)]

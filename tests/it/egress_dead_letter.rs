@@ -249,3 +249,130 @@ async fn poison_can_be_dead_lettered_to_a_rabbitmq_exchange() {
     }
     assert!(bridge.stop().await);
 }
+
+/// Produces one record whose only header key is not UTF-8 (rdkafka's safe API cannot write
+/// one; any other client can).
+async fn produce_with_binary_header_key(topic: &str, key: &str, value: &str) {
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new_with_capacity(1);
+    let name: &[u8] = b"\xff\xfeEntity";
+    // SAFETY: `as_borrowed` is the headers' own librdkafka pointer, exclusively owned here;
+    // librdkafka copies the name (given with its length) and the value.
+    unsafe {
+        let ptr = (headers.as_borrowed() as *const rdkafka::message::BorrowedHeaders)
+            .cast_mut()
+            .cast::<rdkafka::bindings::rd_kafka_headers_t>();
+        let err = rdkafka::bindings::rd_kafka_header_add(
+            ptr,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            b"v".as_ptr().cast(),
+            1,
+        );
+        assert_eq!(
+            err,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+    }
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(15))
+        .await
+        .expect("produced");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_utf8_header_key_is_dead_lettered_and_the_lane_goes_on() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::accepting().await;
+    let egress = Egress::new("it-egress-hdr", &receiver.url, &dir);
+    create_topic(&egress.topic, 1).await;
+    let first = vec![("hk".to_owned(), 1, event("hk", 1, 4))];
+    produce(&egress.topic, &first, None).await;
+    // Regression: rdkafka's header accessor panicked on this record and killed the source.
+    produce_with_binary_header_key(&egress.topic, "hk", &event("hk", 2, 4)).await;
+    let last = vec![("hk".to_owned(), 3, event("hk", 3, 4))];
+    produce(&egress.topic, &last, None).await;
+    let bridge = TestBridge::start_connector(&egress.toml()).await;
+    receiver.wait_delivered(2, Duration::from_secs(60)).await;
+    let seqs = sequences_by_key(&receiver.requests()).remove("hk").unwrap();
+    assert_eq!(
+        seqs,
+        vec![1, 3],
+        "the lane went on past the unreadable record"
+    );
+    let dlq = egress.dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&dead[0], "dead_letter_reason").as_deref(),
+        Some("unparseable")
+    );
+    assert_eq!(header(&dead[0], "original_offset").as_deref(), Some("1"));
+    assert!(bridge.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_too_large_for_its_topic_is_written_without_payload() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Box::new(|_, _, body| {
+        if String::from_utf8_lossy(body).contains("HUGE") {
+            (400, vec![])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let mut egress = Egress::new("it-egress-bigdlq", &receiver.url, &dir);
+    egress.sink_extra = "max_events = 1".into();
+    create_topic(&egress.topic, 1).await;
+    let mut big = event("bk", 1, 5000);
+    big = big.replacen("xxxx", "HUGE", 1);
+    let events = vec![
+        ("bk".to_owned(), 1, big.clone()),
+        ("bk".to_owned(), 2, event("bk", 2, 4)),
+    ];
+    produce(&egress.topic, &events, None).await;
+    // The dead-letter producer refuses records over 2000 bytes, as a small topic limit would.
+    let toml = format!(
+        "{}librdkafka = {{ \"message.max.bytes\" = \"2000\" }}\n",
+        egress.toml()
+    );
+    let bridge = TestBridge::start_connector(&toml).await;
+    receiver.wait_delivered(1, Duration::from_secs(60)).await;
+    let dlq = egress.dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 1))
+        .await
+        .unwrap();
+    let slim = &dead[0];
+    assert_eq!(slim.payload(), None, "written without its payload");
+    assert_eq!(
+        header(slim, "dead_letter_payload_omitted").as_deref(),
+        Some("too_large")
+    );
+    assert_eq!(
+        header(slim, "dead_letter_payload_bytes").as_deref(),
+        Some(big.len().to_string().as_str())
+    );
+    assert_eq!(
+        header(slim, "dead_letter_reason").as_deref(),
+        Some("rejected")
+    );
+    assert_eq!(header(slim, "original_offset").as_deref(), Some("0"));
+    // The partition went on: the next event was delivered after the dead letter.
+    let seqs = sequences_by_key(&receiver.requests()).remove("bk").unwrap();
+    assert_eq!(seqs, vec![2]);
+    assert!(bridge.stop().await);
+}
