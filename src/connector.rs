@@ -234,16 +234,70 @@ pub trait Source: Send {
     async fn close(&mut self) -> Result<(), SourceError>;
 }
 
-/// Calls `f(resource, count)` once per distinct ResourceName of a batch.
+/// Calls `f(resource, count)` once per distinct ResourceName of a batch, in order of first
+/// appearance. Linear in the batch: a short list for the usual handful of resources, a map once
+/// a batch holds many distinct names.
 pub fn count_by_resource(batch: &[Message], mut f: impl FnMut(&str, u64)) {
+    const LINEAR_SCAN: usize = 16;
     let mut counts: Vec<(&str, u64)> = Vec::new();
+    let mut index: Option<std::collections::HashMap<&str, usize>> = None;
     for m in batch {
-        match counts.iter_mut().find(|(r, _)| *r == m.resource_name) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((&m.resource_name, 1)),
+        let name = m.resource_name.as_str();
+        let slot = match &mut index {
+            Some(map) => map.get(name).copied(),
+            None => counts.iter().position(|(r, _)| *r == name),
+        };
+        match slot {
+            Some(i) => counts[i].1 += 1,
+            None => {
+                if let Some(map) = &mut index {
+                    map.insert(name, counts.len());
+                }
+                counts.push((name, 1));
+                if index.is_none() && counts.len() > LINEAR_SCAN {
+                    index = Some(
+                        counts
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (r, _))| (*r, i))
+                            .collect(),
+                    );
+                }
+            }
         }
     }
     for (resource, n) in counts {
         f(resource, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(resource: &str) -> Message {
+        Message {
+            sequence: 1,
+            resource_name: resource.into(),
+            record_key: "k".into(),
+            source_label: None,
+            payload: Bytes::new(),
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn counts_by_resource_in_first_appearance_order() {
+        // Few names (the list) and many names (the map) give the same answer.
+        let mut batch: Vec<Message> = ["B", "A", "B"].iter().map(|r| message(r)).collect();
+        batch.extend((0..40).map(|i| message(&format!("R{}", i % 20))));
+        batch.push(message("A"));
+        let mut seen = Vec::new();
+        count_by_resource(&batch, |r, n| seen.push((r.to_owned(), n)));
+        assert_eq!(seen[0], ("B".into(), 2));
+        assert_eq!(seen[1], ("A".into(), 2));
+        assert_eq!(seen.len(), 22);
+        assert!(seen[2..].iter().all(|(_, n)| *n == 2), "{seen:?}");
+        assert_eq!(seen[21].0, "R19");
     }
 }

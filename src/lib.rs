@@ -18,6 +18,7 @@
 //! - [`embedded`]: the embedded durable event log (SQLite): sink, cursor source, retention,
 //!   the `GET /EntityEvent` replay resource, generated webhook tokens.
 //! - [`pump`]: the loop that moves batches from a pull source to a sink and settles them.
+//! - [`resources`]: which `ResourceName`s a bus sink accepts (RESO Data Dictionary by default).
 //! - [`metrics`]: every Prometheus metric of the process, in one registry.
 //! - [`app`]: builds the running bridge from a config and shuts it down cleanly.
 
@@ -32,4 +33,5 @@ pub mod kafka;
 pub mod metrics;
 pub mod pump;
 pub mod push;
+pub mod resources;
 pub mod secret;

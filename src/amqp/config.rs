@@ -57,6 +57,17 @@ pub struct AmqpSinkConfig {
     /// the push had no `EntityEventSource` header). Keys longer than 255 bytes are rejected.
     #[serde(default = "default_routing_key_template")]
     pub routing_key_template: String,
+    /// Which ResourceNames are published: `reso` (the RESO Data Dictionary resources plus
+    /// `extra_resource_names`) or `any` (every well-formed name, up to `max_resource_names`
+    /// distinct ones). Others are refused with 400 naming the ResourceName.
+    #[serde(default)]
+    pub resource_names: crate::resources::AcceptResources,
+    /// ResourceNames accepted besides the RESO Data Dictionary's (vendor resources).
+    #[serde(default)]
+    pub extra_resource_names: Vec<String>,
+    /// Under `resource_names = "any"`: most distinct ResourceNames published.
+    #[serde(default = "default_max_resource_names")]
+    pub max_resource_names: usize,
     /// What to do when the broker returns a message no queue is bound for (`mandatory`
     /// publishing): `fail` the batch (503 to a webhook producer) or `ignore` it (counted).
     #[serde(default)]
@@ -172,6 +183,9 @@ fn default_exchange() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_max_resource_names() -> usize {
+    crate::resources::DEFAULT_MAX_RESOURCE_NAMES
+}
 fn default_routing_key_template() -> String {
     "{ResourceName}".into()
 }
@@ -280,6 +294,7 @@ impl AmqpSinkConfig {
         }
         TopicTemplate::parse(&self.routing_key_template)
             .map_err(|e| ("routing_key_template".to_owned(), e.to_string()))?;
+        crate::resources::validate(&self.extra_resource_names, self.max_resource_names)?;
         if !(100..=3_600_000).contains(&self.confirm_timeout_ms) {
             return Err((
                 "confirm_timeout_ms".into(),

@@ -26,6 +26,7 @@ use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
 use crate::connector::{count_by_resource, observe_send, Message, RejectKind, Sink, SinkError};
 use crate::kafka::topics::TopicTemplate;
 use crate::metrics::Metrics;
+use crate::resources::ResourcePolicy;
 
 /// AMQP `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;
@@ -38,6 +39,7 @@ pub struct AmqpSink {
     channel: tokio::sync::Mutex<Option<(u64, Channel)>>,
     exchange: String,
     template: TopicTemplate,
+    resources: ResourcePolicy,
     on_unroutable: OnUnroutable,
     confirm_timeout: Duration,
     max_message_bytes: usize,
@@ -56,6 +58,11 @@ impl AmqpSinkConfig {
             channel: tokio::sync::Mutex::new(None),
             exchange: self.exchange.clone(),
             template,
+            resources: ResourcePolicy::new(
+                self.resource_names,
+                &self.extra_resource_names,
+                self.max_resource_names,
+            ),
             on_unroutable: self.on_unroutable,
             confirm_timeout: Duration::from_millis(self.confirm_timeout_ms),
             max_message_bytes: self.max_message_bytes,
@@ -129,6 +136,14 @@ impl AmqpSink {
                         kind: RejectKind::TooLarge,
                     });
                 }
+                self.resources
+                    .check(&m.resource_name)
+                    .map_err(|detail| SinkError::Rejected {
+                        index,
+                        field: Some("ResourceName"),
+                        detail,
+                        kind: RejectKind::Unroutable,
+                    })?;
                 let key = self
                     .template
                     .render(&m.resource_name, m.source_label.as_deref());

@@ -52,7 +52,11 @@ fn check_resource_name(raw: &RawValue) -> Result<String, Cow<'static, str>> {
     if name.trim().is_empty() {
         return Err(Cow::Borrowed(DETAIL_BLANK));
     }
-    check_length(name)
+    let name = check_length(name)?;
+    if !crate::resources::well_formed(&name) {
+        return Err(Cow::Borrowed(DETAIL_RESOURCE_CHARS));
+    }
+    Ok(name)
 }
 
 fn check_record_key(raw: &RawValue, opts: ParseOptions) -> Result<String, Cow<'static, str>> {

@@ -11,7 +11,9 @@
 //! string when present, and `value: []` is a valid, empty batch.
 //!
 //! Every event needs `EntityEventSequence` (a JSON integer, `> 0`, fitting `i64`), `ResourceName`
-//! and `ResourceRecordKey` (non-empty strings of at most 255 characters). Everything else
+//! and `ResourceRecordKey` (non-empty strings of at most 255 characters; a `ResourceName` is an
+//! OData identifier in ASCII, `[A-Za-z_][A-Za-z0-9_]*`, so it is safe in topic names, routing
+//! keys, metric labels and logs). Everything else
 //! (`Data`, `ResourceRecordUrl`, `EventTypes`, vendor fields, ...) passes through untouched.
 //!
 //! Why it looks the way it does:
@@ -60,6 +62,8 @@ const DETAIL_STRING: &str = "must be a string";
 const DETAIL_NUMERIC_KEY: &str =
     "must be a string; numeric keys need coerce_numeric_record_key = true";
 const DETAIL_TOO_LONG: &str = "must be at most 255 characters";
+const DETAIL_RESOURCE_CHARS: &str =
+    "must be a resource name: ASCII letters, digits and `_`, not starting with a digit";
 const DETAIL_EMPTY: &str = "must not be empty";
 const DETAIL_BLANK: &str = "must not be empty or whitespace";
 const DETAIL_REQUIRED: &str = "is required";

@@ -362,6 +362,17 @@ fn bad_resource_names() {
     assert_eq!(name("[\"Property\"]"), vec![v(at, DETAIL_STRING)]);
     let long = "x".repeat(256);
     assert_eq!(name(&format!("\"{long}\"")), vec![v(at, DETAIL_TOO_LONG)]);
+    // Control characters, spaces, dots and non-ASCII letters are refused.
+    for bad in [
+        "\"Prop\\u0000erty\"",
+        "\"Prop\\nerty\"",
+        "\"Open House\"",
+        "\"a.b\"",
+        "\"Médias\"",
+        "\"1Property\"",
+    ] {
+        assert_eq!(name(bad), vec![v(at, DETAIL_RESOURCE_CHARS)], "{bad}");
+    }
     let ok = "x".repeat(255);
     let p = parse_ok(&multi(&format!(
         r#"{{"EntityEventSequence":1,"ResourceName":"{ok}","ResourceRecordKey":"k"}}"#

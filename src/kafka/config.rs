@@ -46,6 +46,17 @@ pub struct KafkaSinkConfig {
     /// The topic for unknown ResourceNames under `unknown_resource = "default_topic"`.
     #[serde(default)]
     pub default_topic: Option<String>,
+    /// Which ResourceNames may get a topic from `topic_template`: `reso` (the RESO Data
+    /// Dictionary resources plus `extra_resource_names`) or `any` (every well-formed name, up to
+    /// `max_resource_names` distinct ones). Others are refused with 400 naming the ResourceName.
+    #[serde(default)]
+    pub resource_names: crate::resources::AcceptResources,
+    /// ResourceNames accepted besides the RESO Data Dictionary's (vendor resources).
+    #[serde(default)]
+    pub extra_resource_names: Vec<String>,
+    /// Under `resource_names = "any"`: most distinct ResourceNames routed (so topics created).
+    #[serde(default = "default_max_resource_names")]
+    pub max_resource_names: usize,
     /// Create missing topics through the Kafka admin API on first use. Turn off for clusters
     /// that forbid it; a missing topic then fails pushes with 503 after `delivery_timeout_ms`.
     #[serde(default = "default_true")]
@@ -53,9 +64,11 @@ pub struct KafkaSinkConfig {
     /// Partitions of topics the bridge creates.
     #[serde(default = "default_partitions")]
     pub topic_partitions: i32,
-    /// Replication factor of topics the bridge creates (use 3 on a production cluster).
-    #[serde(default = "default_replication")]
-    pub topic_replication_factor: i32,
+    /// Replication factor of topics the bridge creates. Absent: the broker's own
+    /// `default.replication.factor` (Kafka 2.4+, KIP-464), so a production cluster's policy
+    /// applies; see `docs/delivery.md` for the `min.insync.replicas` that `acks=all` needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_replication_factor: Option<i32>,
     /// How long a batch may wait for all its delivery reports (and topic creation) before the
     /// push is answered 503. Maps to librdkafka `message.timeout.ms`.
     #[serde(default = "default_delivery_timeout_ms")]
@@ -91,9 +104,12 @@ impl Default for KafkaSinkConfig {
             topics: BTreeMap::new(),
             unknown_resource: UnknownResource::default(),
             default_topic: None,
+            resource_names: crate::resources::AcceptResources::default(),
+            extra_resource_names: Vec::new(),
+            max_resource_names: default_max_resource_names(),
             create_topics: true,
             topic_partitions: default_partitions(),
-            topic_replication_factor: default_replication(),
+            topic_replication_factor: None,
             delivery_timeout_ms: default_delivery_timeout_ms(),
             librdkafka: BTreeMap::new(),
             librdkafka_secrets: BTreeMap::new(),
@@ -101,6 +117,9 @@ impl Default for KafkaSinkConfig {
     }
 }
 
+fn default_max_resource_names() -> usize {
+    crate::resources::DEFAULT_MAX_RESOURCE_NAMES
+}
 fn default_bootstrap() -> String {
     "127.0.0.1:9092".into()
 }
@@ -113,8 +132,9 @@ fn default_true() -> bool {
 fn default_partitions() -> i32 {
     3
 }
-fn default_replication() -> i32 {
-    1
+/// The replication factor to ask for: the configured one, or the broker's default (`-1`).
+pub fn replication(factor: Option<i32>) -> rdkafka::admin::TopicReplication<'static> {
+    rdkafka::admin::TopicReplication::Fixed(factor.unwrap_or(-1))
 }
 fn default_delivery_timeout_ms() -> u64 {
     15_000
@@ -128,6 +148,7 @@ impl KafkaSinkConfig {
         }
         TopicTemplate::parse(&self.topic_template)
             .map_err(|e| ("topic_template".to_owned(), e.to_string()))?;
+        crate::resources::validate(&self.extra_resource_names, self.max_resource_names)?;
         for (resource, topic) in &self.topics {
             super::topics::check_topic_name(topic)
                 .map_err(|e| (format!("topics.{resource}"), e))?;
@@ -146,7 +167,7 @@ impl KafkaSinkConfig {
         if self.topic_partitions < 1 {
             return Err(("topic_partitions".into(), "must be at least 1".into()));
         }
-        if self.topic_replication_factor < 1 {
+        if self.topic_replication_factor.is_some_and(|f| f < 1) {
             return Err((
                 "topic_replication_factor".into(),
                 "must be at least 1".into(),

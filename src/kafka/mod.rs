@@ -10,7 +10,7 @@ mod source;
 mod source_config;
 pub mod topics;
 
-pub use config::{KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
+pub use config::{replication, KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
 pub use record::{parse_record, PoisonRecord, RecordView};
 pub use sink::{headers, KafkaBuildError, KafkaSink};
 pub use source::{KafkaSource, KafkaSourceBuildError, SourceContext};

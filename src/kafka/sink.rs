@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -169,13 +169,10 @@ impl KafkaSink {
                 }
                 self.router
                     .route(&m.resource_name, m.source_label.as_deref())
-                    .ok_or_else(|| SinkError::Rejected {
+                    .map_err(|detail| SinkError::Rejected {
                         index,
                         field: Some("ResourceName"),
-                        detail: format!(
-                            "no topic is configured for ResourceName `{}`",
-                            m.resource_name
-                        ),
+                        detail: detail.to_string(),
                         kind: RejectKind::Unroutable,
                     })
             })
@@ -206,7 +203,7 @@ impl KafkaSink {
                 NewTopic::new(
                     t,
                     self.config.topic_partitions,
-                    TopicReplication::Fixed(self.config.topic_replication_factor),
+                    super::config::replication(self.config.topic_replication_factor),
                 )
             })
             .collect();

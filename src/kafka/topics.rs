@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use super::config::{KafkaSinkConfig, UnknownResource};
+use crate::resources::ResourcePolicy;
 
 /// Longest legal Kafka topic name.
 pub const MAX_TOPIC_LEN: usize = 249;
@@ -129,8 +130,12 @@ pub struct TopicRouter {
     topics: BTreeMap<String, String>,
     unknown: UnknownResource,
     default_topic: Option<String>,
-    cache: Option<RwLock<HashMap<String, Option<Arc<str>>>>>,
+    policy: ResourcePolicy,
+    cache: Option<RwLock<HashMap<String, Route>>>,
 }
+
+/// A routing decision: the topic, or why the event cannot be routed.
+pub type Route = Result<Arc<str>, Arc<str>>;
 
 impl TopicRouter {
     /// Builds the router from validated config.
@@ -142,19 +147,25 @@ impl TopicRouter {
             topics: config.topics.clone(),
             unknown: config.unknown_resource,
             default_topic: config.default_topic.clone(),
+            policy: ResourcePolicy::new(
+                config.resource_names,
+                &config.extra_resource_names,
+                config.max_resource_names,
+            ),
             cache,
         })
     }
 
-    /// The topic for an event, or `None` when policy rejects its ResourceName.
-    pub fn route(&self, resource_name: &str, source_label: Option<&str>) -> Option<Arc<str>> {
+    /// The topic for an event, or why its ResourceName cannot be routed (policy, see
+    /// [`crate::resources`]).
+    pub fn route(&self, resource_name: &str, source_label: Option<&str>) -> Route {
         let Some(cache) = &self.cache else {
-            return self.decide(resource_name, source_label).map(Arc::from);
+            return self.decide(resource_name, source_label);
         };
         if let Some(hit) = cache.read().expect("route cache").get(resource_name) {
             return hit.clone();
         }
-        let topic: Option<Arc<str>> = self.decide(resource_name, source_label).map(Arc::from);
+        let topic = self.decide(resource_name, source_label);
         let mut cache = cache.write().expect("route cache");
         if cache.len() < MAX_CACHED_ROUTES {
             cache.insert(resource_name.to_owned(), topic.clone());
@@ -162,18 +173,34 @@ impl TopicRouter {
         topic
     }
 
-    fn decide(&self, resource_name: &str, source_label: Option<&str>) -> Option<String> {
+    fn decide(&self, resource_name: &str, source_label: Option<&str>) -> Route {
         if let Some(topic) = self.topics.get(resource_name) {
-            return Some(topic.clone());
+            return Ok(Arc::from(topic.as_str()));
         }
-        let from_template = || sanitize_topic(&self.template.render(resource_name, source_label));
+        // A topic named after the ResourceName only for names the policy accepts.
+        let from_template = || {
+            self.policy
+                .check(resource_name)
+                .map(|()| {
+                    Arc::from(sanitize_topic(
+                        &self.template.render(resource_name, source_label),
+                    ))
+                })
+                .map_err(Arc::from)
+        };
         if self.topics.is_empty() {
-            return Some(from_template());
+            return from_template();
         }
         match self.unknown {
-            UnknownResource::Template => Some(from_template()),
-            UnknownResource::DefaultTopic => self.default_topic.clone(),
-            UnknownResource::Reject => None,
+            UnknownResource::Template => from_template(),
+            UnknownResource::DefaultTopic => self
+                .default_topic
+                .as_deref()
+                .map(Arc::from)
+                .ok_or_else(|| Arc::from("no default_topic is configured")),
+            UnknownResource::Reject => Err(Arc::from(format!(
+                "no topic is configured for ResourceName `{resource_name}`"
+            ))),
         }
     }
 }
@@ -216,31 +243,44 @@ mod tests {
         let mut config = KafkaSinkConfig::default();
         let router = TopicRouter::new(&config).unwrap();
         assert_eq!(
-            router.route("Property", None).as_deref(),
+            router.route("Property", None).as_deref().ok(),
             Some("reso.Property")
         );
+        // Regression: any ResourceName made (and created) a topic.
+        let refused = router.route("Topic42", None).unwrap_err();
+        assert!(refused.contains("extra_resource_names"), "{refused}");
 
         config
             .topics
             .insert("Property".into(), "mls.listings".into());
         let router = TopicRouter::new(&config).unwrap();
         assert_eq!(
-            router.route("Property", None).as_deref(),
+            router.route("Property", None).as_deref().ok(),
             Some("mls.listings")
         );
-        assert_eq!(router.route("Media", None).as_deref(), Some("reso.Media"));
+        assert_eq!(
+            router.route("Media", None).as_deref().ok(),
+            Some("reso.Media")
+        );
 
         config.unknown_resource = UnknownResource::DefaultTopic;
         config.default_topic = Some("reso.other".into());
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Media", None).as_deref(), Some("reso.other"));
+        assert_eq!(
+            router.route("Media", None).as_deref().ok(),
+            Some("reso.other")
+        );
+        assert!(
+            router.route("Anything_Else", None).is_ok(),
+            "no topic is derived"
+        );
 
         config.unknown_resource = UnknownResource::Reject;
         let router = TopicRouter::new(&config).unwrap();
-        assert_eq!(router.route("Media", None), None);
-        assert_eq!(router.route("Media", None), None, "cached rejection");
+        assert!(router.route("Media", None).is_err());
+        assert!(router.route("Media", None).is_err(), "cached rejection");
         assert_eq!(
-            router.route("Property", None).as_deref(),
+            router.route("Property", None).as_deref().ok(),
             Some("mls.listings")
         );
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -31,9 +31,10 @@ pub struct KafkaDeadLetterConfig {
     /// Partitions of the topic when the bridge creates it.
     #[serde(default = "default_one")]
     pub topic_partitions: i32,
-    /// Replication factor of the topic when the bridge creates it (use 3 in production).
-    #[serde(default = "default_one")]
-    pub topic_replication_factor: i32,
+    /// Replication factor of the topic when the bridge creates it. Absent: the broker's
+    /// `default.replication.factor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_replication_factor: Option<i32>,
     /// Bound on topic creation and on the delivery reports of one dead-letter write.
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
@@ -135,7 +136,7 @@ impl KafkaDeadLetter {
                 let topic = NewTopic::new(
                     &self.config.topic,
                     self.config.topic_partitions,
-                    TopicReplication::Fixed(self.config.topic_replication_factor),
+                    crate::kafka::replication(self.config.topic_replication_factor),
                 );
                 let opts = AdminOptions::new().operation_timeout(Some(self.timeout()));
                 let results =

@@ -229,6 +229,90 @@ async fn unknown_resource_policy_reject_is_400_and_publishes_nothing() {
     assert_nothing_published_before_marker(&bridge, topic).await;
 }
 
+/// Topics on the broker whose name starts with `prefix`.
+fn topics_with_prefix(prefix: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| t.starts_with(prefix))
+        .collect()
+}
+
+/// Regression: one push with 200 distinct ResourceNames created 200 topics.
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_names_outside_the_data_dictionary_are_400_and_create_no_topic() {
+    require_kafka();
+    let prefix = unique("it-names");
+    let bridge = TestBridge::start("", &TestBridge::kafka_sink(&prefix, "")).await;
+    let many: Vec<String> = (0..200)
+        .map(|i| {
+            format!(r#"{{"EntityEventSequence":{},"ResourceName":"Topic{i}","ResourceRecordKey":"K1"}}"#, i + 1)
+        })
+        .collect();
+    let body = format!(
+        r#"{{"value":[{{"EntityEventSequence":500,"ResourceName":"Property","ResourceRecordKey":"K1"}},{}]}}"#,
+        many.join(",")
+    );
+    let response = bridge.post(&body).await;
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/value/1/ResourceName");
+    let detail = problem["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Topic0") && detail.contains("extra_resource_names"),
+        "{detail}"
+    );
+    // A name with a control character is refused by the parser, whatever the sink.
+    let control = r#"{"value":[{"EntityEventSequence":1,"ResourceName":"Prop\u0007erty","ResourceRecordKey":"K1"}]}"#;
+    let response = bridge.post(control).await;
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/value/0/ResourceName");
+
+    assert_nothing_published_before_marker(&bridge, format!("{prefix}.Property")).await;
+    assert_eq!(
+        topics_with_prefix(&prefix),
+        vec![format!("{prefix}.Property")]
+    );
+    bridge.stop().await;
+
+    // Vendor resources are named in extra_resource_names; `any` is capped in distinct names.
+    let prefix = unique("it-names-any");
+    let sink = TestBridge::kafka_sink(
+        &prefix,
+        "resource_names = \"any\"\nmax_resource_names = 2\n",
+    );
+    let bridge = TestBridge::start("", &sink).await;
+    let two = r#"{"value":[{"EntityEventSequence":1,"ResourceName":"X_One","ResourceRecordKey":"K1"},{"EntityEventSequence":2,"ResourceName":"X_Two","ResourceRecordKey":"K1"}]}"#;
+    assert_eq!(bridge.post(two).await.status(), 200);
+    let third = r#"{"value":[{"EntityEventSequence":3,"ResourceName":"X_Three","ResourceRecordKey":"K1"}]}"#;
+    let response = bridge.post(third).await;
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    let detail = problem["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("max_resource_names = 2"), "{detail}");
+    assert_eq!(
+        bridge.post(two).await.status(),
+        200,
+        "known names still pass"
+    );
+    let mut topics = topics_with_prefix(&prefix);
+    topics.sort();
+    assert_eq!(
+        topics,
+        vec![format!("{prefix}.X_One"), format!("{prefix}.X_Two")]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn body_limit_is_413() {
     require_kafka();

@@ -109,6 +109,39 @@ async fn webhook_to_amqp_lands_in_bound_queue_persistent_with_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn resource_names_outside_the_data_dictionary_are_400_publish_nothing() {
+    let mut rabbit = Rabbit::new().await;
+    let exchange = rabbit.exchange("it-x");
+    let queue = rabbit.queue("it-q");
+    let sink = amqp_sink(
+        &rabbit,
+        &exchange,
+        &format!(
+            "extra_resource_names = [\"X_Vendor\"]\n{}",
+            bound_queue(&queue, &exchange, "#")
+        ),
+    );
+    let bridge = TestBridge::start("", &sink).await;
+    wait_ready(&bridge, 200).await;
+    let mixed = r#"{"value":[
+        {"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"K1"},
+        {"EntityEventSequence":2,"ResourceName":"X_Vendor","ResourceRecordKey":"K1"},
+        {"EntityEventSequence":3,"ResourceName":"Anything","ResourceRecordKey":"K1"}]}"#;
+    let response = bridge.post(mixed).await;
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/value/2/ResourceName");
+    assert_eq!(
+        rabbit.ready_count(&queue).await,
+        Some(0),
+        "nothing published"
+    );
+    let allowed = mixed.replace(",\n        {\"EntityEventSequence\":3,\"ResourceName\":\"Anything\",\"ResourceRecordKey\":\"K1\"}", "");
+    assert_eq!(bridge.post(&allowed).await.status(), 200, "{allowed}");
+    assert_eq!(rabbit.ready_count(&queue).await, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unroutable_is_503_not_200_unless_ignored() {
     let mut rabbit = Rabbit::new().await;
     let exchange = rabbit.exchange("it-unbound");
