@@ -8,6 +8,7 @@
 //! `shutdown_timeout_ms`), then every sink is flushed with the time left, and only then does
 //! the admin listener stop.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -292,7 +293,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         metrics,
         notices: (token_notices.iter())
             .map(|n| {
-                n.line(webhook_addr)
+                n.line(webhook_addr, std::io::stdout().is_terminal())
                     .replacen(" http://", &format!(" {scheme}://"), 1)
             })
             .collect(),

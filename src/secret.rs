@@ -10,13 +10,92 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Where a secret is read from. Exactly one of `env` / `file`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+///
+/// Deserialized by hand: serde's derived errors quote the value they found (`found string
+/// "s3cr3t"`), and the value in that position is most likely a secret written inline by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SecretRef {
     /// Name of an environment variable holding the secret, e.g. `{ env = "MLS_TOKEN" }`.
     Env(String),
     /// Path of a file holding the secret (trailing newline stripped), e.g. a Docker/K8s secret.
     File(PathBuf),
+}
+
+/// What a `SecretRef` must look like, for error messages (never the value that was found).
+const SECRET_REF_EXPECTED: &str =
+    "a reference to a secret, `{ env = \"VARIABLE\" }` or `{ file = \"/path\" }` (secrets are \
+     never written inline; the value found is not shown)";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretRefVisitor)
+    }
+}
+
+struct SecretRefVisitor;
+
+impl SecretRefVisitor {
+    fn inline<E: serde::de::Error>(kind: &str) -> E {
+        E::custom(format_args!("found {kind}, expected {SECRET_REF_EXPECTED}"))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretRefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SECRET_REF_EXPECTED)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
+        Err(Self::inline("a string"))
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretRef, E> {
+        Err(Self::inline("bytes"))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+        Err(Self::inline("a number"))
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+        Err(Self::inline("a boolean"))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+        use serde::de::Error;
+        let mut found: Option<SecretRef> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let reference = match key.as_str() {
+                "env" => SecretRef::Env(map.next_value()?),
+                "file" => SecretRef::File(map.next_value()?),
+                other => {
+                    return Err(A::Error::custom(format_args!(
+                        "unknown key `{other}`, expected {SECRET_REF_EXPECTED}"
+                    )))
+                }
+            };
+            if found.replace(reference).is_some() {
+                return Err(A::Error::custom(
+                    "a secret reference has exactly one of `env` and `file`",
+                ));
+            }
+        }
+        found
+            .take()
+            .ok_or_else(|| A::Error::custom(SECRET_REF_EXPECTED))
+    }
 }
 
 /// Why a secret could not be read. Never contains the secret itself.

@@ -223,6 +223,49 @@ mod tests {
         assert!(err.contains("sink.topic_template"), "{err}");
     }
 
+    /// Regression: a secret written inline was quoted back by the error (`found string "…"`).
+    #[test]
+    fn errors_never_echo_a_secret_written_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference = "tokens = [{ env = \"MLS_TOKEN\" }]";
+        for (bad, says) in [
+            (
+                "tokens = [\"hunter2-inline\"]",
+                "secrets are never written inline",
+            ),
+            (
+                "tokens = [{ value = \"hunter2-inline\" }]",
+                "unknown key `value`",
+            ),
+            (
+                "tokens = \"hunter2-inline\"",
+                "found a string (value not shown)",
+            ),
+            (
+                "tokens = [{ env = \"A\", file = \"/x\" }]",
+                "exactly one of",
+            ),
+            ("tokens = hunter2-inline", "mls.toml"),
+        ] {
+            let file = write(
+                dir.path(),
+                "connectors/mls.toml",
+                &CONNECTOR.replace(reference, bad),
+            );
+            let err = load(&[file]).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{bad}: {err}");
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        // Values that are not secrets still name what was expected.
+        let file = write(
+            dir.path(),
+            "connectors/mls.toml",
+            &format!("{CONNECTOR}\nshutdown = 1\n").replace("type = \"kafka\"", "type = \"kafak\""),
+        );
+        let err = load(&[file]).unwrap_err().to_string();
+        assert!(err.contains("kafka"), "{err}");
+    }
+
     #[test]
     fn duplicate_connector_names_are_rejected() {
         let dir = tempfile::tempdir().unwrap();

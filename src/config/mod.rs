@@ -85,12 +85,19 @@ pub struct HttpConfig {
     /// Connection limits and timeouts (`[http.connections]`).
     #[serde(default)]
     pub connections: crate::http::ConnectionsConfig,
+    /// The listener's address as clients reach it (scheme, host, optional port and path
+    /// prefix), e.g. `https://bridge.example.com`: absolute links the bridge hands out
+    /// (`@odata.nextLink`) start with it. Absent: links are relative (`/EntityEvent?…`), never
+    /// built from the request's `Host` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_base_url: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen_addr: default_http_listen(),
+            public_base_url: None,
             tls: None,
             body_read_timeout_ms: default_body_read_timeout_ms(),
             connections: crate::http::ConnectionsConfig::default(),
@@ -245,8 +252,68 @@ pub enum ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
-        ConfigError::Figment(Box::new(e))
+        ConfigError::Figment(Box::new(redact(e)))
     }
+}
+
+/// The same errors without the values they quote: a string in the wrong place is often a
+/// secret written inline (`token = "…"`), and TOML syntax errors quote the offending line. The
+/// file, key and what was expected stay, which is what the operator needs to fix it.
+fn redact(error: figment::Error) -> figment::Error {
+    use figment::error::{Actual, Kind};
+    let hide = |actual: Actual| match actual {
+        Actual::Str(_) => Actual::Other("a string (value not shown)".into()),
+        Actual::Bytes(_) => Actual::Other("bytes (value not shown)".into()),
+        Actual::Char(_) => Actual::Other("a character (value not shown)".into()),
+        other => other,
+    };
+    // Newest first; `chain` puts an error in front of the ones before it.
+    let mut errors: Vec<figment::Error> = error.into_iter().collect();
+    for e in &mut errors {
+        e.kind = match std::mem::replace(&mut e.kind, Kind::Message(String::new())) {
+            Kind::InvalidType(actual, expected) => Kind::InvalidType(hide(actual), expected),
+            Kind::InvalidValue(actual, expected) => Kind::InvalidValue(hide(actual), expected),
+            Kind::Unsupported(actual) => Kind::Unsupported(hide(actual)),
+            Kind::UnsupportedKey(actual, need) => Kind::UnsupportedKey(hide(actual), need),
+            Kind::Message(message) => Kind::Message(without_source_lines(&message)),
+            other => other,
+        };
+    }
+    let mut rebuilt = errors
+        .pop()
+        .expect("a figment error holds at least one error");
+    while let Some(newer) = errors.pop() {
+        rebuilt = rebuilt.chain(newer);
+    }
+    rebuilt
+}
+
+/// Drops the quoted source lines of a TOML parse error (`3 | token = s3cr3t`, `  |  ^`).
+fn without_source_lines(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            let t = line.trim_start();
+            let digits = t.trim_start_matches(|c: char| c.is_ascii_digit());
+            !digits.trim_start().starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `public_base_url`: an absolute http(s) URL without query, fragment or credentials.
+fn check_public_base_url(base: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an absolute http:// or https:// URL".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(())
 }
 
 /// Connector names become metric labels, env-var segments and default URL paths.
@@ -299,6 +366,9 @@ impl Config {
                 "http.body_read_timeout_ms".into(),
                 "must be between 1 and 86400000 (one day)".into(),
             ));
+        }
+        if let Some(base) = &self.http.public_base_url {
+            check_public_base_url(base).map_err(|d| listener("http.public_base_url".into(), d))?;
         }
         let mut paths = BTreeMap::new();
         for (name, connector) in &self.connectors {

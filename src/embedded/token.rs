@@ -102,8 +102,10 @@ fn random_token() -> Result<Secret, TokenError> {
 }
 
 impl TokenNotice {
-    /// One line telling how to push to this connector, for stdout.
-    pub fn line(&self, webhook_addr: SocketAddr) -> String {
+    /// One line telling how to push to this connector, for stdout. The token itself is in the
+    /// line only when `to_terminal` (stdout is an interactive terminal): a redirected stdout
+    /// lands in log collectors, so the line names the token file instead.
+    pub fn line(&self, webhook_addr: SocketAddr, to_terminal: bool) -> String {
         let mut addr = webhook_addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() {
@@ -113,6 +115,15 @@ impl TokenNotice {
             });
         }
         let (intro, bearer) = match &self.generated {
+            Some(_) if !to_terminal => (
+                format!(
+                    "generated a webhook token for connector `{}` (saved in {}; not printed \
+                     because stdout is not a terminal)",
+                    self.connector,
+                    self.path.display()
+                ),
+                format!("$(cat {})", self.path.display()),
+            ),
             Some(token) => (
                 format!(
                     "generated a webhook token for connector `{}` (saved in {})",
@@ -190,15 +201,22 @@ mod tests {
             let mode = std::fs::metadata(&first.path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let line = first.line("0.0.0.0:8080".parse().unwrap());
+        let line = first.line("0.0.0.0:8080".parse().unwrap(), true);
         assert!(line.contains(token.expose()), "{line}");
+        // Regression: the token went to stdout even when stdout was a log collector's pipe.
+        let piped = first.line("0.0.0.0:8080".parse().unwrap(), false);
+        assert!(!piped.contains(token.expose()), "{piped}");
+        assert!(
+            piped.contains("not printed") && piped.contains("$(cat "),
+            "{piped}"
+        );
         assert!(line.contains("http://127.0.0.1:8080/webhooks/q"), "{line}");
         assert!(!line.contains('\n'));
 
         let (again, second) = ensure_token(dir.path(), "quickstart", "/webhooks/q").unwrap();
         assert!(second.generated.is_none(), "reused, not regenerated");
         assert_eq!(again.resolve().unwrap(), token);
-        let line = second.line("127.0.0.1:9000".parse().unwrap());
+        let line = second.line("127.0.0.1:9000".parse().unwrap(), true);
         assert!(!line.contains(token.expose()), "shown only once: {line}");
         assert!(line.contains("$(cat "), "{line}");
     }

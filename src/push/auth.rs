@@ -361,6 +361,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_redirecting_token_endpoint_never_sends_the_secret_elsewhere() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // The other origin: counts whatever reaches it.
+        static ELSEWHERE: AtomicUsize = AtomicUsize::new(0);
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other_url = format!("http://{}/steal", other.local_addr().unwrap());
+        let app = axum::Router::new().fallback(|| async {
+            ELSEWHERE.fetch_add(1, Ordering::SeqCst);
+            r#"{"access_token":"stolen","token_type":"bearer"}"#
+        });
+        tokio::spawn(async move { axum::serve(other, app).await });
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::post(move || async move {
+                (
+                    http::StatusCode::TEMPORARY_REDIRECT,
+                    [(http::header::LOCATION, other_url)],
+                )
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let auth = Auth::build(&oauth2_config(format!("http://{addr}/token")), "c").unwrap();
+        let err = auth.token().await.unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(
+            ELSEWHERE.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
+    }
+
+    #[tokio::test]
     async fn fixed_token_is_never_invalidated() {
         std::env::set_var("ENTITY_BRIDGE_UNIT_PUSH_TOKEN", "t0k3n");
         let config = AuthConfig::Token {

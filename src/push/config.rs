@@ -12,8 +12,15 @@ use crate::secret::SecretRef;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushSinkConfig {
-    /// The consumer's endpoint (`http://` or `https://`) that receives the POSTs.
+    /// The consumer's endpoint that receives the POSTs: `https://`, or `http://` to a loopback
+    /// host (or any host with `allow_insecure_http = true`). No credentials in the URL: the
+    /// token goes in `auth`.
     pub url: String,
+    /// Allow plain `http://` for `url` and `auth.token_url` to hosts other than loopback. The
+    /// bearer token and client secret then cross the network in clear text: only for a
+    /// private network (a compose file, a sidecar) where TLS is terminated elsewhere.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// `EntityEventSource` header sent with every POST. When unset, the label carried by the
     /// events (their `EntityEventSource` Kafka header) is sent, and a batch never mixes labels.
     #[serde(default)]
@@ -195,11 +202,44 @@ fn default_max_retry_duration_ms() -> u64 {
     3_600_000
 }
 
-fn check_url(key: &str, url: &str) -> Result<(), (String, String)> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err((key.into(), "must be an http:// or https:// URL".into())),
-        Err(e) => Err((key.into(), format!("is not a URL: {e}"))),
+/// Whether `host` (as in a URL, IPv6 in brackets) names this machine: plain HTTP to it never
+/// crosses a network.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let d = host.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+    }
+}
+
+/// Checks an outbound URL. Never echoes it: it may hold credentials.
+fn check_url(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), (String, String)> {
+    let u = match reqwest::Url::parse(url) {
+        Ok(u) => u,
+        Err(e) => return Err((key.into(), format!("is not a URL: {e}"))),
+    };
+    let Some(host) = u.host_str() else {
+        return Err((key.into(), "must be an http:// or https:// URL".into()));
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err((
+            key.into(),
+            "must not carry credentials (user:password@); put them in `auth`".into(),
+        ));
+    }
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(host) => Ok(()),
+        "http" => Err((
+            key.into(),
+            "plain http:// sends the bearer token and client secret in clear text: use \
+             https://, or set allow_insecure_http = true for a private network"
+                .into(),
+        )),
+        _ => Err((key.into(), "must be an http:// or https:// URL".into())),
     }
 }
 
@@ -216,7 +256,7 @@ fn check_rate(key: &str, rate: Option<f64>) -> Result<(), (String, String)> {
 impl PushSinkConfig {
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        check_url("url", &self.url)?;
+        check_url("url", &self.url, self.allow_insecure_http)?;
         if let Some(label) = &self.entity_event_source {
             if label.is_empty() || label.chars().count() > 255 {
                 return Err((
@@ -253,7 +293,7 @@ impl PushSinkConfig {
             ..
         } = &self.auth
         {
-            check_url("auth.token_url", token_url)?;
+            check_url("auth.token_url", token_url, self.allow_insecure_http)?;
             if client_id.is_empty() {
                 return Err(("auth.client_id".into(), "must not be empty".into()));
             }
@@ -356,5 +396,53 @@ mod tests {
         c.limits.requests_per_second = Some(0.0);
         assert_eq!(c.validate().unwrap_err().0, "limits.requests_per_second");
         assert!(parse(&format!("{MINIMAL}\nlinger = 3")).is_err());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let with_url =
+            |url: &str| parse(&MINIMAL.replace("https://consumer.example/webhooks", url)).unwrap();
+        for ok in [
+            "http://127.0.0.1:8080/hook",
+            "http://127.8.0.1/hook",
+            "http://[::1]:9000/hook",
+            "http://localhost/hook",
+            "http://api.localhost./hook",
+        ] {
+            with_url(ok)
+                .validate()
+                .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        let remote = with_url("http://consumer.example/webhooks");
+        let (key, detail) = remote.validate().unwrap_err();
+        assert_eq!(key, "url");
+        assert!(detail.contains("allow_insecure_http"), "{detail}");
+        let mut allowed = remote.clone();
+        allowed.allow_insecure_http = true;
+        allowed.validate().unwrap();
+
+        let oauth = MINIMAL.replace(
+            r#"auth = { type = "token", token = { env = "T" } }"#,
+            r#"auth = { type = "oauth2", token_url = "http://idp.example/token", client_id = "c", client_secret = { env = "S" } }"#,
+        );
+        assert_eq!(
+            parse(&oauth).unwrap().validate().unwrap_err().0,
+            "auth.token_url"
+        );
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_and_never_echoed() {
+        let c = parse(&MINIMAL.replace(
+            "https://consumer.example/webhooks",
+            "https://user:hunter2-secret@consumer.example/webhooks",
+        ))
+        .unwrap();
+        let (key, detail) = c.validate().unwrap_err();
+        assert_eq!(key, "url");
+        assert!(!detail.contains("hunter2"), "{detail}");
+        let bad = parse(&MINIMAL.replace("https://consumer.example/webhooks", "not a url hunter2"))
+            .unwrap();
+        assert!(!bad.validate().unwrap_err().1.contains("hunter2"));
     }
 }

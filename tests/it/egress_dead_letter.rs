@@ -376,3 +376,49 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_without_payload() {
     assert_eq!(seqs, vec![2]);
     assert!(bridge.stop().await);
 }
+
+/// Redirects are never followed: the bearer token must not reach another origin, and a POST
+/// turned into a GET must not count as delivered. A redirect is a poison answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_not_followed_and_the_token_stays_with_its_origin() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = Receiver::start(Box::new(|_, _, _| (200, vec![]))).await;
+    let location = elsewhere.url.clone();
+    let receiver = Receiver::start(Box::new(move |n, _, _| {
+        if n == 0 {
+            (307, vec![("location", location.clone())])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let mut egress = Egress::new("it-egress-redirect", &receiver.url, &dir);
+    egress.sink_extra = "max_events = 1".into();
+    create_topic(&egress.topic, 1).await;
+    let events: Vec<(String, i64, String)> = (1..=2)
+        .map(|s| ("rk".to_owned(), s, event("rk", s, 10)))
+        .collect();
+    produce(&egress.topic, &events, None).await;
+    let bridge = TestBridge::start_connector(&egress.toml()).await;
+    receiver.wait_delivered(1, Duration::from_secs(60)).await;
+
+    let dlq = egress.dlq.clone();
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 1))
+        .await
+        .unwrap();
+    assert_eq!(header(&dead[0], "http_status").as_deref(), Some("307"));
+    assert_eq!(
+        header(&dead[0], "EntityEventSequence").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        sequences_by_key(&receiver.requests()).remove("rk"),
+        Some(vec![2])
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the redirect target got a request"
+    );
+    assert!(bridge.stop().await);
+}

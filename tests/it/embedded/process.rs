@@ -28,7 +28,7 @@ async fn kill_9_right_after_a_200_loses_nothing() {
 
     let mut bridge = Proc::spawn(dir.path(), &["run"], &[]);
     let line = bridge.wait_line(|l| l.contains("curl -H"));
-    let (token, url) = parse_token_line(&line);
+    let (token, url) = parse_token_line(&line, dir.path());
     assert_eq!(url, format!("http://127.0.0.1:{http}/webhooks/ingest"));
     let mut expected = Vec::new();
     for push in 0..20 {
@@ -105,13 +105,18 @@ async fn default_run_as_a_new_user() {
         line.starts_with("entity-bridge: generated a webhook token"),
         "{line}"
     );
-    let (token, url) = parse_token_line(&line);
+    // Regression: the token was printed to stdout even when stdout was a pipe (log collectors).
+    assert!(
+        line.contains("not printed because stdout is not a terminal"),
+        "{line}"
+    );
+    let (token, url) = parse_token_line(&line, dir.path());
     assert_eq!(token.len(), 64, "32 random bytes, hex");
     assert_eq!(url, format!("http://127.0.0.1:{http}/webhooks/quickstart"));
-    // The token is printed in that one line, never in a log line.
+    // Not printed at all: neither in that line nor in a log line.
     assert_eq!(
         bridge.seen.iter().filter(|l| l.contains(&token)).count(),
-        1,
+        0,
         "{:?}",
         bridge.seen
     );
