@@ -1,9 +1,11 @@
 //! Configuration of the embedded log: the sink that appends to it (and owns its retention and
 //! replay resource) and the source that reads it with a named cursor.
 //!
-//! A log is identified by its file. Relative files live under the top-level `data_dir`; every
-//! connector naming the same file shares one log. Sinks sharing a log must agree on its settings
-//! ([`validate_logs`]), so there is exactly one retention policy and one replay route per log.
+//! A log is identified by its file. Relative files live under the top-level `data_dir`. Each
+//! connector writes its own log by default (`<connector>.db`), so a producer's token replays
+//! only what its own connector wrote. Two connectors write one log only when both say so
+//! (`share_log = true`, the same `file`) and agree on its settings ([`validate_logs`]): one
+//! retention policy and one replay route per log, open to the tokens of every writer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,10 +19,14 @@ use crate::secret::SecretRef;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedSinkConfig {
-    /// The log file. A relative path is under `data_dir`. Connectors naming the same file share
-    /// one log.
-    #[serde(default = "default_file")]
-    pub file: PathBuf,
+    /// The log file. A relative path is under `data_dir`. Default: `<connector>.db`, one log per
+    /// connector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Let other connectors write this log too (each of them must set it, with the same
+    /// `file`). Their webhook tokens can then all replay every event in it.
+    #[serde(default)]
+    pub share_log: bool,
     /// Delete events older than this many hours (0 = no age limit).
     #[serde(default = "default_retention_max_age_hours")]
     pub retention_max_age_hours: u64,
@@ -41,9 +47,25 @@ pub struct EmbeddedSinkConfig {
     /// URL path of the replay resource.
     #[serde(default = "default_replay_path")]
     pub replay_path: String,
-    /// Largest page the replay resource returns; longer results continue via `@odata.nextLink`.
+    /// Largest page the replay resource returns, in events; longer results continue via
+    /// `@odata.nextLink`.
     #[serde(default = "default_replay_max_page_size")]
     pub replay_max_page_size: usize,
+    /// Largest page in bytes of stored events: a page ends early (with a `@odata.nextLink`)
+    /// once it holds this much; a single larger event is still served alone.
+    #[serde(default = "default_replay_max_page_bytes")]
+    pub replay_max_page_bytes: usize,
+    /// Replay requests served at once for this log; more get 429 with `Retry-After`.
+    #[serde(default = "default_replay_max_concurrent_requests")]
+    pub replay_max_concurrent_requests: usize,
+    /// Largest `$skip` accepted (skipping is a scan); page with `$skiptoken` or
+    /// `$filter=EntityEventSequence gt N` instead. Beyond it: 400 naming `$skip`.
+    #[serde(default = "default_replay_max_skip")]
+    pub replay_max_skip: u64,
+    /// Bound on the database work of one replay request (`$count` over a large log, a long
+    /// scan): past it the request is interrupted and answered 503 with `Retry-After`.
+    #[serde(default = "default_replay_query_timeout_ms")]
+    pub replay_query_timeout_ms: u64,
     /// Extra bearer tokens accepted by the replay resource, by reference (consumers that are
     /// not producers). The tokens of webhook connectors writing to this log are accepted too.
     #[serde(default)]
@@ -53,7 +75,8 @@ pub struct EmbeddedSinkConfig {
 impl Default for EmbeddedSinkConfig {
     fn default() -> Self {
         EmbeddedSinkConfig {
-            file: default_file(),
+            file: None,
+            share_log: false,
             retention_max_age_hours: default_retention_max_age_hours(),
             retention_max_bytes: 0,
             retention_interval_seconds: default_retention_interval_seconds(),
@@ -61,6 +84,10 @@ impl Default for EmbeddedSinkConfig {
             replay: true,
             replay_path: default_replay_path(),
             replay_max_page_size: default_replay_max_page_size(),
+            replay_max_page_bytes: default_replay_max_page_bytes(),
+            replay_max_concurrent_requests: default_replay_max_concurrent_requests(),
+            replay_max_skip: default_replay_max_skip(),
+            replay_query_timeout_ms: default_replay_query_timeout_ms(),
             replay_tokens: Vec::new(),
         }
     }
@@ -70,8 +97,8 @@ impl Default for EmbeddedSinkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedSourceConfig {
-    /// The log file to read (a relative path is under `data_dir`).
-    #[serde(default = "default_file")]
+    /// The log file to read (a relative path is under `data_dir`), e.g. `quickstart.db` for the
+    /// log the connector `quickstart` writes by default.
     pub file: PathBuf,
     /// Name of the cursor stored in the log. Default: the connector name.
     #[serde(default)]
@@ -92,7 +119,7 @@ pub struct EmbeddedSourceConfig {
 impl Default for EmbeddedSourceConfig {
     fn default() -> Self {
         EmbeddedSourceConfig {
-            file: default_file(),
+            file: PathBuf::new(),
             cursor: None,
             start: StartPosition::default(),
             max_batch: default_max_batch(),
@@ -112,8 +139,9 @@ pub enum StartPosition {
     Latest,
 }
 
-fn default_file() -> PathBuf {
-    PathBuf::from("events.db")
+/// The log file of `connector` when its sink names none.
+pub fn default_file(connector: &str) -> PathBuf {
+    PathBuf::from(format!("{connector}.db"))
 }
 fn default_retention_max_age_hours() -> u64 {
     168
@@ -129,6 +157,18 @@ fn default_replay_path() -> String {
 }
 fn default_replay_max_page_size() -> usize {
     1000
+}
+fn default_replay_max_page_bytes() -> usize {
+    4 << 20
+}
+fn default_replay_max_concurrent_requests() -> usize {
+    8
+}
+fn default_replay_max_skip() -> u64 {
+    100_000
+}
+fn default_replay_query_timeout_ms() -> u64 {
+    5_000
 }
 fn default_max_batch() -> usize {
     500
@@ -148,7 +188,7 @@ impl EmbeddedSinkConfig {
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
-        if self.file.as_os_str().is_empty() {
+        if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return err("file", "must not be empty");
         }
         if self.retention_interval_seconds == 0 {
@@ -166,12 +206,32 @@ impl EmbeddedSinkConfig {
         if !(1..=10_000).contains(&self.replay_max_page_size) {
             return err("replay_max_page_size", "must be between 1 and 10000");
         }
+        if !(1024..=(256 << 20)).contains(&self.replay_max_page_bytes) {
+            return err(
+                "replay_max_page_bytes",
+                "must be between 1024 and 268435456",
+            );
+        }
+        if !(1..=1024).contains(&self.replay_max_concurrent_requests) {
+            return err(
+                "replay_max_concurrent_requests",
+                "must be between 1 and 1024",
+            );
+        }
+        if !(100..=600_000).contains(&self.replay_query_timeout_ms) {
+            return err("replay_query_timeout_ms", "must be between 100 and 600000");
+        }
         Ok(())
     }
 
-    /// The log file, resolved against `data_dir`.
-    pub fn path(&self, data_dir: &Path) -> PathBuf {
-        data_dir.join(&self.file)
+    /// The log file of `connector`, resolved against `data_dir`.
+    pub fn path(&self, data_dir: &Path, connector: &str) -> PathBuf {
+        data_dir.join(self.file.clone().unwrap_or_else(|| default_file(connector)))
+    }
+
+    /// The resolved log file (after [`super::prepare`]).
+    pub fn resolved_file(&self) -> PathBuf {
+        self.file.clone().unwrap_or_default()
     }
 }
 
@@ -180,7 +240,7 @@ impl EmbeddedSourceConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
         if self.file.as_os_str().is_empty() {
-            return err("file", "must not be empty");
+            return err("file", "is required: the log to read, e.g. `quickstart.db`");
         }
         if let Some(cursor) = &self.cursor {
             if cursor.is_empty() || cursor.len() > 255 {
@@ -236,8 +296,20 @@ pub fn validate_logs(config: &Config) -> Result<(), (String, String, String)> {
         let SinkConfig::Embedded(sink) = &connector.sink else {
             continue;
         };
-        let path = sink.path(&config.data_dir);
+        let path = sink.path(&config.data_dir, name);
         if let Some((other, settings)) = logs.get(&path) {
+            if !(sink.share_log && settings.share_log) {
+                return Err((
+                    name.clone(),
+                    "sink.file".into(),
+                    format!(
+                        "connector `{other}` writes the log `{}` too; two connectors share a log \
+                         only when both set `share_log = true` (their producers' tokens can then \
+                         replay each other's events)",
+                        path.display()
+                    ),
+                ));
+            }
             let mut a = (*settings).clone();
             a.file = sink.file.clone();
             if &a != sink {
@@ -272,7 +344,8 @@ pub fn validate_logs(config: &Config) -> Result<(), (String, String, String)> {
                 name.clone(),
                 "sink.replay_path".into(),
                 format!(
-                    "path `{}` already serves the log `{}`",
+                    "path `{}` already serves the log `{}`; give this connector its own \
+                     `replay_path` (e.g. `/{name}/EntityEvent`) or `replay = false`",
                     sink.replay_path,
                     other.display()
                 ),
@@ -301,26 +374,55 @@ mod tests {
 
     const INGEST: &str = "[source]\ntype = \"webhook\"\n[sink]\ntype = \"embedded\"\n";
 
+    const SHARED: &str =
+        "[source]\ntype = \"webhook\"\n[sink]\ntype = \"embedded\"\nfile = \"events.db\"\nshare_log = true\n";
+
+    #[test]
+    fn each_connector_writes_its_own_log_unless_both_share() {
+        // Regression: two connectors on the default file shared one log and one replay
+        // resource, so producer A's token read producer B's events.
+        let defaults = config(&[("a", INGEST), ("b", INGEST)]);
+        let a = match &defaults.connectors["a"].sink {
+            SinkConfig::Embedded(s) => s.path(Path::new("data"), "a"),
+            _ => unreachable!(),
+        };
+        assert_eq!(a, Path::new("data/a.db"));
+        let (_, key, detail) = validate_logs(&defaults).unwrap_err();
+        assert_eq!(
+            key, "sink.replay_path",
+            "own logs, but one replay path: {detail}"
+        );
+        assert!(detail.contains("/b/EntityEvent"), "{detail}");
+
+        let same_file = INGEST.replace(
+            "type = \"embedded\"",
+            "type = \"embedded\"\nfile = \"events.db\"",
+        );
+        let (name, key, detail) =
+            validate_logs(&config(&[("a", &same_file), ("b", &same_file)])).unwrap_err();
+        assert_eq!((name.as_str(), key.as_str()), ("b", "sink.file"));
+        assert!(detail.contains("share_log = true"), "{detail}");
+        let one_sided = config(&[("a", SHARED), ("b", &same_file)]);
+        assert_eq!(validate_logs(&one_sided).unwrap_err().1, "sink.file");
+    }
+
     #[test]
     fn shared_logs_must_agree_and_replay_paths_must_be_unique() {
-        let same = config(&[("a", INGEST), ("b", INGEST)]);
+        let same = config(&[("a", SHARED), ("b", SHARED)]);
         assert!(
             validate_logs(&same).is_ok(),
             "two writers, one log, same settings"
         );
 
         let differ = config(&[
-            ("a", INGEST),
-            ("b", &format!("{INGEST}retention_max_age_hours = 1\n")),
+            ("a", SHARED),
+            ("b", &format!("{SHARED}retention_max_age_hours = 1\n")),
         ]);
         let (name, key, detail) = validate_logs(&differ).unwrap_err();
         assert_eq!((name.as_str(), key.as_str()), ("b", "sink"));
         assert!(detail.contains("other settings"), "{detail}");
 
-        let two_logs = config(&[
-            ("a", INGEST),
-            ("b", &format!("{INGEST}file = \"other.db\"\n")),
-        ]);
+        let two_logs = config(&[("a", INGEST), ("b", INGEST)]);
         let (_, key, _) = validate_logs(&two_logs).unwrap_err();
         assert_eq!(key, "sink.replay_path");
 
@@ -333,8 +435,8 @@ mod tests {
         assert!(detail.contains("webhook path"), "{detail}");
 
         let readers = config(&[
-            ("a", "[source]\ntype = \"embedded\"\ncursor = \"c\"\n[sink]\ntype = \"embedded\"\nfile = \"copy.db\"\nreplay = false\n"),
-            ("b", "[source]\ntype = \"embedded\"\ncursor = \"c\"\n[sink]\ntype = \"embedded\"\nfile = \"copy2.db\"\nreplay = false\n"),
+            ("a", "[source]\ntype = \"embedded\"\nfile = \"events.db\"\ncursor = \"c\"\n[sink]\ntype = \"embedded\"\nfile = \"copy.db\"\nreplay = false\n"),
+            ("b", "[source]\ntype = \"embedded\"\nfile = \"events.db\"\ncursor = \"c\"\n[sink]\ntype = \"embedded\"\nfile = \"copy2.db\"\nreplay = false\n"),
         ]);
         let (_, key, _) = validate_logs(&readers).unwrap_err();
         assert_eq!(key, "source.cursor");

@@ -95,8 +95,31 @@ pub fn prepare(mut config: Config) -> Result<(Config, Vec<TokenNotice>), Embedde
             _ => {}
         }
         if let SinkConfig::Embedded(s) = &mut connector.sink {
-            s.file = s.path(&data_dir);
+            s.file = Some(s.path(&data_dir, name));
         }
     }
+    warn_about_orphaned_default_log(&config);
     Ok((config, notices))
+}
+
+/// Before each connector had its own log, every embedded sink without a `file` wrote
+/// `events.db`. A log of that name that nothing opens any more is most likely such a log:
+/// say how to keep serving it instead of replaying from an empty `<connector>.db` in silence.
+fn warn_about_orphaned_default_log(config: &Config) {
+    let old = config.data_dir.join("events.db");
+    if !old.is_file() {
+        return;
+    }
+    let used = config.connectors.values().any(|c| {
+        matches!(&c.sink, SinkConfig::Embedded(s) if s.file.as_deref() == Some(old.as_path()))
+            || matches!(&c.source, SourceConfig::Embedded(e) if e.file == old)
+    });
+    if !used {
+        tracing::warn!(
+            file = %old.display(),
+            "no connector uses this log: embedded sinks without `file` now write <connector>.db; \
+             to keep appending to and replaying this one, set `file = \"events.db\"` on the \
+             connector that wrote it (or `share_log = true` on each connector that shared it)"
+        );
+    }
 }

@@ -11,12 +11,21 @@
 //! `@EntityBridge.SourceEntityEventSequence` (plus `@EntityBridge.EntityEventSource` when the
 //! push had that header).
 //!
-//! Authorization: the bearer tokens of every webhook connector writing to the log, plus the
-//! sink's `replay_tokens`, checked like the webhook's (constant time).
+//! Authorization: the bearer tokens of the webhook connectors writing to the log (its own
+//! connector, plus those configured to share it, `share_log`), and the sink's `replay_tokens`,
+//! checked like the webhook's (constant time). A token opens only the logs its connector writes.
+//!
+//! Bounded per request and per log: a page holds at most `replay_max_page_size` events and
+//! about `replay_max_page_bytes` bytes; at most `replay_max_concurrent_requests` requests run
+//! at once (429 beyond); `$skip` is capped (`replay_max_skip`); the database work of a request
+//! is interrupted after `replay_query_timeout_ms` (503). Readers use their own WAL connections,
+//! so a replay never blocks the writer. `@odata.nextLink` is relative, or built from
+//! `http.public_base_url`; never from the request's `Host`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -32,6 +41,7 @@ use serde_json::value::RawValue;
 use super::odata::{parse_query, ReplayQuery};
 use super::store::{Log, StoredEvent, EVENT_COLUMNS};
 use super::EmbeddedError;
+use super::EmbeddedSinkConfig;
 use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::http::problem::{Item, Problem};
 use crate::http::TokenSet;
@@ -39,6 +49,10 @@ use crate::metrics::Metrics;
 
 /// `Retry-After` of a 503 when the store cannot be read.
 const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 5;
+/// `Retry-After` of a 429 when every replay slot of the log is taken.
+const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
+/// SQLite virtual-machine steps between two looks at the query deadline.
+const PROGRESS_STEPS: std::ffi::c_int = 1_000;
 /// Annotation carrying the producer's own `EntityEventSequence`.
 pub const SOURCE_SEQUENCE_ANNOTATION: &str = "@EntityBridge.SourceEntityEventSequence";
 /// Annotation carrying the push's `EntityEventSource` header.
@@ -48,10 +62,22 @@ pub const SOURCE_LABEL_ANNOTATION: &str = "@EntityBridge.EntityEventSource";
 struct Replay {
     connector: String,
     path: String,
+    /// `http.public_base_url` without its trailing `/`; empty: relative links.
+    base: String,
     log: Arc<Log>,
     tokens: TokenSet,
-    max_page: u64,
+    limits: PageLimits,
+    max_skip: u64,
+    query_timeout: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
+}
+
+/// How large one page may be.
+#[derive(Debug, Clone, Copy)]
+struct PageLimits {
+    events: u64,
+    bytes: usize,
 }
 
 /// One page of results.
@@ -64,7 +90,9 @@ struct Page {
 /// Routes for every log with `replay = true`. `config` must be prepared ([`super::prepare`]):
 /// files resolved, generated webhook tokens filled in.
 pub async fn replay_router(config: &Config, metrics: &Metrics) -> Result<Router, EmbeddedError> {
-    let mut logs: BTreeMap<PathBuf, (String, String, u64, Vec<crate::secret::SecretRef>)> =
+    // Per log: the first writing connector and its settings (writers of a shared log agree on
+    // them, `validate_logs`), and the tokens of every writer.
+    let mut logs: BTreeMap<PathBuf, (String, EmbeddedSinkConfig, Vec<crate::secret::SecretRef>)> =
         BTreeMap::new();
     for (name, connector) in &config.connectors {
         let SinkConfig::Embedded(sink) = &connector.sink else {
@@ -73,20 +101,22 @@ pub async fn replay_router(config: &Config, metrics: &Metrics) -> Result<Router,
         if !sink.replay {
             continue;
         }
-        let entry = logs.entry(sink.file.clone()).or_insert_with(|| {
-            (
-                name.clone(),
-                sink.replay_path.clone(),
-                sink.replay_max_page_size as u64,
-                sink.replay_tokens.clone(),
-            )
-        });
+        let entry = logs
+            .entry(sink.resolved_file())
+            .or_insert_with(|| (name.clone(), sink.clone(), sink.replay_tokens.clone()));
         if let SourceConfig::Webhook(w) = &connector.source {
-            entry.3.extend(w.tokens.iter().cloned());
+            entry.2.extend(w.tokens.iter().cloned());
         }
     }
+    let base = config
+        .http
+        .public_base_url
+        .as_deref()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_owned();
     let mut router = Router::new();
-    for (file, (connector, path, max_page, refs)) in logs {
+    for (file, (connector, sink, refs)) in logs {
         let secrets = refs
             .iter()
             .map(|r| r.resolve())
@@ -104,13 +134,23 @@ pub async fn replay_router(config: &Config, metrics: &Metrics) -> Result<Router,
                 connector: connector.clone(),
                 source,
             })?;
+        let path = sink.replay_path.clone();
         tracing::info!(%connector, %path, "replay resource ready");
         let state = Arc::new(Replay {
             connector,
             path: path.clone(),
+            base: base.clone(),
             log,
             tokens: TokenSet::new(&secrets),
-            max_page,
+            limits: PageLimits {
+                events: sink.replay_max_page_size as u64,
+                bytes: sink.replay_max_page_bytes,
+            },
+            max_skip: sink.replay_max_skip,
+            query_timeout: Duration::from_millis(sink.replay_query_timeout_ms),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                sink.replay_max_concurrent_requests,
+            )),
             metrics: metrics.clone(),
         });
         router = router.route(&path, get(handle).with_state(state));
@@ -152,13 +192,55 @@ impl Replay {
                 detail: e.to_string(),
             }])
         })?;
-        let page_size = q.top.unwrap_or(u64::MAX).min(self.max_page);
+        if q.skip > self.max_skip {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported or invalid query option `$skip`",
+            )
+            .with_errors([Item {
+                pointer: None,
+                header: None,
+                detail: format!(
+                    "`$skip`: at most {} (skipping is a scan); page with @odata.nextLink or \
+                     $filter=EntityEventSequence gt N",
+                    self.max_skip
+                ),
+            }]));
+        }
+        // Held until the database work ends, even when the client goes away first.
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many replay requests for this log at once; retry later",
+            )
+            .retry_after(BUSY_RETRY_AFTER_SECONDS)
+        })?;
+        let limits = PageLimits {
+            events: q.top.unwrap_or(u64::MAX).min(self.limits.events),
+            ..self.limits
+        };
         let query = q.clone();
+        let deadline = Instant::now() + self.query_timeout;
         let page = self
             .log
-            .read(move |conn| query_page(conn, &query, page_size))
+            .read(move |conn| {
+                let _slot = slot;
+                conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
+                let page = query_page(conn, &query, limits);
+                conn.progress_handler(0, None::<fn() -> bool>);
+                page
+            })
             .await
             .map_err(|e| {
+                if matches!(e, super::store::StoreError::Interrupted) {
+                    tracing::warn!(connector = %self.connector, timeout_ms = self.query_timeout.as_millis() as u64, "replay query interrupted at replay_query_timeout_ms");
+                    return Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the query took longer than this log allows (replay_query_timeout_ms); \
+                         narrow it with $filter=EntityEventSequence gt N or leave out $count",
+                    )
+                    .retry_after(UNAVAILABLE_RETRY_AFTER_SECONDS);
+                }
                 tracing::warn!(connector = %self.connector, error = %e, "replay query failed");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -168,7 +250,7 @@ impl Replay {
             })?;
         self.metrics
             .replay_events(&self.connector, page.events.len() as u64);
-        let next = self.next_link(headers, &q, &page);
+        let next = self.next_link(&q, &page);
         let mut body = Vec::with_capacity(
             128 + page
                 .events
@@ -204,7 +286,8 @@ impl Replay {
     }
 
     /// Server-driven paging: the same query continued after the last position of this page.
-    fn next_link(&self, headers: &HeaderMap, q: &ReplayQuery, page: &Page) -> Option<String> {
+    /// Relative unless `http.public_base_url` is set: the request's `Host` is not trusted.
+    fn next_link(&self, q: &ReplayQuery, page: &Page) -> Option<String> {
         let last = page.events.last()?.position;
         let returned = page.events.len() as u64;
         let remaining = match q.top {
@@ -215,15 +298,7 @@ impl Replay {
         if !page.more {
             return None;
         }
-        let mut link = String::new();
-        if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-            let scheme = headers
-                .get("x-forwarded-proto")
-                .and_then(|h| h.to_str().ok())
-                .filter(|p| *p == "https" || *p == "http")
-                .unwrap_or("http");
-            link.push_str(&format!("{scheme}://{host}"));
-        }
+        let mut link = self.base.clone();
         link.push_str(&self.path);
         link.push('?');
         let mut query = form_urlencoded::Serializer::new(String::new());
@@ -243,7 +318,7 @@ impl Replay {
     }
 }
 
-fn query_page(conn: &Connection, q: &ReplayQuery, page_size: u64) -> rusqlite::Result<Page> {
+fn query_page(conn: &Connection, q: &ReplayQuery, limits: PageLimits) -> rusqlite::Result<Page> {
     let mut page = Page {
         events: Vec::new(),
         more: false,
@@ -278,15 +353,24 @@ fn query_page(conn: &Connection, q: &ReplayQuery, page_size: u64) -> rusqlite::R
         n + 2
     );
     params.push(Value::Integer(
-        page_size.saturating_add(1).min(i64::MAX as u64) as i64,
+        limits.events.saturating_add(1).min(i64::MAX as u64) as i64,
     ));
     params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(&params), StoredEvent::from_row)?;
-    page.events = rows.collect::<rusqlite::Result<_>>()?;
-    if page.events.len() as u64 > page_size {
-        page.events.truncate(page_size as usize);
-        page.more = true;
+    let mut rows = stmt.query(rusqlite::params_from_iter(&params))?;
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let event = StoredEvent::from_row(row)?;
+        // Full in events, or this one would take the page past its bytes (a page always
+        // holds at least one event, however large).
+        let full = page.events.len() as u64 >= limits.events
+            || (!page.events.is_empty() && bytes + event.payload.len() > limits.bytes);
+        if full {
+            page.more = true;
+            break;
+        }
+        bytes += event.payload.len();
+        page.events.push(event);
     }
     Ok(page)
 }
@@ -372,6 +456,101 @@ mod tests {
         assert_eq!(
             text,
             r#"{"@EntityBridge.SourceEntityEventSequence":1101,"@EntityBridge.EntityEventSource":"IDX Feed 123","EntityEventSequence":7,"ResourceName":"Property","ResourceRecordKey":"235021","Data":{"ListPrice": 450000.00, "X":[1, 2]}}"#
+        );
+    }
+
+    /// A replay resource over a fresh log of `events` small events.
+    async fn replay(
+        dir: &std::path::Path,
+        events: usize,
+        timeout: Duration,
+        slots: usize,
+    ) -> Replay {
+        let log = Log::open(&dir.join("replay.db")).unwrap();
+        let batch: Vec<crate::connector::Message> = (1..=events as i64)
+            .map(|i| crate::connector::Message {
+                sequence: i,
+                resource_name: "Property".into(),
+                record_key: format!("K{i}"),
+                source_label: None,
+                payload: bytes::Bytes::from(format!(
+                    r#"{{"EntityEventSequence":{i},"ResourceName":"Property","ResourceRecordKey":"K{i}"}}"#
+                )),
+                origin: None,
+            })
+            .collect();
+        for chunk in batch.chunks(1000) {
+            log.append("t", chunk).await.unwrap();
+        }
+        Replay {
+            connector: "t".into(),
+            path: "/EntityEvent".into(),
+            base: String::new(),
+            log,
+            tokens: TokenSet::new(&[crate::secret::Secret::new("tok")]),
+            limits: PageLimits {
+                events: 1000,
+                bytes: 4 << 20,
+            },
+            max_skip: 100_000,
+            query_timeout: timeout,
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            metrics: Metrics::new(),
+        }
+    }
+
+    fn bearer() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tok"),
+        );
+        headers
+    }
+
+    fn status(result: Result<Response, Problem>) -> (u16, Option<String>) {
+        let response = match result {
+            Ok(r) => r,
+            Err(p) => p.into_response(),
+        };
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), retry)
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_concurrency_cap_get_429() {
+        let dir = tempfile::tempdir().unwrap();
+        let replay = replay(dir.path(), 3, Duration::from_secs(5), 1).await;
+        let held = replay.slots.clone().try_acquire_owned().unwrap();
+        assert_eq!(
+            status(replay.serve(&bearer(), None).await),
+            (429, Some("1".into()))
+        );
+        drop(held);
+        assert_eq!(status(replay.serve(&bearer(), None).await).0, 200);
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_time_limit_is_interrupted_with_503() {
+        let dir = tempfile::tempdir().unwrap();
+        // No time at all: the first look at the deadline interrupts the count.
+        let replay = replay(dir.path(), 5000, Duration::ZERO, 4).await;
+        let (code, retry) = status(replay.serve(&bearer(), Some("$count=true")).await);
+        assert_eq!((code, retry.as_deref()), (503, Some("5")));
+        // The connection goes back to the pool without the handler: the next query is fine.
+        let mut patient = replay;
+        patient.query_timeout = Duration::from_secs(30);
+        assert_eq!(
+            status(patient.serve(&bearer(), Some("$count=true")).await).0,
+            200
+        );
+        assert_eq!(
+            patient.slots.available_permits(),
+            4,
+            "every slot is back once the work ended"
         );
     }
 }

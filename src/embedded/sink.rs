@@ -39,7 +39,7 @@ impl EmbeddedSinkConfig {
             connector: connector.to_owned(),
             source,
         };
-        let log = Log::open_async(self.file.clone()).await.map_err(fail)?;
+        let log = Log::open_async(self.resolved_file()).await.map_err(fail)?;
         log.set_max_file_bytes(self.max_file_bytes)
             .await
             .map_err(fail)?;

@@ -78,6 +78,9 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("the log's writer has stopped")]
     Closed,
+    /// A read ran past its time limit and was interrupted (the replay query timeout).
+    #[error("the query ran past its time limit")]
+    Interrupted,
     /// Any other SQLite or I/O failure; nothing of the failed write was committed.
     #[error("log store error: {0}")]
     Store(String),
@@ -95,6 +98,7 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => StoreError::Full(e.to_string()),
+            Some(ErrorCode::OperationInterrupted) => StoreError::Interrupted,
             _ => StoreError::Store(e.to_string()),
         }
     }

@@ -49,7 +49,7 @@ async fn embedded_source_delivers_everything_to_kafka_once() {
     setup.write_connector(
         "egress",
         &format!(
-            "[source]\ntype = \"embedded\"\nmax_batch = 7\n\n[sink]\ntype = \"kafka\"\n\
+            "[source]\ntype = \"embedded\"\nfile = \"ingest.db\"\nmax_batch = 7\n\n[sink]\ntype = \"kafka\"\n\
              bootstrap_servers = \"{}\"\ntopic_template = \"{prefix}.{{ResourceName}}\"\n\
              topic_partitions = 2\n\n[retry]\nmin_backoff_ms = 50\nmax_backoff_ms = 500\n",
             kafka()
@@ -60,7 +60,7 @@ async fn embedded_source_delivers_everything_to_kafka_once() {
         let body = payload(&events(push * 10 + 1, 10));
         assert_eq!(bridge.post("/webhooks/ingest", &body).await.status(), 200);
     }
-    let log = Log::open(&setup.path("data/events.db")).unwrap();
+    let log = Log::open(&setup.path("data/ingest.db")).unwrap();
     wait_cursor(&log, 30).await;
 
     let property = format!("{prefix}.Property");
@@ -100,7 +100,7 @@ async fn embedded_source_delivers_everything_to_kafka_once() {
     let bridge = setup.start().await;
     let body = payload(&events(31, 5));
     assert_eq!(bridge.post("/webhooks/ingest", &body).await.status(), 200);
-    let log = Log::open(&setup.path("data/events.db")).unwrap();
+    let log = Log::open(&setup.path("data/ingest.db")).unwrap();
     wait_cursor(&log, 35).await;
     // Read both topics from the start until 35 events arrived and nothing more came for 2 s
     // (tansu's high watermarks are not exact, so the topics are read, not measured).

@@ -61,7 +61,7 @@ async fn a_full_log_answers_503_and_keeps_what_it_acknowledged() {
     assert_eq!(producer, (1..=2 * accepted as i64).collect::<Vec<_>>());
     bridge.stop().await;
 
-    let conn = rusqlite::Connection::open(setup.path("data/events.db")).unwrap();
+    let conn = rusqlite::Connection::open(setup.path("data/ingest.db")).unwrap();
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();

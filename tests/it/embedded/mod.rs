@@ -146,14 +146,20 @@ pub async fn get_json(url: &str, token: Option<&str>) -> (u16, serde_json::Value
     (status, body)
 }
 
-/// Follows `@odata.nextLink` from `url`; returns every event served and the number of pages.
+/// Follows `@odata.nextLink` from `url` (relative links resolved against the page's URL, as
+/// OData clients do); returns every event served and the number of pages.
 pub async fn replay_all(url: &str, token: &str) -> (Vec<serde_json::Value>, usize) {
     let (mut events, mut pages, mut next) = (Vec::new(), 0, Some(url.to_owned()));
     while let Some(url) = next.take() {
         let (status, body) = get_json(&url, Some(token)).await;
         assert_eq!(status, 200, "{url}: {body}");
         events.extend(body["value"].as_array().unwrap().iter().cloned());
-        next = body["@odata.nextLink"].as_str().map(str::to_owned);
+        next = body["@odata.nextLink"].as_str().map(|link| {
+            reqwest::Url::parse(&url)
+                .and_then(|base| base.join(link))
+                .unwrap_or_else(|e| panic!("nextLink {link}: {e}"))
+                .to_string()
+        });
         pages += 1;
         assert!(pages < 10_000, "paging does not end");
     }
@@ -278,13 +284,22 @@ impl Drop for Proc {
     }
 }
 
-/// Splits the printed token line into `(token, webhook URL)`.
-pub fn parse_token_line(line: &str) -> (String, String) {
-    let token = line
+/// Splits the printed token line into `(token, webhook URL)`. Under a test stdout is a pipe,
+/// so the line names the token file (`$(cat data/tokens/<connector>.token)`, relative to the
+/// bridge's working directory `dir`) and the token is read from there.
+pub fn parse_token_line(line: &str, dir: &Path) -> (String, String) {
+    let bearer = line
         .split("Bearer ")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
-        .expect("line has a bearer token")
+        .expect("line has a bearer token");
+    let file = bearer
+        .strip_prefix("$(cat ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("a piped stdout gets the token file, not the token: {line}"));
+    let token = std::fs::read_to_string(dir.join(file))
+        .expect("the named token file")
+        .trim_end()
         .to_owned();
     let url = line
         .split_whitespace()

@@ -33,7 +33,7 @@ async fn embedded_source_delivers_everything_to_a_consumer_endpoint() {
     setup.write_connector(
         "egress",
         &format!(
-            "[source]\ntype = \"embedded\"\nmax_batch = 8\n\n[sink]\ntype = \"webhook\"\nurl = {:?}\n\
+            "[source]\ntype = \"embedded\"\nfile = \"ingest.db\"\nmax_batch = 8\n\n[sink]\ntype = \"webhook\"\nurl = {:?}\n\
              [sink.auth]\ntype = \"token\"\ntoken = {{ file = {:?} }}\n\n\
              [sink.dead_letter]\ntype = \"kafka\"\nbootstrap_servers = {:?}\ntopic = {:?}\n\n\
              [retry]\nmin_backoff_ms = 50\nmax_backoff_ms = 500\n",
@@ -60,7 +60,7 @@ async fn embedded_source_delivers_everything_to_a_consumer_endpoint() {
         expected.extend(events.iter().map(|(s, _, k)| (k.to_string(), *s)));
     }
     receiver.wait_delivered(24, Duration::from_secs(30)).await;
-    let log = Log::open(&setup.path("data/events.db")).unwrap();
+    let log = Log::open(&setup.path("data/ingest.db")).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while log.cursor("egress").await.unwrap() != Some(24) {
         assert!(

@@ -50,11 +50,8 @@ async fn paging_returns_every_event_once_in_order() {
         "server page limit"
     );
     let next = first["@odata.nextLink"].as_str().unwrap();
-    assert!(
-        next.starts_with(&format!("{}/EntityEvent?", bridge.base)),
-        "{next}"
-    );
-    let (next_status, second) = get_json(next, Some(TOKEN)).await;
+    assert!(next.starts_with("/EntityEvent?"), "relative: {next}");
+    let (next_status, second) = get_json(&format!("{}{next}", bridge.base), Some(TOKEN)).await;
     assert_eq!(next_status, 200);
     assert_eq!(second["@odata.count"], 25, "count is stable across pages");
 
@@ -202,4 +199,133 @@ async fn unsupported_queries_are_400_and_auth_is_required() {
     );
     assert!(metrics.contains("entity_bridge_embedded_log_events{connector=\"ingest\"} 25"));
     drop(setup);
+}
+
+/// Regression: `@odata.nextLink` echoed the request's `Host` (and `X-Forwarded-Proto`), so a
+/// forged header made the bridge hand out links to another site.
+#[tokio::test(flavor = "multi_thread")]
+async fn next_link_never_comes_from_the_host_header() {
+    let (setup, bridge, _) = filled().await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/EntityEvent", bridge.base))
+        .bearer_auth(TOKEN)
+        .header("host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let next = body["@odata.nextLink"].as_str().unwrap();
+    assert!(next.starts_with("/EntityEvent?$skiptoken=4"), "{next}");
+    bridge.stop().await;
+
+    // With a public base URL the links are absolute, from the configuration.
+    let bridge_toml = std::fs::read_to_string(setup.path("bridge.toml")).unwrap();
+    std::fs::write(
+        setup.path("bridge.toml"),
+        bridge_toml.replace(
+            "[http]\n",
+            "[http]\npublic_base_url = \"https://bridge.example.com/reso/\"\n",
+        ),
+    )
+    .unwrap();
+    let bridge = setup.start().await;
+    let (_, body) = bridge.replay("").await;
+    let next = body["@odata.nextLink"].as_str().unwrap();
+    assert!(
+        next.starts_with("https://bridge.example.com/reso/EntityEvent?$skiptoken=4"),
+        "{next}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_bounded_in_bytes_and_skip_is_capped() {
+    let setup = Setup::new(&[]);
+    setup.write_connector(
+        "ingest",
+        &format!(
+            "{}\n[sink]\ntype = \"embedded\"\nreplay_max_page_bytes = 8192\nreplay_max_skip = 10\n",
+            setup.webhook_source("")
+        ),
+    );
+    let bridge = setup.start().await;
+    let big = "x".repeat(3000);
+    let body = format!(
+        r#"{{"value":[{}]}}"#,
+        (1..=9)
+            .map(|i| format!(
+                r#"{{"EntityEventSequence":{i},"ResourceName":"Property","ResourceRecordKey":"K{i}","Data":{{"Remarks":"{big}"}}}}"#
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(bridge.post("/webhooks/ingest", &body).await.status(), 200);
+    let (_, first) = bridge.replay("").await;
+    assert_eq!(
+        first["value"].as_array().unwrap().len(),
+        2,
+        "about 3 KB per event, 8 KiB per page"
+    );
+    let (events, pages) = replay_all(&format!("{}/EntityEvent", bridge.base), TOKEN).await;
+    assert_eq!(sequences(&events), (1..=9).collect::<Vec<_>>());
+    assert_eq!(pages, 5);
+
+    let (status, problem) = bridge.replay("?$skip=11").await;
+    assert_eq!(status, 400);
+    let detail = problem["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("$skip") && detail.contains("at most 10"),
+        "{problem}"
+    );
+    let (status, _) = bridge.replay("?$skip=10").await;
+    assert_eq!(status, 200);
+}
+
+/// Regression: connectors on the default file shared one log and one replay resource, so
+/// producer A's token read producer B's events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_replays_only_its_own_connectors_log() {
+    let setup = Setup::new(&[]);
+    std::fs::write(setup.path("token-b"), "token-of-producer-b\n").unwrap();
+    setup.write_connector(
+        "a",
+        &format!(
+            "{}\n[sink]\ntype = \"embedded\"\n",
+            setup.webhook_source("")
+        ),
+    );
+    setup.write_connector(
+        "b",
+        &format!(
+            "[source]\ntype = \"webhook\"\ntokens = [{{ file = {:?} }}]\n\
+             [sink]\ntype = \"embedded\"\nreplay_path = \"/b/EntityEvent\"\n",
+            setup.path("token-b").display().to_string()
+        ),
+    );
+    let bridge = setup.start().await;
+    assert_eq!(
+        bridge
+            .post("/webhooks/a", &payload(&[(1, "Property", "A1")]))
+            .await
+            .status(),
+        200
+    );
+    let r = post(
+        &format!("{}/webhooks/b", bridge.base),
+        "token-of-producer-b",
+        &payload(&[(1, "Property", "B1"), (2, "Property", "B2")]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(setup.path("data/a.db").is_file() && setup.path("data/b.db").is_file());
+
+    let a_log = format!("{}/EntityEvent", bridge.base);
+    let b_log = format!("{}/b/EntityEvent", bridge.base);
+    let (status, body) = get_json(&a_log, Some(TOKEN)).await;
+    assert_eq!((status, body["value"].as_array().unwrap().len()), (200, 1));
+    let (status, body) = get_json(&b_log, Some("token-of-producer-b")).await;
+    assert_eq!((status, body["value"].as_array().unwrap().len()), (200, 2));
+    assert_eq!(get_json(&b_log, Some(TOKEN)).await.0, 401);
+    assert_eq!(get_json(&a_log, Some("token-of-producer-b")).await.0, 401);
 }

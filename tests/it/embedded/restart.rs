@@ -26,7 +26,7 @@ async fn acknowledged_events_survive_a_restart_and_positions_keep_increasing() {
     assert_eq!(r.status(), 200);
     bridge.stop().await;
     assert!(
-        setup.path("data/events.db").is_file(),
+        setup.path("data/ingest.db").is_file(),
         "the log is under data_dir"
     );
 
