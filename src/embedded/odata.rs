@@ -90,6 +90,14 @@ pub fn parse_query(raw: Option<&str>) -> Result<ReplayQuery, QueryError> {
     }
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if key.is_empty() {
+            // `?&$top=1`, `?=`: an empty segment is nothing; a value without a name is refused
+            // (found by the property tests: it was answered as the option ``).
+            if value.is_empty() {
+                continue;
+            }
+            return Err(error("query", "a query option has a value but no name"));
+        }
         if seen.iter().any(|k| *k == key) {
             return Err(error(&key, "given more than once"));
         }
@@ -419,9 +427,12 @@ mod tests {
             ("$count=yes", "$count"),
             ("$skiptoken=abc", "$skiptoken"),
             ("$top=1&$top=2", "$top"),
+            ("=x", "query"),
         ] {
             assert_eq!(refused(raw).option, option, "{raw}");
         }
+        // Empty segments are nothing.
+        assert_eq!(parse_query(Some("&$top=1&&=")).unwrap().top, Some(1));
     }
 
     fn filter(text: &str) -> String {

@@ -9,6 +9,7 @@ mod egress;
 mod egress_dead_letter;
 mod egress_process;
 mod embedded;
+mod fuzz;
 mod hostile;
 mod kafka_ingress;
 mod openapi;
