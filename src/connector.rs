@@ -44,14 +44,18 @@ pub struct Origin {
 pub enum RejectKind {
     /// The message cannot be routed (e.g. an unknown `ResourceName` under a `reject` policy).
     Unroutable,
-    /// The message is larger than the bus accepts.
+    /// The message is larger than the bus accepts (found before anything was sent).
     TooLarge,
+    /// The bus itself refused the message as too large after the batch was handed over: the
+    /// other messages of the batch may have been published.
+    RefusedBySink,
 }
 
 /// A sink's failure, classified by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Message `index` of the batch can never be accepted; nothing of the batch was sent.
+    /// Message `index` of the batch can never be accepted; nothing of the batch was sent, except
+    /// under [`RejectKind::RefusedBySink`].
     #[error("message {index} rejected: {detail}")]
     Rejected {
         /// Position of the message in the batch.

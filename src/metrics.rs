@@ -242,7 +242,7 @@ impl Metrics {
             ),
             request_bytes_in_flight: gauge(
                 "entity_bridge_request_bytes_in_flight",
-                "Decompressed body bytes of webhook requests currently being processed.",
+                "Bytes of the in-flight budget (max_in_flight_bytes) held by webhook request bodies being read or processed: decompressed size, taken as the bytes arrive.",
                 &["connector"],
             ),
             events_received: counter(

@@ -102,12 +102,15 @@ pub struct BodyLimits {
 /// The connector's in-flight byte budget: bytes of request bodies held in memory at once.
 pub struct ByteBudget {
     semaphore: Arc<Semaphore>,
+    /// Follows the bytes taken (`entity_bridge_request_bytes_in_flight`), as they are taken.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 /// A share of the [`ByteBudget`], returned when dropped.
 #[derive(Debug, Default)]
 pub struct BudgetShare {
     permit: Option<OwnedSemaphorePermit>,
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl ByteBudget {
@@ -115,7 +118,14 @@ impl ByteBudget {
     pub fn new(bytes: usize) -> Self {
         ByteBudget {
             semaphore: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            gauge: None,
         }
+    }
+
+    /// The same budget, reporting the bytes taken to `gauge` while bodies are read.
+    pub fn with_gauge(mut self, gauge: prometheus::IntGauge) -> Self {
+        self.gauge = Some(gauge);
+        self
     }
 
     /// Grows `share` to at least `bytes` (in steps, never past `cap`), or fails at once when the
@@ -135,6 +145,10 @@ impl ByteBudget {
         let permit = take(stepped)
             .or_else(|| take(exact))
             .ok_or(BodyError::OverBudget)?;
+        if let Some(gauge) = &self.gauge {
+            gauge.add(permit.num_permits() as i64);
+            share.gauge.get_or_insert_with(|| gauge.clone());
+        }
         match &mut share.permit {
             Some(held) => held.merge(permit),
             None => share.permit = Some(permit),
@@ -147,6 +161,14 @@ impl BudgetShare {
     /// Bytes of the budget this share holds.
     pub fn bytes(&self) -> usize {
         self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.sub(self.bytes() as i64);
+        }
     }
 }
 
@@ -415,7 +437,8 @@ mod tests {
     #[tokio::test]
     async fn the_budget_is_taken_while_reading_and_given_back() {
         let pool = BodyPool::new();
-        let budget = ByteBudget::new(200 * 1024);
+        let gauge = prometheus::IntGauge::new("bytes", "bytes").unwrap();
+        let budget = ByteBudget::new(200 * 1024).with_gauge(gauge.clone());
         let limits = BodyLimits {
             max_bytes: 1 << 20,
             max_ratio: 100,
@@ -442,6 +465,8 @@ mod tests {
             .await
             .unwrap();
         assert!(share.bytes() >= first.len());
+        // The gauge follows the budget (it used to count a body only once read whole).
+        assert_eq!(gauge.get(), share.bytes() as i64);
         let err = pool
             .read(
                 streamed(vec![vec![b'b'; 40 * 1024], vec![b'b'; 40 * 1024]]),
@@ -463,6 +488,11 @@ mod tests {
             .await;
         assert!(matches!(err, Err(BodyError::OverBudget)), "{err:?}");
         drop(share);
+        assert_eq!(
+            gauge.get(),
+            0,
+            "failed reads and dropped shares give everything back"
+        );
         let (body, _) = pool
             .read(
                 streamed(vec![packed]),

@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::HeaderValue;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -166,21 +165,14 @@ impl Connection {
         let Connection {
             builder,
             router,
-            tls,
+            tls: _,
             timeouts,
             watcher,
         } = self;
-        let https = tls.is_some();
         let requests = activity.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let router = router.clone();
             let done = Busy::start(&requests);
-            if https {
-                // Overrides any client value: links name the scheme really used.
-                request
-                    .headers_mut()
-                    .insert("x-forwarded-proto", HeaderValue::from_static("https"));
-            }
             async move {
                 let response = router.oneshot(request.map(Body::new)).await;
                 drop(done);

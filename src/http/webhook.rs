@@ -78,7 +78,8 @@ impl WebhookConnector {
             body_timeout,
             bodies: BodyPool::new(),
             requests: Arc::new(Semaphore::new(config.max_in_flight_requests)),
-            bytes: ByteBudget::new(config.max_in_flight_bytes),
+            bytes: ByteBudget::new(config.max_in_flight_bytes)
+                .with_gauge(metrics.request_bytes_in_flight(name)),
             overload_retry_after: config.overload_retry_after_seconds,
             unavailable_retry_after: config.unavailable_retry_after_seconds,
             metrics,
@@ -148,11 +149,6 @@ impl WebhookConnector {
                 .close_connection());
             }
         };
-        let bytes_gauge = self.metrics.request_bytes_in_flight(&self.name);
-        let len = body.len() as i64;
-        bytes_gauge.add(len);
-        let _bytes = scopeguard(move || bytes_gauge.sub(len));
-
         let source_label = source_label(&headers).inspect_err(|_| {
             self.metrics.request_rejected(&self.name, "invalid");
         })?;
@@ -205,18 +201,31 @@ impl WebhookConnector {
                     pointer.push('/');
                     pointer.push_str(field);
                 }
-                let (status, outcome) = match kind {
-                    RejectKind::Unroutable => (StatusCode::BAD_REQUEST, "unroutable"),
-                    RejectKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                let (status, outcome, title) = match kind {
+                    RejectKind::Unroutable => (
+                        StatusCode::BAD_REQUEST,
+                        "unroutable",
+                        "nothing was published",
+                    ),
+                    RejectKind::TooLarge => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "nothing was published",
+                    ),
+                    // Found only once the batch was with the broker: say so, never "nothing".
+                    RejectKind::RefusedBySink => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "other events of this push may already be published (resend the push \
+                         without this event; consumers deduplicate by EntityEventSequence)",
+                    ),
                 };
                 self.metrics.request_rejected(&self.name, outcome);
-                Problem::new(status, format!("nothing was published: {detail}")).with_errors([
-                    Item {
-                        pointer: Some(pointer),
-                        header: None,
-                        detail,
-                    },
-                ])
+                Problem::new(status, format!("{title}: {detail}")).with_errors([Item {
+                    pointer: Some(pointer),
+                    header: None,
+                    detail,
+                }])
             }
             SinkError::Overloaded { reason } => {
                 tracing::info!(connector = %self.name, %reason, "sink overloaded; answering 429");

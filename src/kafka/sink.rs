@@ -290,8 +290,8 @@ impl KafkaSink {
                 Err(SinkError::Rejected {
                     index,
                     field: None,
-                    detail: "the broker refused the event as too large".into(),
-                    kind: RejectKind::TooLarge,
+                    detail: "the broker refused the event as too large for its topic".into(),
+                    kind: RejectKind::RefusedBySink,
                 })
             }
             Err((_, e)) => Err(unavailable(format!("delivery failed: {e}"))),
