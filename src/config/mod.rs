@@ -367,6 +367,18 @@ impl Config {
                 "must be between 1 and 86400000 (one day)".into(),
             ));
         }
+        // Durations from config are added to `Instant::now()`: bounded, never an overflow.
+        for (key, ms) in [
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("admin.ready_timeout_ms", self.admin.ready_timeout_ms),
+        ] {
+            if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&ms) {
+                return Err(listener(
+                    key.into(),
+                    "must be between 1 and 86400000 (one day)".into(),
+                ));
+            }
+        }
         if let Some(base) = &self.http.public_base_url {
             check_public_base_url(base).map_err(|d| listener("http.public_base_url".into(), d))?;
         }
@@ -456,6 +468,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: `shutdown_timeout_ms = 18446744073709551615` passed `check` and panicked the
+    /// process at shutdown (`Instant + Duration` overflow).
+    #[test]
+    fn timeouts_from_config_are_bounded() {
+        let mut config = Config::default();
+        config.validate(&|_| String::new()).unwrap();
+        config.shutdown_timeout_ms = u64::MAX;
+        match config.validate(&|_| String::new()).unwrap_err() {
+            ConfigError::Invalid { key, .. } => assert_eq!(key, "shutdown_timeout_ms"),
+            other => panic!("{other}"),
+        }
+        config.shutdown_timeout_ms = 30_000;
+        config.admin.ready_timeout_ms = 0;
+        assert!(config.validate(&|_| String::new()).is_err());
+        config.admin.ready_timeout_ms = 3_000;
+        config.http.public_base_url = Some("https://user:pw@bridge.example.com".into());
+        assert!(config.validate(&|_| String::new()).is_err());
+        config.http.public_base_url = Some("https://bridge.example.com/reso".into());
+        config.validate(&|_| String::new()).unwrap();
+    }
 
     #[test]
     fn connector_names() {

@@ -80,13 +80,13 @@ fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, Str
     if first != Some(&b'{') {
         return Err("value is not a JSON object".into());
     }
-    let fields: EventFields =
-        serde_json::from_slice(payload).map_err(|e| format!("value is not valid JSON: {e}"))?;
     if crate::event::deeper_than(payload, max_depth) {
         return Err(format!(
             "value nests objects and arrays deeper than {max_depth} levels (max_json_depth)"
         ));
     }
+    let fields: EventFields =
+        serde_json::from_slice(payload).map_err(|e| format!("value is not valid JSON: {e}"))?;
     let sequence = match record.header("EntityEventSequence") {
         Some(h) => h
             .trim()
@@ -107,6 +107,11 @@ fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, Str
     };
     if !short_name(&resource_name) {
         return Err("ResourceName must be 1 to 255 characters".into());
+    }
+    if !crate::resources::well_formed(&resource_name) {
+        return Err(
+            "ResourceName must be ASCII letters, digits and `_`, not starting with a digit".into(),
+        );
     }
     let record_key = match record.key.map(std::str::from_utf8) {
         Some(Ok(k)) if !k.is_empty() => k.to_owned(),
@@ -287,5 +292,13 @@ mod tests {
         };
         let poison = parse_record(&view, origin(), DEPTH).unwrap_err();
         assert!(poison.reason.contains("deeper than 64"), "{poison:?}");
+        // The ResourceName character rule of the webhook holds for records too.
+        let view = RecordView {
+            payload: Some(event),
+            headers: vec![("ResourceName", b"Open\nHouse")],
+            ..RecordView::default()
+        };
+        let poison = parse_record(&view, origin(), DEPTH).unwrap_err();
+        assert!(poison.reason.contains("ASCII letters"), "{poison:?}");
     }
 }
