@@ -177,6 +177,9 @@ fn default_poll_interval_ms() -> u64 {
     1000
 }
 
+/// Largest `retention_max_age_hours` (100 years).
+pub const MAX_RETENTION_HOURS: u64 = 876_000;
+
 /// Smallest accepted `max_file_bytes` (the schema alone takes a few pages).
 pub const MIN_FILE_BYTES: u64 = 64 * 1024;
 
@@ -191,8 +194,16 @@ impl EmbeddedSinkConfig {
         if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return err("file", "must not be empty");
         }
-        if self.retention_interval_seconds == 0 {
-            return err("retention_interval_seconds", "must be at least 1");
+        // Bounded so the age in milliseconds always fits (a huge value once wrapped negative
+        // and deleted the whole log).
+        if self.retention_max_age_hours > MAX_RETENTION_HOURS {
+            return err(
+                "retention_max_age_hours",
+                "must be at most 876000 (100 years); 0 keeps events forever",
+            );
+        }
+        if !(1..=86_400).contains(&self.retention_interval_seconds) {
+            return err("retention_interval_seconds", "must be between 1 and 86400");
         }
         if self.max_file_bytes != 0 && self.max_file_bytes < MIN_FILE_BYTES {
             return err("max_file_bytes", "must be 0 (no cap) or at least 65536");

@@ -37,7 +37,7 @@ pub fn step(
 ) -> rusqlite::Result<(i64, i64)> {
     let mut through = 0i64;
     if let Some(age) = policy.max_age {
-        let cutoff = now_ms.saturating_sub(age.as_millis() as i64);
+        let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
         through = conn.query_row(
             "SELECT coalesce(max(position), 0) FROM events WHERE appended_at_ms < ?1",
             [cutoff],
@@ -172,6 +172,15 @@ mod tests {
         })
         .await
         .unwrap();
+        // Regression: an age too large for i64 milliseconds wrapped negative and deleted all.
+        let forever = RetentionPolicy {
+            max_age: Some(Duration::from_secs(u64::MAX)),
+            max_bytes: None,
+        };
+        assert_eq!(
+            log.write(move |c| step(c, forever, now)).await.unwrap(),
+            (0, 0)
+        );
         let age = RetentionPolicy {
             max_age: Some(Duration::from_secs(5)),
             max_bytes: None,

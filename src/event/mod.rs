@@ -243,13 +243,8 @@ pub fn parse_payload(body: &Bytes, opts: ParseOptions) -> Result<Payload, Payloa
                     None => sink.push(pointer("", CONTEXT), DETAIL_STRING),
                 }
             }
-            (_, MemberValue::Events(events)) => {
-                if events_value.is_some() {
-                    sink.push(pointer("", VALUE), DETAIL_DUPLICATE);
-                } else {
-                    events_value = Some(events);
-                }
-            }
+            (_, MemberValue::Events(events)) => events_value = Some(events),
+            (_, MemberValue::DuplicateEvents) => sink.push(pointer("", VALUE), DETAIL_DUPLICATE),
             _ => {}
         }
     }
@@ -390,7 +385,7 @@ fn single_valued_event(
         .iter()
         .map(|m| match m.value {
             MemberValue::Raw(raw) => m.key.len() + raw.get().len() + 4,
-            MemberValue::Events(_) => 0,
+            MemberValue::Events(_) | MemberValue::DuplicateEvents => 0,
         })
         .sum::<usize>()
         + 2;

@@ -547,6 +547,23 @@ fn duplicates_rejected() {
         violations(r#"{"value":[],"value":[]}"#),
         vec![v("/value", DETAIL_DUPLICATE)]
     );
+    // Regression: each repeated `value` was read with its own event count, so 1000 members of
+    // 10,000 items each were held before the duplicate was reported. A second `value` is now
+    // skipped unread: its items count for nothing (here 4 items past a limit of 3).
+    let opts = ParseOptions {
+        max_events: 3,
+        ..ParseOptions::default()
+    };
+    let repeated = Bytes::from_static(br#"{"value":[1,1,1],"value":[1,1,1,1],"value":[1,1,1,1]}"#);
+    let err = parse_payload(&repeated, opts).unwrap_err();
+    assert!(
+        err.violations
+            .iter()
+            .any(|x| x.pointer == "/value" && x.detail == DETAIL_DUPLICATE),
+        "{:?}",
+        err.violations
+    );
+    assert!(err.violations.iter().all(|x| x.pointer != "/value/3"));
     assert_eq!(
         violations(r#"{"@reso.context":"a","@reso.context":"b","value":[]}"#),
         vec![v("/@reso.context", DETAIL_DUPLICATE)]

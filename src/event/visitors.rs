@@ -58,6 +58,9 @@ pub(super) struct Member<'a> {
 pub(super) enum MemberValue<'a> {
     Raw(&'a RawValue),
     Events(EventsValue<'a>),
+    /// A second `value` member: skipped unread (a violation), so repeating `value` cannot
+    /// multiply what `max_events` allows.
+    DuplicateEvents,
 }
 
 pub(super) enum EventsValue<'a> {
@@ -111,12 +114,17 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut members = Vec::with_capacity(4);
+        let mut seen_value = false;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if members.len() == MAX_TOP_LEVEL_MEMBERS {
                 self.exceeded.set(Some(Exceeded::Members));
                 return Err(de::Error::custom("too many top-level members"));
             }
-            let value = if key == VALUE {
+            let value = if key == VALUE && seen_value {
+                map.next_value::<IgnoredAny>()?;
+                MemberValue::DuplicateEvents
+            } else if key == VALUE {
+                seen_value = true;
                 MemberValue::Events(map.next_value_seed(EventsVisitor {
                     max_events: self.max_events,
                     exceeded: self.exceeded,

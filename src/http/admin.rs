@@ -45,6 +45,8 @@ pub fn router(state: AdminState) -> Router {
         .route(METRICS_PATH, get(metrics))
         .route(HEALTHZ_PATH, get(healthz))
         .route(READYZ_PATH, get(readyz))
+        .fallback(super::admin_not_found)
+        .method_not_allowed_fallback(super::method_not_allowed)
         .with_state(Arc::new(state))
 }
 

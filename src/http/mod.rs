@@ -46,7 +46,16 @@ pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>, extra: Route
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-async fn method_not_allowed(method: axum::http::Method) -> axum::response::Response {
+/// Unknown admin paths get a problem body too.
+pub(crate) async fn admin_not_found() -> axum::response::Response {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "the admin listener serves /metrics, /healthz and /readyz",
+    )
+    .into_response()
+}
+
+pub(crate) async fn method_not_allowed(method: axum::http::Method) -> axum::response::Response {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {method} is not allowed on this path"),

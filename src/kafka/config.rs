@@ -57,6 +57,10 @@ pub struct KafkaSinkConfig {
     /// Under `resource_names = "any"`: most distinct ResourceNames routed (so topics created).
     #[serde(default = "default_max_resource_names")]
     pub max_resource_names: usize,
+    /// With `{EntityEventSource}` in `topic_template` (a label the producer chooses): most
+    /// distinct topics derived; a push that would derive another is refused with 400.
+    #[serde(default = "default_max_derived_topics")]
+    pub max_derived_topics: usize,
     /// Create missing topics through the Kafka admin API on first use. Turn off for clusters
     /// that forbid it; a missing topic then fails pushes with 503 after `delivery_timeout_ms`.
     #[serde(default = "default_true")]
@@ -107,6 +111,7 @@ impl Default for KafkaSinkConfig {
             resource_names: crate::resources::AcceptResources::default(),
             extra_resource_names: Vec::new(),
             max_resource_names: default_max_resource_names(),
+            max_derived_topics: default_max_derived_topics(),
             create_topics: true,
             topic_partitions: default_partitions(),
             topic_replication_factor: None,
@@ -119,6 +124,9 @@ impl Default for KafkaSinkConfig {
 
 fn default_max_resource_names() -> usize {
     crate::resources::DEFAULT_MAX_RESOURCE_NAMES
+}
+fn default_max_derived_topics() -> usize {
+    256
 }
 fn default_bootstrap() -> String {
     "127.0.0.1:9092".into()
@@ -149,6 +157,9 @@ impl KafkaSinkConfig {
         TopicTemplate::parse(&self.topic_template)
             .map_err(|e| ("topic_template".to_owned(), e.to_string()))?;
         crate::resources::validate(&self.extra_resource_names, self.max_resource_names)?;
+        if self.max_derived_topics == 0 {
+            return Err(("max_derived_topics".into(), "must be at least 1".into()));
+        }
         for (resource, topic) in &self.topics {
             super::topics::check_topic_name(topic)
                 .map_err(|e| (format!("topics.{resource}"), e))?;

@@ -132,6 +132,9 @@ pub struct TopicRouter {
     default_topic: Option<String>,
     policy: ResourcePolicy,
     cache: Option<RwLock<HashMap<String, Route>>>,
+    /// With `{EntityEventSource}` in the template the producer picks part of each topic name:
+    /// the distinct topics derived so far, capped at `max_derived_topics`.
+    derived: Option<(std::sync::Mutex<std::collections::HashSet<Arc<str>>>, usize)>,
 }
 
 /// A routing decision: the topic, or why the event cannot be routed.
@@ -142,7 +145,11 @@ impl TopicRouter {
     pub fn new(config: &KafkaSinkConfig) -> Result<Self, TemplateError> {
         let template = TopicTemplate::parse(&config.topic_template)?;
         let cache = (!template.uses_source()).then(|| RwLock::new(HashMap::new()));
+        let derived = template
+            .uses_source()
+            .then(|| (Default::default(), config.max_derived_topics));
         Ok(TopicRouter {
+            derived,
             template,
             topics: config.topics.clone(),
             unknown: config.unknown_resource,
@@ -173,20 +180,38 @@ impl TopicRouter {
         topic
     }
 
+    /// Counts a topic derived with the push's label; refuses new ones past the cap.
+    fn admit_derived(&self, topic: &Arc<str>, source_label: Option<&str>) -> Result<(), Arc<str>> {
+        let Some((seen, max)) = &self.derived else {
+            return Ok(());
+        };
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(topic) {
+            return Ok(());
+        }
+        if seen.len() >= *max {
+            return Err(Arc::from(format!(
+                "EntityEventSource `{}` would make topic `{topic}`, beyond max_derived_topics = {max} \
+                 distinct topics for this sink",
+                source_label.unwrap_or_default()
+            )));
+        }
+        seen.insert(topic.clone());
+        Ok(())
+    }
+
     fn decide(&self, resource_name: &str, source_label: Option<&str>) -> Route {
         if let Some(topic) = self.topics.get(resource_name) {
             return Ok(Arc::from(topic.as_str()));
         }
         // A topic named after the ResourceName only for names the policy accepts.
         let from_template = || {
-            self.policy
-                .check(resource_name)
-                .map(|()| {
-                    Arc::from(sanitize_topic(
-                        &self.template.render(resource_name, source_label),
-                    ))
-                })
-                .map_err(Arc::from)
+            self.policy.check(resource_name).map_err(Arc::<str>::from)?;
+            let topic: Arc<str> = Arc::from(sanitize_topic(
+                &self.template.render(resource_name, source_label),
+            ));
+            self.admit_derived(&topic, source_label)?;
+            Ok(topic)
         };
         if self.topics.is_empty() {
             return from_template();
@@ -274,6 +299,27 @@ mod tests {
             router.route("Anything_Else", None).is_ok(),
             "no topic is derived"
         );
+
+        // The label is the producer's: topics derived with it are capped.
+        let mut labelled = KafkaSinkConfig {
+            topic_template: "reso.{EntityEventSource}.{ResourceName}".into(),
+            max_derived_topics: 2,
+            ..KafkaSinkConfig::default()
+        };
+        let router = TopicRouter::new(&labelled).unwrap();
+        assert!(router.route("Property", Some("a")).is_ok());
+        assert!(router.route("Property", Some("b")).is_ok());
+        assert!(
+            router.route("Property", Some("a")).is_ok(),
+            "known topics stay"
+        );
+        let refused = router.route("Property", Some("c")).unwrap_err();
+        assert!(refused.contains("max_derived_topics = 2"), "{refused}");
+        labelled.max_derived_topics = 3;
+        assert!(TopicRouter::new(&labelled)
+            .unwrap()
+            .route("Media", Some("c"))
+            .is_ok());
 
         config.unknown_resource = UnknownResource::Reject;
         let router = TopicRouter::new(&config).unwrap();

@@ -40,3 +40,37 @@ pub async fn read_capped(
         truncated: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real server on loopback whose answer never ends (until the client hangs up).
+    async fn endless() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(|| async {
+            let chunks = futures::stream::repeat_with(|| {
+                Ok::<_, std::io::Error>(Bytes::from_static(&[b'x'; 8192]))
+            });
+            axum::body::Body::from_stream(chunks)
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_read_up_to_the_cap() {
+        let url = endless().await;
+        let response = reqwest::get(&url).await.unwrap();
+        let capped = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read_capped(response, MAX_RESPONSE_BYTES),
+        )
+        .await
+        .expect("reading stops at the cap")
+        .unwrap();
+        assert!(capped.truncated);
+        assert_eq!(capped.bytes.len(), MAX_RESPONSE_BYTES);
+    }
+}

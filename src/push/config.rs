@@ -243,11 +243,14 @@ fn check_url(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), (Str
     }
 }
 
+/// Slowest rate accepted: one per day. Slower rates once overflowed the period and panicked.
+const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
+
 fn check_rate(key: &str, rate: Option<f64>) -> Result<(), (String, String)> {
     match rate {
-        Some(r) if !(r.is_finite() && r > 0.0 && r <= 1e6) => Err((
+        Some(r) if !(r.is_finite() && (MIN_RATE_PER_SECOND..=1e6).contains(&r)) => Err((
             key.into(),
-            "must be a positive number of at most 1000000".into(),
+            "must be between 0.0000116 (one a day) and 1000000".into(),
         )),
         _ => Ok(()),
     }
@@ -395,6 +398,11 @@ mod tests {
         let mut c = parse(MINIMAL).unwrap();
         c.limits.requests_per_second = Some(0.0);
         assert_eq!(c.validate().unwrap_err().0, "limits.requests_per_second");
+        // Regression: 1e-20 passed and the limiter's period overflowed at start (a panic).
+        c.limits.requests_per_second = Some(1e-20);
+        assert_eq!(c.validate().unwrap_err().0, "limits.requests_per_second");
+        c.limits.requests_per_second = Some(1.0 / 86_400.0);
+        c.validate().unwrap();
         assert!(parse(&format!("{MINIMAL}\nlinger = 3")).is_err());
     }
 

@@ -26,7 +26,10 @@ pub struct Endpoint {
 }
 
 fn quota(per_second: f64, burst: NonZeroU32) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
+    // `per_second` is validated (one a day to a million); `try_` keeps a bad value from panicking.
+    let period = Duration::try_from_secs_f64(1.0 / per_second)
+        .unwrap_or(Duration::from_secs(86_400))
+        .max(Duration::from_nanos(1));
     Quota::with_period(period)
         .expect("positive period")
         .allow_burst(burst)

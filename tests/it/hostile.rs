@@ -110,6 +110,13 @@ async fn every_error_is_a_problem_body() {
     let url = bridge.webhook.replace("/webhooks/it", "/nowhere");
     let (status, _, _) = problem(client.post(url).send().await.unwrap()).await;
     assert_eq!(status, 404);
+    // The admin listener too.
+    let admin = format!("{}/nowhere", bridge.admin);
+    let (status, _, _) = problem(client.get(admin).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    let metrics = format!("{}/metrics", bridge.admin);
+    let (status, _, _) = problem(client.post(metrics).send().await.unwrap()).await;
+    assert_eq!(status, 405);
 }
 
 #[tokio::test]
