@@ -7,7 +7,9 @@
 #   - RabbitMQ on 127.0.0.1:5672 (guest/guest): Debian's rabbitmq-server when absent;
 #   - promtool (checks Prometheus config, alert rules and /metrics): Debian's prometheus package
 #     when absent (only the tool is used; the server the package may start is stopped).
-# Then waits until both answer and runs `cargo test`. Tests never skip a missing broker: they fail.
+# Then waits until both answer, checks formatting (`cargo fmt --check`) and lints (`cargo clippy
+# --all-targets -D warnings`, with the `[lints]` of Cargo.toml), and runs `cargo test`. Tests
+# never skip a missing broker: they fail. With arguments, only `cargo test <arguments>` runs.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -112,11 +114,20 @@ ensure_promtool
 
 export ENTITY_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export ENTITY_BRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
-say "running cargo test"
 if [ "$#" -eq 0 ]; then
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    say "installing rustfmt and clippy (rustup components)"
+    rustup component add rustfmt clippy >"$LOG_DIR/rustup.log" 2>&1 || { tail -20 "$LOG_DIR/rustup.log"; exit 1; }
+  fi
+  say "checking formatting (cargo fmt --check)"
+  cargo fmt --all -- --check
+  say "checking lints (cargo clippy --all-targets -- -D warnings)"
+  cargo clippy --locked --all-targets -- -D warnings
   # Doc tests first, so the run closes on the summary of the integration suite.
+  say "running cargo test"
   cargo test --locked --doc
   cargo test --locked --lib --bins --tests
 else
+  say "running cargo test $*"
   cargo test --locked "$@"
 fi

@@ -204,6 +204,8 @@ type RawHeader<'a> = (Result<&'a str, std::str::Utf8Error>, Option<&'a [u8]>);
 
 /// Header `idx` as (key, value), without rdkafka's `Headers::get`, which panics on a key that
 /// is not UTF-8 (any producer can write one, and the panic took the whole source down).
+/// The crate's only `unsafe` (`[lints.rust] unsafe_code = "deny"` elsewhere).
+#[allow(unsafe_code)]
 fn header_at(headers: &BorrowedHeaders, idx: usize) -> Option<RawHeader<'_>> {
     let mut name: *const std::ffi::c_char = std::ptr::null();
     let mut value: *const std::ffi::c_void = std::ptr::null();

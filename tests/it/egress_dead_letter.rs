@@ -252,6 +252,7 @@ async fn poison_can_be_dead_lettered_to_a_rabbitmq_exchange() {
 
 /// Produces one record whose only header key is not UTF-8 (rdkafka's safe API cannot write
 /// one; any other client can).
+#[allow(unsafe_code)]
 async fn produce_with_binary_header_key(topic: &str, key: &str, value: &str) {
     use rdkafka::message::OwnedHeaders;
     use rdkafka::producer::{FutureProducer, FutureRecord};
