@@ -392,3 +392,94 @@ async fn kafka_and_amqp_clients_speak_tls_when_configured() {
     bridge.shutdown_token().cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), bridge.shutdown()).await;
 }
+
+/// Reads until the peer closes (EOF or reset); `None` when it is still open after `within`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The header timeout holds on the TLS listener too: a client that never starts the handshake,
+/// and one that completes it but sends half a request, are both closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_connections_that_stall_are_closed_at_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    stage(dir.path(), &pki, &embedded_connector(dir.path()));
+    let toml = std::fs::read_to_string(dir.path().join("bridge.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("bridge.toml"),
+        format!("{toml}[http.connections]\nheader_read_timeout_ms = 300\n"),
+    )
+    .unwrap();
+    let bridge = start(dir.path()).await;
+    let addr = bridge.webhook_addr;
+
+    let mut no_handshake = TcpStream::connect(addr).await.unwrap();
+    let took = closed_within(&mut no_handshake, Duration::from_secs(5))
+        .await
+        .expect("a connection that never starts TLS is closed");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+
+    let mut half = tls_connect(&pki, addr, &[b"http/1.1"]).await;
+    half.write_all(b"POST /webhooks/it HTT").await.unwrap();
+    half.flush().await.unwrap();
+    closed_within(&mut half, Duration::from_secs(5))
+        .await
+        .expect("half a request over TLS is closed at the header timeout");
+    assert!(bridge.shutdown().await);
+}
+
+/// h2c (HTTP/2 without TLS, by preface) is served by the same loop: a client that sends the
+/// preface and then nothing is closed, and the connection cap counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_connections_that_stall_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    std::fs::write(
+        dir.path().join("bridge.toml"),
+        format!(
+            "shutdown_timeout_ms = 10000\ndata_dir = {:?}\n[http]\nlisten_addr = \"127.0.0.1:0\"\n\
+             [http.connections]\nheader_read_timeout_ms = 300\nkeep_alive_idle_timeout_ms = 600\n\
+             http2_keep_alive_interval_ms = 200\nhttp2_keep_alive_timeout_ms = 200\n\
+             [admin]\nlisten_addr = \"127.0.0.1:0\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
+    std::fs::write(
+        dir.path().join("connectors/it.toml"),
+        embedded_connector(dir.path()),
+    )
+    .unwrap();
+    let bridge = start(dir.path()).await;
+    let mut stalled = TcpStream::connect(bridge.webhook_addr).await.unwrap();
+    stalled
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // The bridge speaks HTTP/2 at once: its first frame is SETTINGS (frame type 4).
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), stalled.read_exact(&mut frame))
+        .await
+        .expect("the server's SETTINGS frame")
+        .unwrap();
+    assert_eq!(frame[3], 4, "first frame type: {frame:?}");
+    // The client never sends its SETTINGS nor answers PINGs: the bridge gives up on it.
+    let took = closed_within(&mut stalled, Duration::from_secs(10))
+        .await
+        .expect("a stalled h2c connection is closed");
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    assert!(bridge.shutdown().await);
+}
