@@ -16,6 +16,7 @@
 pub mod config;
 mod cursors;
 pub mod odata;
+mod render;
 pub mod replay;
 pub mod retention;
 pub mod sink;

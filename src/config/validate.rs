@@ -1,0 +1,206 @@
+//! Semantic checks that serde cannot express: ranges, cross-field and cross-connector rules,
+//! and the masked copy `check` prints. Every error names the file and key to fix.
+
+use std::collections::BTreeMap;
+
+use super::{Config, ConfigError, SinkConfig, SourceConfig};
+
+/// `public_base_url`: an absolute http(s) URL without query, fragment or credentials.
+fn check_public_base_url(base: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an absolute http:// or https:// URL".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(())
+}
+
+/// Connector names become metric labels, env-var segments and default URL paths.
+fn valid_connector_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
+impl Config {
+    /// A copy safe to print: secrets are references already; inline values that look secret
+    /// (e.g. a `sasl.password` passed through to librdkafka) are replaced by `***`.
+    pub fn masked(&self) -> Config {
+        let mut copy = self.clone();
+        for connector in copy.connectors.values_mut() {
+            match &mut connector.sink {
+                SinkConfig::Kafka(k) => *k = k.masked(),
+                // The AMQP URL is only ever a reference (url_env / url_file): nothing to mask.
+                SinkConfig::Amqp(_) => {}
+                // Replay tokens are references only.
+                SinkConfig::Embedded(_) => {}
+                SinkConfig::Webhook(p) => **p = p.masked(),
+            }
+            if let SourceConfig::Kafka(k) = &mut connector.source {
+                *k = k.masked();
+            }
+        }
+        copy
+    }
+
+    /// Checks what serde cannot: names, paths, templates, cross-field rules.
+    /// `file_of` maps a connector name to the file that defined it, for error messages.
+    pub fn validate(&self, file_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let listener = |key: String, detail: String| ConfigError::Invalid {
+            file: "bridge.toml".into(),
+            key,
+            detail,
+        };
+        for (section, connections) in [
+            ("http", &self.http.connections),
+            ("admin", &self.admin.connections),
+        ] {
+            connections
+                .validate()
+                .map_err(|(k, d)| listener(format!("{section}.connections.{k}"), d))?;
+        }
+        if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&self.http.body_read_timeout_ms) {
+            return Err(listener(
+                "http.body_read_timeout_ms".into(),
+                "must be between 1 and 86400000 (one day)".into(),
+            ));
+        }
+        // Durations from config are added to `Instant::now()`: bounded, never an overflow.
+        for (key, ms) in [
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("admin.ready_timeout_ms", self.admin.ready_timeout_ms),
+        ] {
+            if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&ms) {
+                return Err(listener(
+                    key.into(),
+                    "must be between 1 and 86400000 (one day)".into(),
+                ));
+            }
+        }
+        if let Some(base) = &self.http.public_base_url {
+            check_public_base_url(base).map_err(|d| listener("http.public_base_url".into(), d))?;
+        }
+        let mut paths = BTreeMap::new();
+        for (name, connector) in &self.connectors {
+            let invalid = |key: &str, detail: String| ConfigError::Invalid {
+                file: file_of(name),
+                key: key.to_owned(),
+                detail,
+            };
+            if !valid_connector_name(name) {
+                return Err(invalid(
+                    "(file name)",
+                    format!("connector name `{name}` must match [a-z0-9][a-z0-9_-]{{0,63}}"),
+                ));
+            }
+            match &connector.source {
+                SourceConfig::Webhook(w) => {
+                    w.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                    let path = w.route_path(name);
+                    if let Some(other) = paths.insert(path.clone(), name.clone()) {
+                        return Err(invalid(
+                            "source.path",
+                            format!("path `{path}` is also used by connector `{other}`"),
+                        ));
+                    }
+                }
+                SourceConfig::Amqp(a) => {
+                    a.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                }
+                SourceConfig::Embedded(e) => {
+                    e.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                }
+                SourceConfig::Kafka(k) => {
+                    k.validate()
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                    let sink_has_one = matches!(connector.sink, SinkConfig::Webhook(_));
+                    if k.dead_letter.is_none() && !sink_has_one {
+                        return Err(invalid(
+                            "source.dead_letter",
+                            "is required unless the sink is a webhook sink (whose dead_letter is used)".into(),
+                        ));
+                    }
+                }
+            }
+            match &connector.sink {
+                SinkConfig::Kafka(k) => {
+                    k.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+                SinkConfig::Amqp(a) => {
+                    a.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+                SinkConfig::Embedded(e) => {
+                    e.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+                SinkConfig::Webhook(p) => {
+                    p.validate()
+                        .map_err(|(k, d)| invalid(&format!("sink.{k}"), d))?;
+                }
+            }
+        }
+        crate::embedded::validate_logs(self).map_err(|(name, key, detail)| {
+            ConfigError::Invalid {
+                file: file_of(&name),
+                key,
+                detail,
+            }
+        })?;
+        // Reads the certificate and key now, so `check` and start-up fail on a bad pair.
+        if let Some(tls) = &self.http.tls {
+            tls.server_config().map_err(|e| ConfigError::Invalid {
+                file: "bridge.toml".into(),
+                key: "http.tls".into(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `shutdown_timeout_ms = 18446744073709551615` passed `check` and panicked the
+    /// process at shutdown (`Instant + Duration` overflow).
+    #[test]
+    fn timeouts_from_config_are_bounded() {
+        let mut config = Config::default();
+        config.validate(&|_| String::new()).unwrap();
+        config.shutdown_timeout_ms = u64::MAX;
+        match config.validate(&|_| String::new()).unwrap_err() {
+            ConfigError::Invalid { key, .. } => assert_eq!(key, "shutdown_timeout_ms"),
+            other => panic!("{other}"),
+        }
+        config.shutdown_timeout_ms = 30_000;
+        config.admin.ready_timeout_ms = 0;
+        assert!(config.validate(&|_| String::new()).is_err());
+        config.admin.ready_timeout_ms = 3_000;
+        config.http.public_base_url = Some("https://user:pw@bridge.example.com".into());
+        assert!(config.validate(&|_| String::new()).is_err());
+        config.http.public_base_url = Some("https://bridge.example.com/reso".into());
+        config.validate(&|_| String::new()).unwrap();
+    }
+
+    #[test]
+    fn connector_names() {
+        for ok in ["mls", "mls_1", "a-b", "0x"] {
+            assert!(valid_connector_name(ok), "{ok}");
+        }
+        for bad in ["", "Mls", "_x", "a b", "a.b", &"x".repeat(65)] {
+            assert!(!valid_connector_name(bad), "{bad}");
+        }
+    }
+}

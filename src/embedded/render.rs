@@ -1,0 +1,69 @@
+//! How the replay resource writes one stored event: the producer's members byte for byte, the
+//! log position as `EntityEventSequence`, the producer's own sequence (and source label) as
+//! instance annotations.
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::replay::{SOURCE_LABEL_ANNOTATION, SOURCE_SEQUENCE_ANNOTATION};
+use super::store::StoredEvent;
+
+/// An event object's members in document order, values kept as raw JSON text.
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+/// Writes `event` as served: the position as `EntityEventSequence`, the producer's values
+/// otherwise untouched, the producer's sequence (and source label) as annotations.
+pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent) {
+    let Ok(Members(members)) = serde_json::from_slice::<Members>(&event.payload) else {
+        // Cannot happen for events validated at ingress; serve them as stored.
+        out.extend_from_slice(&event.payload);
+        return;
+    };
+    let json = |s: &str| serde_json::to_vec(s).expect("string serializes");
+    out.push(b'{');
+    out.extend_from_slice(&json(SOURCE_SEQUENCE_ANNOTATION));
+    out.extend_from_slice(format!(":{}", event.sequence).as_bytes());
+    if let Some(label) = &event.source_label {
+        out.push(b',');
+        out.extend_from_slice(&json(SOURCE_LABEL_ANNOTATION));
+        out.push(b':');
+        out.extend_from_slice(&json(label));
+    }
+    let mut has_sequence = false;
+    for (key, value) in &members {
+        out.push(b',');
+        out.extend_from_slice(&json(key));
+        out.push(b':');
+        if key == "EntityEventSequence" {
+            has_sequence = true;
+            out.extend_from_slice(event.position.to_string().as_bytes());
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !has_sequence {
+        out.extend_from_slice(format!(",\"EntityEventSequence\":{}", event.position).as_bytes());
+    }
+    out.push(b'}');
+}

@@ -1,0 +1,114 @@
+//! Unit tests of [`super`].
+
+use super::*;
+
+#[test]
+fn rendering_swaps_the_sequence_and_keeps_everything_else() {
+    let event = StoredEvent {
+        position: 7,
+        sequence: 1101,
+        resource_name: "Property".into(),
+        record_key: "235021".into(),
+        source_label: Some("IDX Feed 123".into()),
+        payload: br#"{ "EntityEventSequence": 1101, "ResourceName":"Property",
+            "ResourceRecordKey":"235021", "Data": {"ListPrice": 450000.00, "X":[1, 2]} }"#
+            .to_vec(),
+    };
+    let mut out = Vec::new();
+    render_event(&mut out, &event);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        r#"{"@EntityBridge.SourceEntityEventSequence":1101,"@EntityBridge.EntityEventSource":"IDX Feed 123","EntityEventSequence":7,"ResourceName":"Property","ResourceRecordKey":"235021","Data":{"ListPrice": 450000.00, "X":[1, 2]}}"#
+    );
+}
+
+/// A replay resource over a fresh log of `events` small events.
+async fn replay(dir: &std::path::Path, events: usize, timeout: Duration, slots: usize) -> Replay {
+    let log = Log::open(&dir.join("replay.db")).unwrap();
+    let batch: Vec<crate::connector::Message> = (1..=events as i64)
+        .map(|i| crate::connector::Message {
+            sequence: i,
+            resource_name: "Property".into(),
+            record_key: format!("K{i}"),
+            source_label: None,
+            payload: bytes::Bytes::from(format!(
+                r#"{{"EntityEventSequence":{i},"ResourceName":"Property","ResourceRecordKey":"K{i}"}}"#
+            )),
+            origin: None,
+        })
+        .collect();
+    for chunk in batch.chunks(1000) {
+        log.append("t", chunk).await.unwrap();
+    }
+    Replay {
+        connector: "t".into(),
+        path: "/EntityEvent".into(),
+        base: String::new(),
+        log,
+        tokens: TokenSet::new(&[crate::secret::Secret::new("tok")]),
+        limits: PageLimits {
+            events: 1000,
+            bytes: 4 << 20,
+        },
+        max_skip: 100_000,
+        query_timeout: timeout,
+        slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+        metrics: Metrics::new(),
+    }
+}
+
+fn bearer() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer tok"),
+    );
+    headers
+}
+
+fn status(result: Result<Response, Problem>) -> (u16, Option<String>) {
+    let response = match result {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    };
+    let retry = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), retry)
+}
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_cap_get_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let replay = replay(dir.path(), 3, Duration::from_secs(5), 1).await;
+    let held = replay.slots.clone().try_acquire_owned().unwrap();
+    assert_eq!(
+        status(replay.serve(&bearer(), None).await),
+        (429, Some("1".into()))
+    );
+    drop(held);
+    assert_eq!(status(replay.serve(&bearer(), None).await).0, 200);
+}
+
+#[tokio::test]
+async fn a_query_past_its_time_limit_is_interrupted_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    // No time at all: the first look at the deadline interrupts the count.
+    let replay = replay(dir.path(), 5000, Duration::ZERO, 4).await;
+    let (code, retry) = status(replay.serve(&bearer(), Some("$count=true")).await);
+    assert_eq!((code, retry.as_deref()), (503, Some("5")));
+    // The connection goes back to the pool without the handler: the next query is fine.
+    let mut patient = replay;
+    patient.query_timeout = Duration::from_secs(30);
+    assert_eq!(
+        status(patient.serve(&bearer(), Some("$count=true")).await).0,
+        200
+    );
+    assert_eq!(
+        patient.slots.available_permits(),
+        4,
+        "every slot is back once the work ended"
+    );
+}
