@@ -217,6 +217,22 @@ impl KafkaSinkConfig {
 mod tests {
     use super::*;
 
+    /// Regression: created topics had replication factor 1 unless configured; now the broker's
+    /// `default.replication.factor` (`-1` in CreateTopics, KIP-464).
+    #[test]
+    fn created_topics_use_the_brokers_replication_by_default() {
+        let default = KafkaSinkConfig::default();
+        assert_eq!(default.topic_replication_factor, None);
+        assert!(matches!(
+            replication(default.topic_replication_factor),
+            rdkafka::admin::TopicReplication::Fixed(-1)
+        ));
+        assert!(matches!(
+            replication(Some(3)),
+            rdkafka::admin::TopicReplication::Fixed(3)
+        ));
+    }
+
     #[test]
     fn defaults_are_valid() {
         KafkaSinkConfig::default().validate().unwrap();
