@@ -95,6 +95,18 @@ mod tests {
         ] {
             assert!(to_message(&queue, 1, None, Bytes::from(bad.to_vec()), opts).is_err());
         }
+        // Nesting beyond `max_json_depth` is poison, however deep (no stack overflow).
+        let deep = format!(
+            r#"{{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"K","Data":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let shallow = ParseOptions {
+            max_depth: 8,
+            ..opts
+        };
+        let why = to_message(&queue, 1, None, Bytes::from(deep), shallow).unwrap_err();
+        assert!(why.contains("deeper than 8"), "{why}");
     }
 
     #[test]

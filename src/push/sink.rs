@@ -1,7 +1,8 @@
 //! The webhook (push) sink: POSTs RESO payloads to a consumer endpoint as a polite producer.
 //!
 //! `send` returns `Ok` once every event of the batch is settled: answered 2xx by the consumer,
-//! or written durably to the dead-letter topic (poison answers, oversized events, and under
+//! or written durably to the dead-letter topic (events the consumer refuses on their own —
+//! a refused batch is split until they are isolated —, oversized events, and under
 //! `on_exhausted = "dead_letter"` batches that kept failing). Retries happen here, in place, so
 //! the caller keeps at most one batch in flight per partition and order holds across retries.
 //! `send` fails only when the bridge shuts down mid-retry (the caller then does not acknowledge
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +95,12 @@ impl PushSinkConfig {
     }
 }
 
+/// A chunk the consumer refused as poison: its answer and the POSTs it took.
+struct Refused {
+    status: Option<u16>,
+    attempts: u32,
+}
+
 fn shutting_down() -> SinkError {
     SinkError::Unavailable {
         reason: "shutting down; the batch will be delivered after the restart".into(),
@@ -165,8 +173,37 @@ impl PushSink {
         }
     }
 
-    /// Delivers one chunk, retrying in place until it is delivered or dead-lettered.
-    async fn deliver(&self, chunk: &[Message]) -> Result<(), SinkError> {
+    /// Delivers one chunk. When the consumer refuses it as poison (a 4xx), its halves are
+    /// delivered in order, down to single events: only the events the consumer refuses on
+    /// their own are dead-lettered (each with its own answer), and their good neighbours are
+    /// delivered, in order. A batch with one bad event among n costs about 2·log2(n) extra POSTs.
+    fn deliver<'a>(&'a self, chunk: &'a [Message]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let Refused { status, attempts } = match self.attempt(chunk).await? {
+                None => return Ok(()),
+                Some(refused) => refused,
+            };
+            if chunk.len() > 1 {
+                self.metrics.push_retry(&self.connector, "isolating_poison");
+                tracing::info!(connector = %self.connector, status, events = chunk.len(), "consumer refused the batch; delivering its halves to isolate the refused events");
+                let (first, second) = chunk.split_at(chunk.len() / 2);
+                self.deliver(first).await?;
+                return self.deliver(second).await;
+            }
+            let detail = format!("consumer answered HTTP {}", status.unwrap_or_default());
+            let info = DeadLetterInfo {
+                reason: "rejected",
+                detail: &detail,
+                http_status: status,
+                attempts,
+            };
+            self.dead_letter(chunk, info).await
+        })
+    }
+
+    /// Sends one chunk, retrying in place until it is delivered (`None`), refused as poison
+    /// (`Some`), or dead-lettered after exhausted retries (`None`).
+    async fn attempt(&self, chunk: &[Message]) -> Result<Option<Refused>, SinkError> {
         let body = batch::body(chunk);
         let label = self.static_label.clone().or_else(|| {
             chunk[0]
@@ -210,7 +247,7 @@ impl PushSink {
                         self.metrics
                             .push_events_delivered(&self.connector, resource, n)
                     });
-                    return Ok(());
+                    return Ok(None);
                 }
                 Verdict::Throttled { pause } => {
                     let pause = pause.max(backoff.next_cap());
@@ -222,16 +259,7 @@ impl PushSink {
                     tracing::info!(connector = %self.connector, status, pause_seconds = pause.as_secs_f64(), "consumer asked to pause; endpoint paused");
                     continue;
                 }
-                Verdict::Poison => {
-                    let detail = format!("consumer answered HTTP {}", status.unwrap_or_default());
-                    let info = DeadLetterInfo {
-                        reason: "rejected",
-                        detail: &detail,
-                        http_status: status,
-                        attempts,
-                    };
-                    return self.dead_letter(chunk, info).await;
-                }
+                Verdict::Poison => return Ok(Some(Refused { status, attempts })),
                 Verdict::Unauthorized => "unauthorized",
                 Verdict::Retry { cause } => cause,
             };
@@ -245,7 +273,7 @@ impl PushSink {
                     http_status: status,
                     attempts,
                 };
-                return self.dead_letter(chunk, info).await;
+                return self.dead_letter(chunk, info).await.map(|()| None);
             }
             let delay = backoff.next_delay();
             self.metrics.push_retry(&self.connector, cause);
@@ -254,7 +282,7 @@ impl PushSink {
         }
     }
 
-    /// Writes `events` to the dead-letter topic, retrying that write until it succeeds.
+    /// Writes `events` to the dead-letter destination, retrying that write until it succeeds.
     async fn dead_letter(
         &self,
         events: &[Message],

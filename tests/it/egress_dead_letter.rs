@@ -423,3 +423,83 @@ async fn a_redirect_is_not_followed_and_the_token_stays_with_its_origin() {
     );
     assert!(bridge.stop().await);
 }
+
+/// Regression: with 100 events in one batch and a consumer that refuses the batch holding one
+/// bad event, none of the 99 good events was delivered and all 100 were dead-lettered. The
+/// sink now splits a refused batch until the refused events are alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_poison_event_does_not_take_its_batch_with_it() {
+    require_kafka();
+    for poison in [vec![37], vec![1, 50, 100]] {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = Receiver::start(Box::new(|_, _, body| {
+            if String::from_utf8_lossy(body).contains("POISON") {
+                (422, vec![])
+            } else {
+                (200, vec![])
+            }
+        }))
+        .await;
+        let mut egress = Egress::new("it-egress-isolate", &receiver.url, &dir);
+        egress.sink_extra = "max_events = 100".into();
+        create_topic(&egress.topic, 1).await;
+        // Interleaved keys, so order is checked per key across the split halves.
+        let events: Vec<(String, i64, String)> = (1..=100)
+            .map(|s| {
+                let key = format!("k{}", s % 3);
+                let mut e = event(&key, s, 10);
+                if poison.contains(&s) {
+                    e = e.replace("xxxxxxxxxx", "POISON");
+                }
+                (key, s, e)
+            })
+            .collect();
+        produce(&egress.topic, &events, None).await;
+        let bridge = TestBridge::start_connector(&egress.toml()).await;
+        receiver
+            .wait_delivered(100 - poison.len(), Duration::from_secs(60))
+            .await;
+
+        let delivered = sequences_by_key(&receiver.requests());
+        for (key, seqs) in &delivered {
+            let expected: Vec<i64> = events
+                .iter()
+                .filter(|(k, s, _)| k == key && !poison.contains(s))
+                .map(|(_, s, _)| *s)
+                .collect();
+            assert_eq!(seqs, &expected, "{key}: every good event once, in order");
+        }
+        assert_eq!(
+            delivered.values().map(Vec::len).sum::<usize>(),
+            100 - poison.len()
+        );
+        let dlq = egress.dlq.clone();
+        let n = poison.len();
+        let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], n))
+            .await
+            .unwrap();
+        let mut dead_seqs: Vec<i64> = dead
+            .iter()
+            .map(|m| {
+                assert_eq!(header(m, "http_status").as_deref(), Some("422"));
+                assert_eq!(header(m, "dead_letter_reason").as_deref(), Some("rejected"));
+                header(m, "EntityEventSequence").unwrap().parse().unwrap()
+            })
+            .collect();
+        dead_seqs.sort();
+        assert_eq!(
+            dead_seqs, poison,
+            "only the refused events are dead-lettered"
+        );
+        let text = bridge.metrics().await;
+        assert!(
+            metric(
+                &text,
+                "entity_bridge_push_retries_total{connector=\"it\",outcome=\"isolating_poison\"}"
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{text}"
+        );
+        assert!(bridge.stop().await);
+    }
+}
