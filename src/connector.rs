@@ -204,6 +204,12 @@ pub enum Outcome {
         /// Why, for dead-letter headers and logs (no payload data).
         reason: String,
     },
+    /// Every message was delivered except these poison ones (index in the batch, reason):
+    /// acknowledge the others and dead-letter these, as the pump isolated them.
+    Partly {
+        /// `(index, reason)` of each poison message, in batch order.
+        poison: Vec<(usize, String)>,
+    },
 }
 
 /// A source's failure. Sources reconnect by themselves; the pump backs off and asks again.

@@ -3,8 +3,11 @@
 //! This loop is the delivery contract for every pull-based connector (AMQP, embedded log,
 //! Kafka): a batch is acknowledged upstream only after the sink said `Ok`; a retryable sink
 //! error waits an exponential backoff with full jitter (backon) and hands the batch back for
-//! redelivery; a poison batch is dead-lettered by the source. One batch is in flight at a time,
-//! so order is preserved.
+//! redelivery. When the sink refuses a batch as poison, the pump isolates the refused messages
+//! (the sink names the one at fault, else the batch is split in halves) and delivers the others
+//! around them, in order; the source then acknowledges the delivered ones and dead-letters only
+//! the poison ones ([`Outcome::Partly`]). One batch is in flight at a time, so order is
+//! preserved.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +16,11 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::{Outcome, Retriable, RetryAction, Sink, Source, SourceError};
+use futures::future::BoxFuture;
+
+use crate::connector::{
+    Message, Outcome, Retriable, RetryAction, Sink, SinkError, Source, SourceError,
+};
 use crate::metrics::Metrics;
 
 /// Backoff between retries of a failing sink or source.
@@ -72,6 +79,45 @@ pub struct Pump {
     pub metrics: Metrics,
 }
 
+/// Sends `messages` (which start at `offset` in their batch). When the sink refuses them as
+/// poison, the messages around the refused one (named by the sink's `Rejected { index }`, else
+/// found by halving) are delivered in order, and each refused message is recorded in `poison`
+/// with its reason. A retryable or fatal error ends it at once: the caller hands the whole
+/// batch back (what was delivered is delivered again: at least once).
+fn isolate<'a>(
+    sink: &'a dyn Sink,
+    messages: &'a [Message],
+    offset: usize,
+    poison: &'a mut Vec<(usize, String)>,
+) -> BoxFuture<'a, Result<(), SinkError>> {
+    Box::pin(async move {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let error = match sink.send(messages).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retry_action() == RetryAction::Poison => e,
+            Err(e) => return Err(e),
+        };
+        match error {
+            SinkError::Rejected { index, .. } if index < messages.len() => {
+                isolate(sink, &messages[..index], offset, poison).await?;
+                poison.push((offset + index, error.to_string()));
+                isolate(sink, &messages[index + 1..], offset + index + 1, poison).await
+            }
+            _ if messages.len() == 1 => {
+                poison.push((offset, error.to_string()));
+                Ok(())
+            }
+            _ => {
+                let (first, second) = messages.split_at(messages.len() / 2);
+                isolate(sink, first, offset, poison).await?;
+                isolate(sink, second, offset + first.len(), poison).await
+            }
+        }
+    })
+}
+
 /// Sleeps `delay` unless cancelled first; returns `false` when cancelled.
 async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
@@ -111,15 +157,17 @@ impl Pump {
             };
             let count = batch.messages.len() as u64;
             let started = Instant::now();
-            let result = if batch.messages.is_empty() {
-                Ok(())
-            } else {
-                self.sink.send(&batch.messages).await
-            };
+            let mut poison = Vec::new();
+            let result = isolate(self.sink.as_ref(), &batch.messages, 0, &mut poison).await;
             let outcome = match result {
-                Ok(()) => {
+                Ok(()) if poison.is_empty() => {
                     backoff = self.retry.backoff();
                     Outcome::Delivered
+                }
+                Ok(()) => {
+                    backoff = self.retry.backoff();
+                    tracing::warn!(connector = %name, poison = poison.len(), events = count, first = %poison[0].1, "poison events isolated; the rest of the batch was delivered");
+                    Outcome::Partly { poison }
                 }
                 Err(e) => match e.retry_action() {
                     RetryAction::Retry { after } => {
@@ -147,8 +195,17 @@ impl Pump {
                 Outcome::Delivered => "delivered",
                 Outcome::Retry => "retried",
                 Outcome::Poison { .. } => "dead_lettered",
+                Outcome::Partly { poison } => {
+                    let dead = poison.len() as u64;
+                    self.metrics.pump_events(&name, "dead_lettered", dead);
+                    self.metrics
+                        .pump_events(&name, "delivered", count.saturating_sub(dead));
+                    "dead_lettered"
+                }
             };
-            self.metrics.pump_events(&name, label, count);
+            if !matches!(outcome, Outcome::Partly { .. }) {
+                self.metrics.pump_events(&name, label, count);
+            }
             self.metrics
                 .publish_duration(&name, label, started.elapsed().as_secs_f64());
             if let Err(e) = self.source.settle(batch, outcome).await {
@@ -177,5 +234,136 @@ mod tests {
             delays.iter().all(|d| *d <= Duration::from_millis(200)),
             "{delays:?}"
         );
+    }
+
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use crate::connector::{RejectKind, SourceBatch};
+
+    fn message(sequence: i64, key: &str, resource: &str) -> Message {
+        Message {
+            sequence,
+            resource_name: resource.into(),
+            record_key: key.into(),
+            source_label: None,
+            payload: Bytes::new(),
+            origin: None,
+        }
+    }
+
+    /// A sink that refuses any batch holding a `Bad` event, naming it (`named`) or not.
+    struct Refusing {
+        named: bool,
+        delivered: Mutex<Vec<i64>>,
+        sends: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl Sink for Refusing {
+        async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+            *self.sends.lock().unwrap() += 1;
+            if let Some(index) = batch.iter().position(|m| m.resource_name == "Bad") {
+                return Err(SinkError::Rejected {
+                    index: if self.named { index } else { usize::MAX },
+                    field: Some("ResourceName"),
+                    detail: format!("event {} is bad", batch[index].sequence),
+                    kind: RejectKind::Unroutable,
+                });
+            }
+            let mut delivered = self.delivered.lock().unwrap();
+            delivered.extend(batch.iter().map(|m| m.sequence));
+            Ok(())
+        }
+        async fn ready(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn flush(&self, _: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// A source of one batch that records how it was settled.
+    struct OneBatch {
+        batch: Option<SourceBatch>,
+        settled: Arc<Mutex<Vec<Outcome>>>,
+    }
+
+    #[async_trait]
+    impl Source for OneBatch {
+        async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+            Ok(self.batch.take())
+        }
+        async fn settle(&mut self, _: SourceBatch, outcome: Outcome) -> Result<(), SourceError> {
+            self.settled.lock().unwrap().push(outcome);
+            Ok(())
+        }
+        async fn close(&mut self) -> Result<(), SourceError> {
+            Ok(())
+        }
+    }
+
+    async fn run(named: bool, bad: &[i64]) -> (Vec<i64>, Vec<Outcome>, usize) {
+        let messages: Vec<Message> = (1..=100)
+            .map(|s| {
+                let resource = if bad.contains(&s) { "Bad" } else { "Property" };
+                message(s, &format!("k{}", s % 3), resource)
+            })
+            .collect();
+        let receipts = (1..=100).collect();
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::new(Refusing {
+            named,
+            delivered: Mutex::new(Vec::new()),
+            sends: Mutex::new(0),
+        });
+        let pump = Pump {
+            connector: "t".into(),
+            source: Box::new(OneBatch {
+                batch: Some(SourceBatch { messages, receipts }),
+                settled: settled.clone(),
+            }),
+            sink: sink.clone(),
+            retry: RetryConfig::default(),
+            metrics: Metrics::new(),
+        };
+        pump.run(CancellationToken::new()).await.unwrap();
+        let delivered = sink.delivered.lock().unwrap().clone();
+        let sends = *sink.sends.lock().unwrap();
+        let outcomes = settled.lock().unwrap().clone();
+        (delivered, outcomes, sends)
+    }
+
+    /// Regression: one poison event in a batch of 100 dead-lettered all 100.
+    #[tokio::test]
+    async fn poison_events_are_isolated_and_their_neighbours_delivered_in_order() {
+        for named in [true, false] {
+            for bad in [vec![37], vec![1, 50, 100]] {
+                let (delivered, outcomes, sends) = run(named, &bad).await;
+                let good: Vec<i64> = (1..=100).filter(|s| !bad.contains(s)).collect();
+                assert_eq!(delivered, good, "named {named}, bad {bad:?}");
+                let indices: Vec<usize> = bad.iter().map(|s| (*s - 1) as usize).collect();
+                match &outcomes[..] {
+                    [Outcome::Partly { poison }] => {
+                        assert_eq!(poison.iter().map(|(i, _)| *i).collect::<Vec<_>>(), indices);
+                        assert!(poison.iter().all(|(_, why)| why.contains("is bad")));
+                    }
+                    other => panic!("{other:?}"),
+                }
+                // Named rejections cost about two sends per poison event; halving about
+                // 2·log2(100) per poison event.
+                let bound = if named {
+                    1 + 2 * bad.len()
+                } else {
+                    1 + 16 * bad.len()
+                };
+                assert!(sends <= bound, "{sends} sends for {bad:?} (named {named})");
+            }
+        }
+        let (delivered, outcomes, _) = run(true, &[]).await;
+        assert_eq!(delivered.len(), 100);
+        assert_eq!(outcomes, vec![Outcome::Delivered]);
     }
 }

@@ -282,17 +282,34 @@ impl Source for AmqpSource {
                 "the channel of this batch is closed; the broker redelivers it".into(),
             ));
         }
-        let mut tags = batch.receipts.clone();
-        tags.sort_unstable();
-        tags.dedup();
-        let settled = tags.iter().map(|&tag| {
+        // (tag, requeue?) per delivery: `None` acknowledges it.
+        let poison: std::collections::HashSet<usize> = match &outcome {
+            Outcome::Partly { poison } => poison.iter().map(|(i, _)| *i).collect(),
+            _ => Default::default(),
+        };
+        let mut settles: Vec<(u64, Option<bool>)> = batch
+            .receipts
+            .iter()
+            .enumerate()
+            .map(|(i, &tag)| {
+                let action = match &outcome {
+                    Outcome::Delivered => None,
+                    Outcome::Retry => Some(true),
+                    Outcome::Poison { .. } => Some(false),
+                    Outcome::Partly { .. } => poison.contains(&i).then_some(false),
+                };
+                (tag, action)
+            })
+            .collect();
+        settles.sort_unstable_by_key(|(tag, _)| *tag);
+        settles.dedup_by_key(|(tag, _)| *tag);
+        let dead = settles.iter().filter(|(_, a)| *a == Some(false)).count();
+        let settled = settles.iter().map(|&(tag, action)| {
             let channel = channel.clone();
-            let outcome = &outcome;
             async move {
-                match outcome {
-                    Outcome::Delivered => channel.basic_ack(tag, BasicAckOptions::default()).await,
-                    Outcome::Retry | Outcome::Poison { .. } => {
-                        let requeue = matches!(outcome, Outcome::Retry);
+                match action {
+                    None => channel.basic_ack(tag, BasicAckOptions::default()).await,
+                    Some(requeue) => {
                         let options = BasicNackOptions {
                             multiple: false,
                             requeue,
@@ -305,11 +322,16 @@ impl Source for AmqpSource {
         let results = tokio::time::timeout(SETTLE_TIMEOUT, join_all(settled))
             .await
             .map_err(|_| SourceError::Unavailable("settling timed out".into()))?;
-        if let Outcome::Poison { reason } = &outcome {
+        if dead > 0 {
             self.intake
                 .metrics
-                .dead_lettered(&self.connector, "rejected", tags.len() as u64);
-            tracing::warn!(connector = %self.connector, events = tags.len(), %reason, "batch dead-lettered");
+                .dead_lettered(&self.connector, "rejected", dead as u64);
+            let reason = match &outcome {
+                Outcome::Poison { reason } => reason.as_str(),
+                Outcome::Partly { poison } => poison.first().map_or("", |(_, r)| r.as_str()),
+                _ => "",
+            };
+            tracing::warn!(connector = %self.connector, events = dead, %reason, "poison deliveries rejected without requeue (to the queue's dead-letter exchange)");
         }
         match results.into_iter().find_map(Result::err) {
             None => Ok(()),

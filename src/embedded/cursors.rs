@@ -36,13 +36,12 @@ impl Log {
             .await
     }
 
-    /// Copies the events `positions` into `dead_letters` with `reason` and moves the cursor
-    /// past them, in one transaction.
+    /// Copies the events at these positions into `dead_letters`, each with its reason, and
+    /// moves the cursor to `through`, in one transaction.
     pub async fn dead_letter(
         &self,
         cursor: &str,
-        positions: Vec<i64>,
-        reason: String,
+        events: Vec<(i64, String)>,
         through: i64,
     ) -> Result<(), StoreError> {
         let cursor = cursor.to_owned();
@@ -54,7 +53,7 @@ impl Log {
                  payload FROM events WHERE position = ?4",
             )?;
             let now = now_ms();
-            for position in positions {
+            for (position, reason) in events {
                 copy.execute(params![cursor, reason, now, position])?;
             }
             set_cursor(conn, &cursor, through)

@@ -2,7 +2,8 @@
 //!
 //! Same acknowledgement semantics as a Kafka offset: the cursor moves (durably, fsynced) only
 //! when the pump settles a batch as [`Outcome::Delivered`]. [`Outcome::Retry`] leaves it where
-//! it was, so the same batch is read again; [`Outcome::Poison`] copies the batch into the
+//! it was, so the same batch is read again; [`Outcome::Poison`] (or the poison events of
+//! [`Outcome::Partly`]) copies the batch into the
 //! `dead_letters` table with the reason and moves the cursor past it in one transaction.
 //! When caught up, the source sleeps until a writer in this process appends (a `Notify`) or
 //! `poll_interval_ms` passes (writers in other processes).
@@ -146,12 +147,28 @@ impl Source for EmbeddedSource {
             }
             Outcome::Retry => return Ok(()),
             Outcome::Poison { reason } => {
-                let positions = batch.receipts.iter().map(|&r| r as i64).collect();
+                let events = batch
+                    .receipts
+                    .iter()
+                    .map(|&r| (r as i64, reason.clone()))
+                    .collect();
                 self.log
-                    .dead_letter(&self.cursor, positions, reason, last)
+                    .dead_letter(&self.cursor, events, last)
                     .await
                     .map_err(unavailable)?;
                 tracing::warn!(connector = %self.connector, cursor = %self.cursor, events = batch.receipts.len(), "batch dead-lettered into the log's dead_letters table");
+            }
+            Outcome::Partly { poison } => {
+                let events: Vec<(i64, String)> = poison
+                    .into_iter()
+                    .filter_map(|(i, reason)| Some((*batch.receipts.get(i)? as i64, reason)))
+                    .collect();
+                let n = events.len();
+                self.log
+                    .dead_letter(&self.cursor, events, last)
+                    .await
+                    .map_err(unavailable)?;
+                tracing::warn!(connector = %self.connector, cursor = %self.cursor, events = n, "poison events dead-lettered into the log's dead_letters table; the rest of the batch was delivered");
             }
         }
         self.position = last;

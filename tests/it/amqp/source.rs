@@ -229,3 +229,83 @@ async fn poison_messages_reach_the_dead_letter_queue() {
     assert!(bridge.stop().await);
     rabbit.wait_ready_count(&queue, 0).await;
 }
+
+/// Regression: one poison message nacked its whole batch without requeue (lost when the queue
+/// has no dead-letter exchange). Now only the poison messages are rejected; their neighbours
+/// reach the sink, in order per key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_does_not_take_its_batch_with_it() {
+    require_kafka();
+    for poison in [vec![37i64], vec![1, 50, 100]] {
+        let mut rabbit = Rabbit::new().await;
+        let queue = rabbit.queue("it-src-isolate");
+        let dlx = rabbit.exchange("it-dlx");
+        let dlq = rabbit.queue("it-dlq");
+        let topology = format!(
+            "[[source.topology.exchanges]]\nname = \"{dlx}\"\ntype = \"fanout\"\n\
+             [[source.topology.queues]]\nname = \"{dlq}\"\n\
+             [[source.topology.queues]]\nname = \"{queue}\"\ndead_letter_exchange = \"{dlx}\"\n\
+             [[source.topology.bindings]]\nqueue = \"{dlq}\"\nexchange = \"{dlx}\"\n"
+        );
+        let prefix = unique("it-amqp-isolate");
+        let topic = format!("{prefix}.Property");
+        // A long linger so the 100 messages form one batch.
+        let text = connector(
+            &rabbit,
+            &queue,
+            &topology,
+            &TestBridge::kafka_sink(&prefix, ""),
+        )
+        .replace("linger_ms = 20", "linger_ms = 1500");
+        let bridge = TestBridge::start_connector(&text).await;
+        rabbit.wait_ready_count(&queue, 0).await;
+        for s in 1..=100i64 {
+            // Not a Data Dictionary resource: the Kafka sink refuses it (400 on a webhook).
+            let resource = if poison.contains(&s) {
+                "X_NotReso"
+            } else {
+                "Property"
+            };
+            let body = format!(
+                r#"{{"EntityEventSequence":{s},"ResourceName":"{resource}","ResourceRecordKey":"k{}"}}"#,
+                s % 3
+            );
+            rabbit.publish(&queue, body.as_bytes(), None).await;
+        }
+        let good = 100 - poison.len();
+        let got = delivered_to_kafka(&bridge, topic, good).await;
+        let mut by_key: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for m in &got {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            by_key
+                .entry(v["ResourceRecordKey"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(v["EntityEventSequence"].as_i64().unwrap());
+        }
+        for (key, seqs) in &by_key {
+            let k: i64 = key[1..].parse().unwrap();
+            let expected: Vec<i64> = (1..=100)
+                .filter(|s| s % 3 == k && !poison.contains(s))
+                .collect();
+            assert_eq!(seqs, &expected, "{key}: every good message once, in order");
+        }
+        rabbit.wait_ready_count(&dlq, poison.len() as u32).await;
+        let mut dead = Vec::new();
+        while let Some(m) = rabbit.get(&dlq).await {
+            let v: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+            dead.push(v["EntityEventSequence"].as_i64().unwrap());
+        }
+        dead.sort();
+        assert_eq!(dead, poison, "only the poison messages are dead-lettered");
+        let metrics = bridge.metrics().await;
+        let series =
+            "entity_bridge_dead_lettered_events_total{connector=\"it\",outcome=\"rejected\"}";
+        assert_eq!(
+            metric(&metrics, series),
+            Some(poison.len() as f64),
+            "{metrics}"
+        );
+        assert!(bridge.stop().await);
+        rabbit.wait_ready_count(&queue, 0).await;
+    }
+}

@@ -128,3 +128,98 @@ async fn embedded_source_delivers_everything_to_kafka_once() {
     );
     bridge.stop().await;
 }
+
+/// Regression: one poison event made the embedded source skip (dead-letter) its whole batch.
+/// Now only the poison events go to the log's `dead_letters`; the rest reach Kafka in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_event_does_not_take_its_batch_with_it() {
+    require_kafka();
+    for poison in [vec![37i64], vec![1, 50, 100]] {
+        let prefix = unique("it-embedded-isolate");
+        let setup = Setup::new(&[]);
+        setup.write_connector(
+            "ingest",
+            &format!(
+                "{}\n[sink]\ntype = \"embedded\"\n",
+                setup.webhook_source("")
+            ),
+        );
+        setup.write_connector(
+            "egress",
+            &format!(
+                "[source]\ntype = \"embedded\"\nfile = \"ingest.db\"\nmax_batch = 100\n\n\
+                 [sink]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\n\
+                 topic_template = \"{prefix}.{{ResourceName}}\"\ntopic_partitions = 2\n\n\
+                 [retry]\nmin_backoff_ms = 50\nmax_backoff_ms = 500\n",
+                kafka()
+            ),
+        );
+        // One push of 100: the embedded log takes any well-formed name, the Kafka sink only
+        // the Data Dictionary's, so `X_NotReso` is poison downstream.
+        let events: Vec<(i64, &str, &str)> = (1..=100)
+            .map(|s| {
+                let resource = if poison.contains(&s) {
+                    "X_NotReso"
+                } else {
+                    "Property"
+                };
+                (s, resource, KEYS[(s % 4) as usize])
+            })
+            .collect();
+        let bridge = setup.start().await;
+        assert_eq!(
+            bridge
+                .post("/webhooks/ingest", &payload(&events))
+                .await
+                .status(),
+            200
+        );
+        let log = Log::open(&setup.path("data/ingest.db")).unwrap();
+        wait_cursor(&log, 100).await;
+
+        let topic = format!("{prefix}.Property");
+        let good = 100 - poison.len();
+        let got = tokio::task::spawn_blocking(move || consume_n(&[&topic], good))
+            .await
+            .unwrap();
+        let mut by_key: std::collections::BTreeMap<Vec<u8>, Vec<i64>> = Default::default();
+        for m in &got {
+            let sequence: i64 = header(m, "EntityEventSequence").unwrap().parse().unwrap();
+            by_key
+                .entry(m.key().unwrap().to_vec())
+                .or_default()
+                .push(sequence);
+        }
+        for (key, seqs) in &by_key {
+            let expected: Vec<i64> = events
+                .iter()
+                .filter(|(s, r, k)| k.as_bytes() == &key[..] && *r == "Property" && *s > 0)
+                .map(|(s, _, _)| *s)
+                .collect();
+            assert_eq!(seqs, &expected, "every good event once, in order per key");
+        }
+        let dead: Vec<(i64, String)> = {
+            let conn = rusqlite::Connection::open(setup.path("data/ingest.db")).unwrap();
+            let mut stmt = conn
+                .prepare("SELECT position, reason FROM dead_letters ORDER BY position")
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows
+        };
+        assert_eq!(
+            dead.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            poison,
+            "only the poison events are dead-lettered (positions = sequences here)"
+        );
+        assert!(
+            dead.iter().all(|(_, why)| why.contains("X_NotReso")),
+            "{dead:?}"
+        );
+        drop(log);
+        bridge.stop().await;
+    }
+}
