@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::PoisonRecord;
 use super::source::SourceContext;
-use crate::connector::{BatchHint, Message, Retriable, RetryAction, Sink};
+use futures::future::BoxFuture;
+
+use crate::connector::{BatchHint, Message, Retriable, RetryAction, Sink, SinkError};
 use crate::metrics::Metrics;
 use crate::pump::RetryConfig;
 use crate::push::{DeadLetter, DeadLetterInfo, DeadRecord};
@@ -256,48 +258,73 @@ impl Lane {
     }
 
     /// Offers the batch until the sink settles it; `false` when the lane must stop first.
-    async fn deliver(&self, batch: &[Message]) -> bool {
-        let mut backoff = self.shared.retry.backoff();
-        loop {
-            let result = tokio::select! {
-                biased;
-                _ = self.revoked.cancelled() => return false,
-                r = self.shared.sink.send(batch) => r,
-            };
-            let error = match result {
-                Ok(()) => return true,
-                Err(e) => e,
-            };
-            if self.stopping() {
-                return false;
+    /// Transient failures are retried in place. When the sink refuses the batch as poison, the
+    /// refused event (named by the sink's `Rejected { index }`, else found by halving) is
+    /// dead-lettered alone and its neighbours are delivered around it, in order.
+    fn deliver<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if batch.is_empty() {
+                return true;
             }
-            match error.retry_action() {
-                RetryAction::Poison => {
-                    let detail = error.to_string();
-                    let records: Vec<DeadRecord<'_>> = batch.iter().map(DeadRecord::from).collect();
-                    let info = DeadLetterInfo {
-                        reason: "rejected",
-                        detail: &detail,
-                        http_status: None,
-                        attempts: 1,
-                    };
-                    return self.dead_letter(&records, info).await;
+            let mut backoff = self.shared.retry.backoff();
+            let error = loop {
+                let result = tokio::select! {
+                    biased;
+                    _ = self.revoked.cancelled() => return false,
+                    r = self.shared.sink.send(batch) => r,
+                };
+                let error = match result {
+                    Ok(()) => return true,
+                    Err(e) => e,
+                };
+                if self.stopping() {
+                    return false;
                 }
-                RetryAction::Retry { after } => {
-                    let delay = after
-                        .or_else(|| backoff.next())
-                        .unwrap_or(Duration::from_secs(1));
-                    tracing::warn!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %error, delay_ms = delay.as_millis() as u64, "sink failed; retrying the batch in place");
-                    if !self.wait(delay).await {
+                match error.retry_action() {
+                    RetryAction::Poison => break error,
+                    RetryAction::Retry { after } => {
+                        let delay = after
+                            .or_else(|| backoff.next())
+                            .unwrap_or(Duration::from_secs(1));
+                        tracing::warn!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %error, delay_ms = delay.as_millis() as u64, "sink failed; retrying the batch in place");
+                        if !self.wait(delay).await {
+                            return false;
+                        }
+                    }
+                    RetryAction::Fatal => {
+                        tracing::error!(connector = %self.shared.connector, error = %error, "sink failed for good; partition stalled until restart");
                         return false;
                     }
                 }
-                RetryAction::Fatal => {
-                    tracing::error!(connector = %self.shared.connector, error = %error, "sink failed for good; partition stalled until restart");
-                    return false;
+            };
+            match error {
+                SinkError::Rejected { index, .. } if index < batch.len() => {
+                    self.deliver(&batch[..index]).await
+                        && self
+                            .dead_letter_rejected(&batch[index..=index], &error)
+                            .await
+                        && self.deliver(&batch[index + 1..]).await
+                }
+                _ if batch.len() == 1 => self.dead_letter_rejected(batch, &error).await,
+                _ => {
+                    let (first, second) = batch.split_at(batch.len() / 2);
+                    self.deliver(first).await && self.deliver(second).await
                 }
             }
-        }
+        })
+    }
+
+    /// Dead-letters events the sink refused (`rejected`, with the sink's reason).
+    async fn dead_letter_rejected(&self, events: &[Message], error: &SinkError) -> bool {
+        let detail = error.to_string();
+        let records: Vec<DeadRecord<'_>> = events.iter().map(DeadRecord::from).collect();
+        let info = DeadLetterInfo {
+            reason: "rejected",
+            detail: &detail,
+            http_status: None,
+            attempts: 1,
+        };
+        self.dead_letter(&records, info).await
     }
 
     async fn dead_letter_poison(&self, p: &PoisonRecord) -> bool {
