@@ -10,7 +10,7 @@
 //! preserved.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,6 @@ impl Pump {
                 }
             };
             let count = batch.messages.len() as u64;
-            let started = Instant::now();
             let mut poison = Vec::new();
             let result = isolate(self.sink.as_ref(), &batch.messages, 0, &mut poison).await;
             let outcome = match result {
@@ -206,8 +205,7 @@ impl Pump {
             if !matches!(outcome, Outcome::Partly { .. }) {
                 self.metrics.pump_events(&name, label, count);
             }
-            self.metrics
-                .publish_duration(&name, label, started.elapsed().as_secs_f64());
+            // `publish_duration` is the sink's own (one record per send, one vocabulary).
             if let Err(e) = self.source.settle(batch, outcome).await {
                 // Unsettled deliveries come back after the source reconnects: at-least-once.
                 tracing::warn!(connector = %name, error = %e, "could not settle batch; it will be redelivered");

@@ -7,7 +7,7 @@
 //! rolls the failed transaction back, so nothing half-written is ever visible.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -16,7 +16,7 @@ use super::config::EmbeddedSinkConfig;
 use super::retention::{self, RetentionPolicy};
 use super::store::{Log, StoreError};
 use super::EmbeddedError;
-use crate::connector::{count_by_resource, Message, Sink, SinkError};
+use crate::connector::{observe_send, Message, Sink, SinkError};
 use crate::metrics::Metrics;
 
 /// Appends to an embedded log.
@@ -93,20 +93,14 @@ fn sink_error(e: StoreError) -> SinkError {
 #[async_trait]
 impl Sink for EmbeddedSink {
     async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
-        let started = Instant::now();
-        let result = self.log.append(&self.connector, batch).await;
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(StoreError::Overloaded) => "overloaded",
-            Err(StoreError::Full(_)) => "full",
-            Err(_) => "unavailable",
-        };
-        self.metrics
-            .publish_duration(&self.connector, outcome, started.elapsed().as_secs_f64());
-        result.map_err(sink_error)?;
-        count_by_resource(batch, |resource, n| {
-            self.metrics.events_published(&self.connector, resource, n)
-        });
+        let started = std::time::Instant::now();
+        let result = self
+            .log
+            .append(&self.connector, batch)
+            .await
+            .map_err(sink_error);
+        observe_send(&self.metrics, &self.connector, batch, started, &result);
+        result?;
         self.log.report_size(&self.metrics, &self.connector);
         Ok(())
     }

@@ -303,9 +303,10 @@ impl PushSink {
     }
 }
 
-#[async_trait]
-impl Sink for PushSink {
-    async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+impl PushSink {
+    /// Sends `batch` in chunks within `max_events` / `max_bytes` (one label per chunk), each
+    /// delivered or dead-lettered before the next.
+    async fn send_chunks(&self, batch: &[Message]) -> Result<(), SinkError> {
         let split_on_label = self.static_label.is_none();
         for chunk in batch::chunks(
             batch,
@@ -332,6 +333,18 @@ impl Sink for PushSink {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for PushSink {
+    async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
+        let result = self.send_chunks(batch).await;
+        let outcome = result.as_ref().err().map_or("ok", SinkError::outcome);
+        self.metrics
+            .publish_duration(&self.connector, outcome, started.elapsed().as_secs_f64());
+        result
     }
 
     /// Always ready: probing a consumer would mean POSTing data. Delivery problems show in

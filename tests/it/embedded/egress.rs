@@ -219,6 +219,27 @@ async fn a_poison_event_does_not_take_its_batch_with_it() {
             dead.iter().all(|(_, why)| why.contains("X_NotReso")),
             "{dead:?}"
         );
+        // Regression: the pump recorded the publish duration a second time per batch, in its
+        // own outcome words; now only the sink records it, once per send.
+        let metrics = reqwest::get(format!("{}/metrics", bridge.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |outcome: &str| {
+            crate::common::metric(
+                &metrics,
+                &format!(
+                    "entity_bridge_publish_duration_seconds_count{{connector=\"egress\",outcome=\"{outcome}\"}}"
+                ),
+            )
+        };
+        assert!(count("ok").is_some_and(|n| n >= 1.0), "{metrics}");
+        assert!(count("rejected").is_some_and(|n| n >= 1.0), "{metrics}");
+        for pump_word in ["delivered", "dead_lettered", "retried"] {
+            assert_eq!(count(pump_word), None, "{metrics}");
+        }
         drop(log);
         bridge.stop().await;
     }
