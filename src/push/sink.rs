@@ -216,11 +216,18 @@ impl PushSink {
         let mut backoff = Backoff::new(retry);
         let mut attempts = 0u32;
         let mut failing_since: Option<Instant> = None;
+        // Time spent waiting for the endpoint (a consumer's `Retry-After` pause, rate limits)
+        // while failing: it does not count toward `max_retry_duration_ms`.
+        let mut waited = Duration::ZERO;
         let mut refreshed = false;
         loop {
+            let asked = Instant::now();
             let permit = self
                 .unless_stopped(self.endpoint.acquire(chunk.len()))
                 .await?;
+            if failing_since.is_some() {
+                waited += asked.elapsed();
+            }
             let (verdict, status) = match self.unless_stopped(self.auth.token()).await? {
                 Ok(token) => {
                     attempts += 1;
@@ -265,7 +272,8 @@ impl PushSink {
             };
             refreshed = false;
             let since = *failing_since.get_or_insert_with(Instant::now);
-            if retry.on_exhausted == OnExhausted::DeadLetter && since.elapsed() >= max_failing {
+            let failing = since.elapsed().saturating_sub(waited);
+            if retry.on_exhausted == OnExhausted::DeadLetter && failing >= max_failing {
                 let detail = format!("still failing after {attempts} attempts ({cause})");
                 let info = DeadLetterInfo {
                     reason: "retries_exhausted",

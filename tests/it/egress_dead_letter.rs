@@ -618,3 +618,41 @@ async fn kafka_lanes_isolate_a_poison_record() {
         assert!(bridge.stop().await);
     }
 }
+
+/// Regression: time spent honouring `Retry-After` counted toward `max_retry_duration_ms`
+/// (the docs say throttling never counts as failing), so a consumer that asked for pauses
+/// between two failures got the batch dead-lettered as `retries_exhausted`.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_pauses_do_not_count_toward_the_retry_budget() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Box::new(|n, _, _| match n {
+        0 | 3 => (503, vec![]),
+        1 | 2 => (429, vec![("retry-after", "1".to_owned())]),
+        _ => (200, vec![]),
+    }))
+    .await;
+    let mut egress = Egress::new("it-egress-budget", &receiver.url, &dir);
+    egress.sink_extra = "max_events = 1".into();
+    create_topic(&egress.topic, 1).await;
+    let events = vec![("bk".to_owned(), 1, event("bk", 1, 5))];
+    produce(&egress.topic, &events, None).await;
+    let toml = egress.toml().replace(
+        "max_backoff_ms = 200\n",
+        "max_backoff_ms = 200\nmax_retry_duration_ms = 1500\non_exhausted = \"dead_letter\"\n",
+    );
+    let bridge = TestBridge::start_connector(&toml).await;
+    receiver.wait_delivered(1, Duration::from_secs(60)).await;
+    let statuses: Vec<u16> = receiver.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![503, 429, 429, 503, 200]);
+    let text = bridge.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "entity_bridge_dead_lettered_events_total{connector=\"it\",outcome=\"retries_exhausted\"}"
+        ),
+        None,
+        "about 2 s of pauses, under 0.5 s of failing: not exhausted"
+    );
+    assert!(bridge.stop().await);
+}
