@@ -228,3 +228,31 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Topics on the broker whose name starts with `prefix`.
+pub fn topics_with_prefix(prefix: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| t.starts_with(prefix))
+        .collect()
+}
+
+/// Waits (blocking) until the broker lists `topic`: a reader subscribed before a topic exists
+/// may not see it appear for minutes, so tests wait for the bridge to create it first.
+pub fn wait_for_topic(topic: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !topics_with_prefix(topic).iter().any(|t| t == topic) {
+        assert!(Instant::now() < deadline, "{topic} was never created");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -564,29 +564,10 @@ async fn kafka_lanes_isolate_a_poison_record() {
         let bridge = TestBridge::start_connector(&toml).await;
         let out = format!("{prefix}.Property");
         let good = 100 - poison.len();
-        // A reader subscribed before the topic exists may not see it for minutes: wait for
-        // the bridge to create it.
         let wanted = out.clone();
-        tokio::task::spawn_blocking(move || {
-            use rdkafka::consumer::{BaseConsumer, Consumer};
-            let probe: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", kafka())
-                .create()
-                .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !probe
-                .fetch_metadata(None, Duration::from_secs(5))
-                .is_ok_and(|m| m.topics().iter().any(|t| t.name() == wanted))
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{wanted} never created"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-        .await
-        .unwrap();
+        tokio::task::spawn_blocking(move || wait_for_topic(&wanted, Duration::from_secs(60)))
+            .await
+            .unwrap();
         let got = tokio::task::spawn_blocking(move || consume_n(&[&out], good))
             .await
             .unwrap();

@@ -229,24 +229,6 @@ async fn unknown_resource_policy_reject_is_400_and_publishes_nothing() {
     assert_nothing_published_before_marker(&bridge, topic).await;
 }
 
-/// Topics on the broker whose name starts with `prefix`.
-fn topics_with_prefix(prefix: &str) -> Vec<String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .unwrap();
-    metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|t| t.starts_with(prefix))
-        .collect()
-}
-
 /// Regression: one push with 200 distinct ResourceNames created 200 topics.
 #[tokio::test(flavor = "multi_thread")]
 async fn resource_names_outside_the_data_dictionary_are_400_and_create_no_topic() {
