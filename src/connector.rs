@@ -242,7 +242,17 @@ pub trait Source: Send {
     async fn settle(&mut self, batch: SourceBatch, outcome: Outcome) -> Result<(), SourceError>;
     /// Called once at shutdown after the last settle: commit progress, close connections.
     async fn close(&mut self) -> Result<(), SourceError>;
+    /// A cheap check of the source's connection that `/readyz` may call at any time while the
+    /// source works elsewhere (e.g. "is the AMQP connection open"). Sources without one are
+    /// judged by their batches alone.
+    fn probe(&self) -> Option<Probe> {
+        None
+    }
 }
+
+/// A cheap, non-blocking check of whether a part is connected (see [`Source::probe`]): `Err`
+/// says why not, fit for `/readyz` (no secrets).
+pub type Probe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Calls `f(resource, count)` once per distinct ResourceName of a batch, in order of first
 /// appearance. Linear in the batch: a short list for the usual handful of resources, a map once

@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod pump;
 pub mod push;
 pub mod resources;
+pub mod runtime;
 pub mod secret;

@@ -2,17 +2,20 @@
 //!
 //! Keeping them in one place keeps names, labels and help texts consistent (prefix
 //! `entity_bridge_`, `_total` counters, `_seconds` histograms; labels only `connector`,
-//! `resource`, `outcome`, `status`) and lets a test check the exposition with `promtool`.
+//! `resource`, `outcome`, `status`, `state`) and lets a test check the exposition with
+//! `promtool`.
 //!
 //! `ResourceName` comes from producers, so the `resource` label is capped: after
 //! [`MAX_RESOURCE_LABELS`] distinct values, further names are counted as `other`.
 
 mod catalog;
+mod connectors;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 pub use catalog::MetricInfo;
+pub use connectors::CONNECTOR_STATES;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -42,6 +45,7 @@ struct Inner {
     push: PushMetrics,
     amqp: AmqpMetrics,
     embedded: EmbeddedMetrics,
+    connectors: connectors::ConnectorMetrics,
 }
 
 /// The embedded log: its size, retention, cursors and the replay resource.
@@ -221,7 +225,20 @@ impl Metrics {
                 &["connector"],
             ),
         };
+        let connectors = connectors::ConnectorMetrics {
+            state: gauge(
+                "entity_bridge_connector_state",
+                "1 on the connector's current state (running, degraded = a part reports a problem, stopped = its task is down and being restarted), 0 on the others.",
+                &["connector", "state"],
+            ),
+            restarts: counter(
+                "entity_bridge_connector_restarts_total",
+                "Restarts of a connector's task by its supervisor, by connector and why it had stopped (failed, panicked, ended).",
+                &["connector", "outcome"],
+            ),
+        };
         let inner = Inner {
+            connectors,
             push,
             amqp,
             embedded,

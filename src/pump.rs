@@ -22,6 +22,7 @@ use crate::connector::{
     Message, Outcome, Retriable, RetryAction, Sink, SinkError, Source, SourceError,
 };
 use crate::metrics::Metrics;
+use crate::runtime::{Health, Part};
 
 /// Backoff between retries of a failing sink or source.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +78,8 @@ pub struct Pump {
     pub retry: RetryConfig,
     /// Process metrics.
     pub metrics: Metrics,
+    /// Where the pump reports its source and sink working or failing.
+    pub health: Health,
 }
 
 /// Sends `messages` (which start at `offset` in their batch). When the sink refuses them as
@@ -139,7 +142,10 @@ impl Pump {
                 next = self.source.next_batch() => next,
             };
             let batch = match next {
-                Ok(Some(batch)) => batch,
+                Ok(Some(batch)) => {
+                    self.health.ok(Part::Source);
+                    batch
+                }
                 Ok(None) => break,
                 Err(e) if e.retry_action() == RetryAction::Fatal => {
                     tracing::error!(connector = %name, error = %e, "source failed; connector stopped");
@@ -147,6 +153,7 @@ impl Pump {
                     return Err(e);
                 }
                 Err(e) => {
+                    self.health.failed(Part::Source, &e);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                     tracing::warn!(connector = %name, error = %e, ?delay, "source unavailable; retrying");
                     if !pause(delay, &cancel).await {
@@ -160,16 +167,19 @@ impl Pump {
             let result = isolate(self.sink.as_ref(), &batch.messages, 0, &mut poison).await;
             let outcome = match result {
                 Ok(()) if poison.is_empty() => {
+                    self.health.ok(Part::Sink);
                     backoff = self.retry.backoff();
                     Outcome::Delivered
                 }
                 Ok(()) => {
+                    self.health.ok(Part::Sink);
                     backoff = self.retry.backoff();
                     tracing::warn!(connector = %name, poison = poison.len(), events = count, first = %poison[0].1, "poison events isolated; the rest of the batch was delivered");
                     Outcome::Partly { poison }
                 }
                 Err(e) => match e.retry_action() {
                     RetryAction::Retry { after } => {
+                        self.health.failed(Part::Sink, &e);
                         let delay = after
                             .or_else(|| backoff.next())
                             .unwrap_or(Duration::from_secs(1));
@@ -326,6 +336,7 @@ mod tests {
             sink: sink.clone(),
             retry: RetryConfig::default(),
             metrics: Metrics::new(),
+            health: Health::new("t", crate::runtime::Readiness::Gate, Metrics::new()),
         };
         pump.run(CancellationToken::new()).await.unwrap();
         let delivered = sink.delivered.lock().unwrap().clone();

@@ -27,9 +27,9 @@ use lapin::Channel;
 use tokio::time::Instant;
 
 use super::config::AmqpSourceConfig;
-use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
+use super::connection::{open_channel, AmqpBuildError, AmqpConnection, Live};
 use super::delivery::to_message;
-use crate::connector::{Outcome, Source, SourceBatch, SourceError};
+use crate::connector::{Outcome, Probe, Source, SourceBatch, SourceError};
 use crate::event::ParseOptions;
 use crate::metrics::Metrics;
 
@@ -203,7 +203,7 @@ enum Next {
 
 async fn next_delivery(
     consuming: &mut Consuming,
-    lost: &mut tokio::sync::watch::Receiver<Option<super::connection::Live>>,
+    lost: &mut tokio::sync::watch::Receiver<Option<Live>>,
     deadline: Option<Instant>,
 ) -> Next {
     let generation = consuming.generation;
@@ -357,5 +357,18 @@ impl Source for AmqpSource {
         }
         self.connection.close(Duration::from_secs(5)).await;
         Ok(())
+    }
+
+    /// Connected while the supervised RabbitMQ connection is open (it reconnects by itself).
+    fn probe(&self) -> Option<Probe> {
+        let state = self.connection.watch();
+        let endpoint = self.connection.endpoint().to_owned();
+        Some(Arc::new(move || {
+            if state.borrow().as_ref().is_some_and(Live::is_connected) {
+                Ok(())
+            } else {
+                Err(format!("not connected to RabbitMQ at {endpoint}"))
+            }
+        }))
     }
 }

@@ -25,6 +25,7 @@ use crate::kafka::KafkaSinkConfig;
 use crate::kafka::KafkaSourceConfig;
 use crate::pump::RetryConfig;
 use crate::push::PushSinkConfig;
+use crate::runtime::Readiness;
 
 /// The whole bridge: listeners, logging and the connectors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +199,12 @@ pub struct ConnectorConfig {
     /// producers retry on 429 / 503).
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Whether this connector's readiness gates `/readyz` (`gate`, the default: not ready ⇒
+    /// 503, the instance leaves its load balancer) or is only reported in the `/readyz` body and
+    /// `entity_bridge_connector_state` (`report`): e.g. an egress connector running next to
+    /// webhook ingress, so that a consumer outage does not take the ingress out of service.
+    #[serde(default)]
+    pub readiness: Readiness,
 }
 
 /// A connector's source, chosen by `type`.

@@ -14,16 +14,28 @@ use axum::{Json, Router};
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::Sink;
+use crate::connector::{Sink, SinkError};
 use crate::metrics::Metrics;
+use crate::runtime::{Health, Part, Readiness};
+
+/// What `/readyz` looks at for one connector.
+#[derive(Clone)]
+pub struct ConnectorReadiness {
+    /// The connector's name.
+    pub name: String,
+    /// Its sink, probed with [`Sink::ready`].
+    pub sink: Arc<dyn Sink>,
+    /// What its supervisor, source and sink last reported.
+    pub health: Health,
+}
 
 /// What the admin endpoints need.
 #[derive(Clone)]
 pub struct AdminState {
     /// The process metrics.
     pub metrics: Metrics,
-    /// Every connector's sink, by connector name.
-    pub sinks: Vec<(String, Arc<dyn Sink>)>,
+    /// Every connector, in configuration order.
+    pub connectors: Vec<ConnectorReadiness>,
     /// Timeout of each readiness probe.
     pub ready_timeout: Duration,
     /// Cancelled when shutdown begins; `/readyz` then answers 503 so traffic drains away.
@@ -66,7 +78,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: every sink reaches its bus, and the bridge is not shutting down.
+/// Readiness: every gating connector is ready (its task runs, its source is connected, its sink
+/// delivers and answers its probe), and the bridge is not shutting down. Connectors with
+/// `readiness = "report"` are shown but do not turn it 503.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if state.shutdown.is_cancelled() {
         return (
@@ -76,25 +90,41 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
             .into_response();
     }
     let state = &*state;
-    let probes = state.sinks.iter().map(|(name, sink)| async move {
-        let result = match tokio::time::timeout(state.ready_timeout, sink.ready()).await {
+    let probes = state.connectors.iter().map(|c| async move {
+        let probed = match tokio::time::timeout(state.ready_timeout, c.sink.ready()).await {
             Ok(Ok(())) => Ok(()),
+            // The part is named already ("sink probe: …"): the reason alone.
+            Ok(Err(SinkError::Unavailable { reason })) => Err(reason),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("readiness probe timed out".to_owned()),
         };
-        state.metrics.sink_ready(name, result.is_ok());
-        (name.clone(), result)
+        state.metrics.sink_ready(&c.name, probed.is_ok());
+        match probed {
+            Ok(()) => c.health.ok(Part::SinkProbe),
+            Err(e) => c.health.failed(Part::SinkProbe, e),
+        }
+        c.health.run_probe();
+        (c.name.clone(), c.health.snapshot())
     });
-    let results = join_all(probes).await;
-    let ready = results.iter().all(|(_, r)| r.is_ok());
-    let connectors: serde_json::Map<String, serde_json::Value> = results
-        .into_iter()
-        .map(|(name, r)| {
-            let v = match r {
-                Ok(()) => serde_json::json!("ready"),
-                Err(e) => serde_json::json!(format!("not ready: {e}")),
+    let snapshots = join_all(probes).await;
+    let ready =
+        (snapshots.iter()).all(|(_, snap)| snap.ready || snap.readiness == Readiness::Report);
+    let connectors: serde_json::Map<String, serde_json::Value> = (snapshots.iter())
+        .map(|(name, snap)| {
+            let summary = if snap.ready {
+                "ready".to_owned()
+            } else {
+                format!("not ready: {}", snap.problems.join("; "))
             };
-            (name, v)
+            (name.clone(), serde_json::Value::String(summary))
+        })
+        .collect();
+    let states: serde_json::Map<String, serde_json::Value> = (snapshots.into_iter())
+        .map(|(name, snap)| {
+            (
+                name,
+                serde_json::to_value(snap).expect("a snapshot serializes"),
+            )
         })
         .collect();
     let status = if ready {
@@ -105,6 +135,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "connectors": connectors,
+        "states": states,
     });
     (status, Json(body)).into_response()
 }

@@ -28,6 +28,7 @@ use crate::connector::{BatchHint, Message, Retriable, RetryAction, Sink, SinkErr
 use crate::metrics::Metrics;
 use crate::pump::RetryConfig;
 use crate::push::{DeadLetter, DeadLetterInfo, DeadRecord};
+use crate::runtime::{Health, Part};
 
 /// What the dispatcher hands a lane, in offset order.
 #[derive(Debug)]
@@ -67,6 +68,8 @@ pub struct LaneShared {
     pub max_buffered: usize,
     /// Metrics.
     pub metrics: Metrics,
+    /// Where lanes report their sink delivering or failing.
+    pub health: Health,
 }
 
 /// The dispatcher's and the rebalance callback's handle on a running lane.
@@ -274,7 +277,10 @@ impl Lane {
                     r = self.shared.sink.send(batch) => r,
                 };
                 let error = match result {
-                    Ok(()) => return true,
+                    Ok(()) => {
+                        self.shared.health.ok(Part::Sink);
+                        return true;
+                    }
                     Err(e) => e,
                 };
                 if self.stopping() {
@@ -283,6 +289,7 @@ impl Lane {
                 match error.retry_action() {
                     RetryAction::Poison => break error,
                     RetryAction::Retry { after } => {
+                        self.shared.health.failed(Part::Sink, &error);
                         let delay = after
                             .or_else(|| backoff.next())
                             .unwrap_or(Duration::from_secs(1));
@@ -350,8 +357,13 @@ impl Lane {
         let mut backoff = self.shared.retry.backoff();
         loop {
             match self.shared.dead_letter.write(records, info).await {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.shared.health.ok(Part::Sink);
+                    return true;
+                }
                 Err(e) => {
+                    (self.shared.health)
+                        .failed(Part::Sink, format_args!("cannot dead-letter: {e}"));
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                     tracing::warn!(connector = %self.shared.connector, error = %e, "cannot dead-letter; retrying");
                     if !self.wait(delay).await {

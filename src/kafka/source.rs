@@ -38,15 +38,18 @@ use crate::connector::{Origin, Sink, SourceError};
 use crate::metrics::Metrics;
 use crate::pump::RetryConfig;
 use crate::push::{DeadLetter, DeadLetterConfig};
+use crate::runtime::{panic_message, Health, Part};
 
 type Lanes = Arc<Mutex<HashMap<(Arc<str>, i32), LaneHandle>>>;
 
-/// Consumer callbacks: rebalance (stop lanes, commit), commit results, statistics (lag).
+/// Consumer callbacks: rebalance (stop lanes, commit), commit results, statistics (lag, broker
+/// connections), client errors.
 pub struct SourceContext {
     connector: String,
     lanes: Lanes,
     retired: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Metrics,
+    health: Health,
 }
 
 fn commit_stored<C: Consumer<SourceContext>>(consumer: &C, mode: CommitMode) -> KafkaResult<()> {
@@ -66,6 +69,23 @@ impl ClientContext for SourceContext {
             .map(|p| p.consumer_lag)
             .sum();
         self.metrics.consumer_lag(&self.connector, lag);
+        // Bootstrap entries have no node id; a learned broker that is UP means connected.
+        if (statistics.brokers.values()).any(|b| b.nodeid >= 0 && b.state == "UP") {
+            self.health.ok(Part::Source);
+        } else {
+            self.health
+                .failed(Part::Source, "no connection to a Kafka broker is up");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.failed(
+                Part::Source,
+                format!("all Kafka brokers are down: {reason}"),
+            );
+        }
+        tracing::warn!(connector = %self.connector, error = %error, %reason, "kafka consumer client error");
     }
 }
 
@@ -134,12 +154,15 @@ pub struct KafkaSource {
     retry: RetryConfig,
     dead_letter: Arc<DeadLetter>,
     metrics: Metrics,
+    health: Health,
     drain_timeout: Duration,
 }
 
 impl KafkaSourceConfig {
     /// Builds the consumer (no network yet). `dead_letter` is the source's own or the sink's;
-    /// `shutdown_timeout` bounds the drain at shutdown.
+    /// `shutdown_timeout` bounds the drain at shutdown; `health` hears about broker
+    /// connections and deliveries.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         &self,
         connector: &str,
@@ -147,6 +170,7 @@ impl KafkaSourceConfig {
         dead_letter: &DeadLetterConfig,
         retry: RetryConfig,
         metrics: Metrics,
+        health: Health,
         shutdown_timeout: Duration,
     ) -> Result<KafkaSource, KafkaSourceBuildError> {
         let lanes: Lanes = Arc::default();
@@ -156,6 +180,7 @@ impl KafkaSourceConfig {
             lanes: lanes.clone(),
             retired: retired.clone(),
             metrics: metrics.clone(),
+            health: health.clone(),
         };
         let consumer: StreamConsumer<SourceContext> = self
             .client_config(connector)?
@@ -174,6 +199,7 @@ impl KafkaSourceConfig {
             retry,
             dead_letter: Arc::new(dead_letter.build(connector, metrics.clone())?),
             metrics,
+            health,
             drain_timeout: shutdown_timeout / 2,
         })
     }
@@ -235,13 +261,18 @@ fn header_at(headers: &BorrowedHeaders, idx: usize) -> Option<RawHeader<'_>> {
 }
 
 impl KafkaSource {
-    /// Consumes until `cancel` fires, then drains, commits and leaves the group.
+    /// Consumes until `cancel` fires, then drains, commits and leaves the group. Returns an
+    /// error when a lane died (panicked, or its sink failed for good): the source then stops
+    /// like at shutdown, committing only what was delivered, so that its supervisor can start a
+    /// fresh one, which redelivers the rest.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), SourceError> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.consumer
             .subscribe(&topics)
             .map_err(|e| SourceError::Fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
         tracing::info!(connector = %self.connector, topics = ?topics, "kafka source subscribed");
+        // Stops the lanes at shutdown, and when this source gives up after a lane died.
+        let stop = cancel.child_token();
         let shared = Arc::new(LaneShared {
             connector: self.connector.clone(),
             consumer: self.consumer.clone(),
@@ -249,38 +280,76 @@ impl KafkaSource {
             hint: self.sink.batch_hint(),
             retry: self.retry.clone(),
             dead_letter: self.dead_letter.clone(),
-            shutdown: cancel.clone(),
+            shutdown: stop.clone(),
             max_buffered: self.max_buffered,
             metrics: self.metrics.clone(),
+            health: self.health.clone(),
         });
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let failure = loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                _ = cancel.cancelled() => break None,
                 _ = commit_tick.tick() => {
                     if let Err(e) = commit_stored(&*self.consumer, CommitMode::Async) {
                         tracing::warn!(connector = %self.connector, error = %e, "offset commit failed");
                     }
+                    if let Some(dead) = self.dead_lane().await {
+                        break Some(dead);
+                    }
                 }
                 received = self.consumer.recv() => match received {
-                    Ok(m) => self.dispatch(&m, &shared),
+                    Ok(m) => {
+                        self.health.ok(Part::Source);
+                        if !self.dispatch(&m, &shared) {
+                            if let Some(dead) = self.dead_lane().await {
+                                break Some(dead);
+                            }
+                        }
+                    }
                     Err(e) => {
+                        self.health.failed(Part::Source, &e);
                         tracing::warn!(connector = %self.connector, error = %e, "kafka consumer error");
                         tokio::select! {
-                            _ = cancel.cancelled() => break,
+                            _ = cancel.cancelled() => break None,
                             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         }
                     }
                 },
             }
-        }
+        };
+        stop.cancel();
         self.finish(shared).await;
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
-    fn dispatch(&self, m: &BorrowedMessage<'_>, shared: &Arc<LaneShared>) {
+    /// A lane that ended while its partition is still assigned and the source still runs: it
+    /// panicked or its sink failed for good, and its partition would stall. Removes it and says
+    /// why it ended.
+    async fn dead_lane(&self) -> Option<SourceError> {
+        let (key, lane) = {
+            let mut lanes = self.lanes.lock().expect("lanes lock");
+            let key = lanes
+                .iter()
+                .find(|(_, lane)| lane.task.is_finished())
+                .map(|(key, _)| key.clone())?;
+            let lane = lanes.remove(&key)?;
+            (key, lane)
+        };
+        let why = match lane.close().await {
+            Ok(()) => "its sink failed for good".to_owned(),
+            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
+            Err(e) => e.to_string(),
+        };
+        Some(SourceError::Fatal(format!(
+            "the lane of {} partition {} stopped ({why}); restarting the source",
+            key.0, key.1
+        )))
+    }
+
+    /// Routes a record to its partition's lane; `false` when that lane has ended.
+    fn dispatch(&self, m: &BorrowedMessage<'_>, shared: &Arc<LaneShared>) -> bool {
         let mut lanes = self.lanes.lock().expect("lanes lock");
         let key = (Arc::<str>::from(m.topic()), m.partition());
         let origin = Origin {
@@ -298,10 +367,8 @@ impl KafkaSource {
         let lane = lanes
             .entry(key.clone())
             .or_insert_with(|| LaneHandle::spawn(shared.clone(), key.0.clone(), key.1));
-        if !lane.push(item, &*self.consumer, self.max_buffered) {
-            // The lane ended (it only does when stopping): the record is redelivered later.
-            tracing::debug!(connector = %self.connector, topic = %key.0, partition = key.1, "lane closed; record left for redelivery");
-        }
+        // A lane that ended leaves the record for redelivery by the next source.
+        lane.push(item, &*self.consumer, self.max_buffered)
     }
 
     async fn finish(self, shared: Arc<LaneShared>) {

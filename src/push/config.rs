@@ -41,6 +41,11 @@ pub struct PushSinkConfig {
     /// Bound on establishing the TCP/TLS connection.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// How long the consumer endpoint, the token endpoint or the dead-letter destination may
+    /// keep failing (no answer, 5xx, refused token) before the connector reports not ready.
+    /// Any answer that is not a failure (2xx, 4xx, 429) clears it; an idle sink stays ready.
+    #[serde(default = "default_not_ready_after_ms")]
+    pub not_ready_after_ms: u64,
     /// How the bridge proves itself to the consumer (`Authorization: Bearer …`).
     pub auth: AuthConfig,
     /// Politeness limits of this endpoint, shared by every partition of the connector.
@@ -183,6 +188,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_connect_timeout_ms() -> u64 {
     5_000
 }
+fn default_not_ready_after_ms() -> u64 {
+    10_000
+}
 fn default_grant_type() -> String {
     "client_credentials".into()
 }
@@ -287,6 +295,12 @@ impl PushSinkConfig {
             return Err((
                 "request_timeout_ms".into(),
                 "request_timeout_ms and connect_timeout_ms must be at least 100".into(),
+            ));
+        }
+        if self.not_ready_after_ms > 3_600_000 {
+            return Err((
+                "not_ready_after_ms".into(),
+                "must be at most 3600000 (an hour)".into(),
             ));
         }
         if let AuthConfig::Oauth2 {

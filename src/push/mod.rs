@@ -16,6 +16,7 @@ pub mod dead_letter;
 pub mod dead_letter_amqp;
 pub mod dead_letter_kafka;
 pub mod limit;
+pub mod peers;
 pub mod retry;
 pub mod sink;
 

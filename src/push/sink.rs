@@ -22,6 +22,7 @@ use super::batch;
 use super::config::{OnExhausted, PushSinkConfig};
 use super::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use super::limit::Endpoint;
+use super::peers::{Peer, Peers};
 use super::retry::{classify, status_class, Backoff, Verdict};
 use crate::connector::{count_by_resource, BatchHint, Message, Sink, SinkError};
 use crate::metrics::Metrics;
@@ -53,6 +54,7 @@ pub struct PushSink {
     config: PushSinkConfig,
     static_label: Option<HeaderValue>,
     dead_letter: DeadLetter,
+    peers: Peers,
     metrics: Metrics,
     stop: CancellationToken,
 }
@@ -89,6 +91,7 @@ impl PushSinkConfig {
             config: self.clone(),
             static_label,
             dead_letter: self.dead_letter.build(connector, metrics.clone())?,
+            peers: Peers::new(Duration::from_millis(self.not_ready_after_ms)),
             metrics,
             stop,
         })
@@ -173,6 +176,22 @@ impl PushSink {
         }
     }
 
+    /// Records whether the consumer endpoint works: delivered, refused or throttling (429) is
+    /// an answer; no answer, a 5xx (with or without `Retry-After`) or a refused token is not.
+    fn track_consumer(&self, verdict: Verdict, status: Option<u16>) {
+        match (verdict, status) {
+            (_, Some(429)) => self.peers.answered(Peer::Consumer),
+            (Verdict::Retry { cause }, None) => self.peers.failed(Peer::Consumer, cause),
+            (Verdict::Retry { .. } | Verdict::Throttled { .. }, Some(status)) => self
+                .peers
+                .failed(Peer::Consumer, format_args!("HTTP {status}")),
+            (Verdict::Unauthorized, _) => {
+                (self.peers).failed(Peer::Consumer, "it refuses the token (HTTP 401)")
+            }
+            _ => self.peers.answered(Peer::Consumer),
+        }
+    }
+
     /// Delivers one chunk. When the consumer refuses it as poison (a 4xx), its halves are
     /// delivered in order, down to single events: only the events the consumer refuses on
     /// their own are dead-lettered (each with its own answer), and their good neighbours are
@@ -230,9 +249,11 @@ impl PushSink {
             }
             let (verdict, status) = match self.unless_stopped(self.auth.token()).await? {
                 Ok(token) => {
+                    self.peers.answered(Peer::Token);
                     attempts += 1;
                     let (verdict, status) =
                         self.post(&body, &token, label.as_ref(), chunk.len()).await;
+                    self.track_consumer(verdict, status);
                     if verdict == Verdict::Unauthorized
                         && !refreshed
                         && self.auth.invalidate(&token)
@@ -245,7 +266,10 @@ impl PushSink {
                     }
                     (verdict, status)
                 }
-                Err(_) => (Verdict::Retry { cause: "auth" }, None),
+                Err(e) => {
+                    self.peers.failed(Peer::Token, &e);
+                    (Verdict::Retry { cause: "auth" }, None)
+                }
             };
             drop(permit);
             let cause = match verdict {
@@ -300,8 +324,12 @@ impl PushSink {
         let mut backoff = Backoff::new(&self.config.retry);
         loop {
             match self.dead_letter.write(&records, info).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.peers.answered(Peer::DeadLetter);
+                    return Ok(());
+                }
                 Err(e) => {
+                    self.peers.failed(Peer::DeadLetter, &e);
                     let delay = backoff.next_delay();
                     tracing::warn!(connector = %self.connector, error = %e, delay_ms = delay.as_millis() as u64, "cannot dead-letter; retrying");
                     self.unless_stopped(tokio::time::sleep(delay)).await?;
@@ -355,10 +383,13 @@ impl Sink for PushSink {
         result
     }
 
-    /// Always ready: probing a consumer would mean POSTing data. Delivery problems show in
-    /// the push metrics and the consumer lag instead.
+    /// Ready unless the consumer endpoint, the token endpoint or the dead-letter destination
+    /// has kept failing for `not_ready_after_ms` (see [`super::peers`]): probing a consumer
+    /// would mean POSTing data, so readiness is judged from the traffic itself.
     async fn ready(&self) -> Result<(), SinkError> {
-        Ok(())
+        self.peers
+            .ready()
+            .map_err(|reason| SinkError::Unavailable { reason })
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {

@@ -10,9 +10,12 @@ use super::{catalog, check_expr, metric_names, promtool, read, repo, yaml};
 
 /// The alerts the issue asks for (dead letters, push 5xx / 429, consumer lag, ingress 429 /
 /// 503, not ready) plus the ones added beside them.
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 12] = [
     "EntityBridgeDown",
     "EntityBridgeSinkNotReady",
+    "EntityBridgeConnectorStopped",
+    "EntityBridgeConnectorRestarting",
+    "EntityBridgeConnectorDegraded",
     "EntityBridgeIngressOverloaded",
     "EntityBridgeIngressUnavailable",
     "EntityBridgePushServerErrors",

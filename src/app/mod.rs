@@ -1,8 +1,10 @@
 //! Builds the running bridge from a [`Config`] and shuts it down cleanly.
 //!
 //! Start-up resolves secrets and builds every sink and source before binding a port, so a bad
-//! config fails fast. Push sources (webhooks) become routes; pull sources get a [`Pump`] task,
-//! except the Kafka source, which runs its own driver (one ordered lane per partition).
+//! config fails fast. Push sources (webhooks) become routes; pull sources get a task (a
+//! [`crate::pump::Pump`], or the Kafka source's own driver with one ordered lane per
+//! partition) that runs under its connector's supervisor, which restarts it when it fails
+//! ([`crate::runtime`]). Each connector has a [`Health`] that `/readyz` and the metrics read.
 //! Shutdown is ordered: `/readyz` turns 503, pumps stop taking batches and settle the one in
 //! flight, the webhook listener stops accepting and finishes in-flight pushes (all bounded by
 //! `shutdown_timeout_ms`), then every sink is flushed with the time left, and only then does
@@ -17,12 +19,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod tasks;
+
 use crate::config::{Config, SinkConfig, SourceConfig};
-use crate::connector::{Sink, Source, SourceError};
-use crate::http::admin::{self, AdminState};
+use crate::connector::Sink;
+use crate::http::admin::{self, AdminState, ConnectorReadiness};
 use crate::http::{webhook_router, WebhookConnector};
 use crate::metrics::Metrics;
-use crate::pump::{Pump, RetryConfig};
+use crate::runtime::{supervise, Health, Run};
+use tasks::TaskContext;
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +88,6 @@ pub enum AppError {
     Tls(#[source] crate::http::tls::TlsError),
 }
 
-/// A pull-based connector waiting for its pump: name, source, sink, backoff.
-type PullConnector = (String, Box<dyn Source>, Arc<dyn Sink>, RetryConfig);
-
 /// A running bridge.
 pub struct Running {
     /// Where the webhook listener is bound (useful with port 0).
@@ -101,7 +103,7 @@ pub struct Running {
     webhook_task: JoinHandle<std::io::Result<()>>,
     admin_task: JoinHandle<std::io::Result<()>>,
     pump_stop: CancellationToken,
-    pumps: Vec<(String, JoinHandle<Result<(), SourceError>>)>,
+    supervisors: Vec<(String, JoinHandle<()>)>,
     sinks: Vec<(String, Arc<dyn Sink>)>,
     shutdown_timeout: Duration,
 }
@@ -162,77 +164,43 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let metrics = Metrics::new();
     let mut sinks = Vec::new();
     let mut routes = Vec::new();
-    let mut pull_sources: Vec<PullConnector> = Vec::new();
-    let mut kafka_sources: Vec<(String, crate::kafka::KafkaSource)> = Vec::new();
+    let mut tasks: Vec<(TaskContext, Run)> = Vec::new();
+    let mut readiness = Vec::new();
     // Cancelled first at shutdown: pumps stop taking batches, sinks stop waiting to retry.
     let pump_stop = CancellationToken::new();
+    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     for (name, connector) in &config.connectors {
         let sink = build_sink(name, &connector.sink, &metrics, &pump_stop).await?;
-        // New source types add one arm here: push sources add a route, pull sources a pump.
-        match &connector.source {
-            SourceConfig::Kafka(k) => {
-                // Validation guarantees a dead letter: the source's own or the webhook sink's.
-                let dead_letter = match (&k.dead_letter, &connector.sink) {
-                    (Some(own), _) => own,
-                    (None, SinkConfig::Webhook(p)) => &p.dead_letter,
-                    (None, _) => unreachable!("validated: source.dead_letter is required"),
-                };
-                let source = k
-                    .build(
-                        name,
-                        sink.clone(),
-                        dead_letter,
-                        connector.retry.clone(),
-                        metrics.clone(),
-                        Duration::from_millis(config.shutdown_timeout_ms),
-                    )
-                    .map_err(|source| AppError::KafkaSource {
+        let health = Health::new(name, connector.readiness, metrics.clone());
+        if let SourceConfig::Webhook(w) = &connector.source {
+            let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
+            let webhook =
+                WebhookConnector::build(name, w, body_timeout, sink.clone(), metrics.clone())
+                    .map_err(|source| AppError::Secret {
                         connector: name.clone(),
                         source,
                     })?;
-                tracing::info!(connector = %name, topics = ?k.topics, group = %k.group(name), "kafka source connector ready");
-                kafka_sources.push((name.clone(), source));
-            }
-            SourceConfig::Webhook(w) => {
-                let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
-                let webhook =
-                    WebhookConnector::build(name, w, body_timeout, sink.clone(), metrics.clone())
-                        .map_err(|source| AppError::Secret {
-                        connector: name.clone(),
-                        source,
-                    })?;
-                let path = w.route_path(name);
-                tracing::info!(connector = %name, %path, "webhook connector ready");
-                routes.push((path, Arc::new(webhook)));
-            }
-            SourceConfig::Amqp(a) => {
-                let source = a
-                    .build(name, metrics.clone())
-                    .map_err(|source| AppError::Amqp {
-                        connector: name.clone(),
-                        source,
-                    })?;
-                tracing::info!(connector = %name, queues = a.queues.len(), "AMQP source connector ready");
-                pull_sources.push((
-                    name.clone(),
-                    Box::new(source),
-                    sink.clone(),
-                    connector.retry.clone(),
-                ));
-            }
-            SourceConfig::Embedded(e) => {
-                let source = e
-                    .build(name, metrics.clone())
-                    .await
-                    .map_err(AppError::Embedded)?;
-                pull_sources.push((
-                    name.clone(),
-                    Box::new(source),
-                    sink.clone(),
-                    connector.retry.clone(),
-                ));
-            }
+            let path = w.route_path(name);
+            tracing::info!(connector = %name, %path, "webhook connector ready");
+            routes.push((path, Arc::new(webhook)));
         }
+        let ctx = TaskContext {
+            name: name.clone(),
+            config: connector.clone(),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown_timeout,
+        };
+        // Built now so that a bad source fails the start; restarts rebuild it the same way.
+        if let Some(run) = tasks::build_task(&ctx, pump_stop.clone()).await? {
+            tasks.push((ctx, run));
+        }
+        readiness.push(ConnectorReadiness {
+            name: name.clone(),
+            sink: sink.clone(),
+            health,
+        });
         sinks.push((name.clone(), sink));
     }
     let replay = crate::embedded::replay_router(&config, &metrics)
@@ -259,7 +227,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     });
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
-        sinks: sinks.clone(),
+        connectors: readiness,
         ready_timeout: Duration::from_millis(config.admin.ready_timeout_ms),
         shutdown: shutdown.clone(),
     });
@@ -268,24 +236,20 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let admin_task = tokio::spawn(async move {
         crate::http::serve::serve(admin_listener, admin_app, None, &limits, stop).await
     });
-    let mut pumps: Vec<_> = pull_sources
-        .into_iter()
-        .map(|(name, source, sink, retry)| {
-            let pump = Pump {
-                connector: name.clone(),
-                source,
-                sink,
-                retry,
-                metrics: metrics.clone(),
-            };
-            (name, tokio::spawn(pump.run(pump_stop.clone())))
+    let supervisors = (tasks.into_iter())
+        .map(|(ctx, first)| {
+            let name = ctx.name.clone();
+            let handle = supervise(
+                ctx.health.clone(),
+                ctx.config.retry.clone(),
+                metrics.clone(),
+                first,
+                tasks::rebuild(ctx),
+                pump_stop.clone(),
+            );
+            (name, handle)
         })
         .collect();
-    pumps.extend(
-        kafka_sources
-            .into_iter()
-            .map(|(name, source)| (name, tokio::spawn(source.run(pump_stop.clone())))),
-    );
     tracing::info!(%webhook_addr, %admin_addr, scheme, connectors = sinks.len(), "entity-bridge started");
     Ok(Running {
         webhook_addr,
@@ -302,9 +266,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         webhook_task,
         admin_task,
         pump_stop,
-        pumps,
+        supervisors,
         sinks,
-        shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+        shutdown_timeout,
     })
 }
 
@@ -320,14 +284,12 @@ impl Running {
         self.shutdown.cancel();
         self.pump_stop.cancel();
         let mut clean = true;
-        for (name, pump) in self.pumps {
-            match tokio::time::timeout_at(deadline.into(), pump).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(connector = %name, error = %e, "connector had stopped")
-                }
+        // Each supervisor logs how its task ended; it returns once the task has drained.
+        for (name, supervisor) in self.supervisors {
+            match tokio::time::timeout_at(deadline.into(), supervisor).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(connector = %name, error = %e, "connector task failed")
+                    tracing::warn!(connector = %name, error = %e, "connector supervisor failed")
                 }
                 Err(_) => {
                     clean = false;
