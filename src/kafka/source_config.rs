@@ -23,6 +23,12 @@ pub const RESERVED_CONSUMER_KEYS: &[&str] = &[
     "statistics.interval.ms",
 ];
 
+/// `session.timeout.ms` unless the `librdkafka` table sets it: how long a crashed member keeps
+/// its partitions before the group hands them to the others.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
+/// `heartbeat.interval.ms` unless the `librdkafka` table sets it (a third of the session).
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 3_000;
+
 /// Consumes EntityEvent records (as written by the Kafka sink) in a consumer group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +39,14 @@ pub struct KafkaSourceConfig {
     /// Consumer group; processes sharing it split the partitions. Default `entity-bridge.<connector>`.
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Static group membership (KIP-345, librdkafka `group.instance.id`): a name unique to this
+    /// process within the group and stable across its restarts (a StatefulSet pod name). A
+    /// member restarted under the same name gets its partitions back at once, without a
+    /// rebalance. Unset (default): dynamic membership. A static member does not leave the group
+    /// when it stops, so one that goes away for good holds its partitions until
+    /// `session.timeout.ms`.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// Topics to consume; an entry starting with `^` is a regular expression matched against
     /// every topic of the cluster (e.g. `"^reso\\..*"`), newly created topics included.
     pub topics: Vec<String>,
@@ -115,6 +129,15 @@ impl KafkaSourceConfig {
         {
             return Err(("group_id".into(), "must not be empty".into()));
         }
+        if let Some(instance) = &self.group_instance_id {
+            let valid = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if instance.is_empty() || instance.len() > 249 || !instance.chars().all(valid) {
+                return Err((
+                    "group_instance_id".into(),
+                    "must be 1 to 249 characters of A-Z, a-z, 0-9, '.', '_', '-'".into(),
+                ));
+            }
+        }
         if self.topics.is_empty() {
             return Err((
                 "topics".into(),
@@ -170,6 +193,16 @@ impl KafkaSourceConfig {
     pub fn client_config(&self, connector: &str) -> Result<ClientConfig, KafkaBuildError> {
         let mut cc = ClientConfig::new();
         cc.set("client.id", format!("entity-bridge.{connector}"));
+        // A member that crashed holds its partitions until its session times out (librdkafka's
+        // default is 45 s); a clean leave hands them over at once either way. Overridable.
+        cc.set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                DEFAULT_HEARTBEAT_INTERVAL_MS.to_string(),
+            );
+        if let Some(instance) = &self.group_instance_id {
+            cc.set("group.instance.id", instance);
+        }
         super::sink::apply_passthrough(&mut cc, &self.librdkafka, &self.librdkafka_secrets)?;
         // Set last: the offset discipline is not negotiable.
         cc.set("bootstrap.servers", &self.bootstrap_servers)
@@ -210,6 +243,28 @@ mod tests {
         assert_eq!(cc.get("enable.auto.commit"), Some("false"));
         assert_eq!(cc.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(cc.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(cc.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(cc.get("heartbeat.interval.ms"), Some("3000"));
+        assert_eq!(cc.get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn fast_takeover_settings_can_be_tuned() {
+        let mut c = parse("topics = [\"t\"]\ngroup_instance_id = \"bridge-0\"");
+        c.validate().unwrap();
+        c.librdkafka
+            .insert("session.timeout.ms".into(), "30000".into());
+        let cc = c.client_config("mls").unwrap();
+        assert_eq!(cc.get("group.instance.id"), Some("bridge-0"));
+        assert_eq!(
+            cc.get("session.timeout.ms"),
+            Some("30000"),
+            "the table wins"
+        );
+        for bad in ["", "pod 0", &"x".repeat(250)] {
+            c.group_instance_id = Some(bad.to_owned());
+            assert_eq!(c.validate().unwrap_err().0, "group_instance_id", "{bad:?}");
+        }
     }
 
     #[test]

@@ -325,3 +325,57 @@ async fn two_bridges_in_one_group_split_partitions_and_survive_one_stopping() {
     assert_key_order(&receiver.requests());
     assert!(b.stop().await);
 }
+
+/// Kills a member mid-stream, starts a replacement, and returns how long the replacement took
+/// to send its first POST.
+async fn takeover_after_a_crash(prefix: &str, source_extra: &str) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::accepting().await;
+    let mut egress = Egress::new(prefix, &receiver.url, &dir);
+    egress.source_extra = source_extra.into();
+    egress.sink_extra = "max_events = 1\n[sink.limits]\nrequests_per_second = 5".into();
+    create_topic(&egress.topic, 1).await;
+    let events: Vec<_> = (1..=100)
+        .map(|s| ("t".to_owned(), s, event("t", s, 2)))
+        .collect();
+    produce(&egress.topic, &events, None).await;
+    let mut crashed = BridgeProcess::spawn(dir.path(), &egress.toml(), &[]);
+    receiver.wait_delivered(3, Duration::from_secs(60)).await;
+    crashed.signal("-KILL");
+    crashed.wait(Duration::from_secs(10)).await;
+    let before = receiver.requests().len();
+    let started = Instant::now();
+    let mut replacement = BridgeProcess::spawn(dir.path(), &egress.toml(), &[]);
+    while receiver.requests().len() == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the replacement never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    replacement.signal("-TERM");
+    assert!(replacement.wait(Duration::from_secs(20)).await);
+    took
+}
+
+/// Regression: a replacement for a crashed member delivered its first event 45 s later
+/// (librdkafka's default session timeout); the bridge's default is 10 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_member_is_replaced_within_the_short_default_session() {
+    require_kafka();
+    let took = takeover_after_a_crash("it-egress-takeover", "").await;
+    assert!(took < Duration::from_secs(25), "took {took:?}");
+}
+
+/// With static membership, a member restarted under the same `group_instance_id` gets its
+/// partition back without waiting for the session to time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_member_restarted_under_its_name_resumes_at_once() {
+    require_kafka();
+    let instance = unique("bridge");
+    let extra = format!("group_instance_id = \"{instance}\"\n[source.librdkafka]\n\"session.timeout.ms\" = \"60000\"");
+    let took = takeover_after_a_crash("it-egress-static", &extra).await;
+    // Far below the 60 s session: the broker hands the partition to the same name at once.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
