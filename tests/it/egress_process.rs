@@ -379,3 +379,54 @@ async fn a_static_member_restarted_under_its_name_resumes_at_once() {
     // Far below the 60 s session: the broker hands the partition to the same name at once.
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+/// A member that stops cleanly leaves the group, so its partition moves to the other member
+/// at once instead of after `session.timeout.ms`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_stops_cleanly_hands_its_partition_over_at_once() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::accepting().await;
+    let mut egress = Egress::new("it-egress-leave", &receiver.url, &dir);
+    egress.sink_extra = "max_events = 1\n[sink.limits]\nrequests_per_second = 5".into();
+    create_topic(&egress.topic, 1).await;
+    let events: Vec<_> = (1..=200)
+        .map(|s| ("l".to_owned(), s, event("l", s, 2)))
+        .collect();
+    produce(&egress.topic, &events, None).await;
+    let delivered =
+        "entity_bridge_push_events_delivered_total{connector=\"it\",resource=\"Property\"}";
+    let count = |text: String| metric(&text, delivered).unwrap_or(0.0);
+
+    let first = TestBridge::start_connector(&egress.toml()).await;
+    receiver.wait_delivered(2, Duration::from_secs(60)).await;
+    let second = TestBridge::start_connector(&egress.toml()).await;
+    // One partition, two members: after the rebalance one of them owns it and delivers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (owner, other) = loop {
+        let (a, b) = (count(first.metrics().await), count(second.metrics().await));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (a2, b2) = (count(first.metrics().await), count(second.metrics().await));
+        if a2 > a && b2 == b {
+            break (first, second);
+        }
+        if b2 > b && a2 == a {
+            break (second, first);
+        }
+        assert!(Instant::now() < deadline, "no single owner emerged");
+    };
+    let before = count(other.metrics().await);
+    assert!(owner.stop().await, "the owner stops cleanly");
+    let stopped = Instant::now();
+    while count(other.metrics().await) == before {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "the other member never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Well below the 10 s session a crashed member would hold the partition for.
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+    assert!(other.stop().await);
+}
