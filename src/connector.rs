@@ -242,6 +242,12 @@ pub trait Source: Send {
     async fn settle(&mut self, batch: SourceBatch, outcome: Outcome) -> Result<(), SourceError>;
     /// Called once at shutdown after the last settle: commit progress, close connections.
     async fn close(&mut self) -> Result<(), SourceError>;
+    /// Whether the batch now with the pump is still held by this source, so that retrying it
+    /// in place makes sense. `false` once it is void: an AMQP channel that delivered it closed
+    /// and the broker requeued it; the pump then hands it back and takes the next batch.
+    fn is_held(&self) -> bool {
+        true
+    }
     /// A cheap check of the source's connection that `/readyz` may call at any time while the
     /// source works elsewhere (e.g. "is the AMQP connection open"). Sources without one are
     /// judged by their batches alone.

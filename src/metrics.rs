@@ -289,7 +289,7 @@ impl Metrics {
             ),
             pump_events: counter(
                 "entity_bridge_pump_events_total",
-                "Events taken from a pull source and settled, by connector and outcome (delivered, retried, dead_lettered).",
+                "Events taken from a pull source and settled, by connector and outcome (delivered, dead_lettered; retried = events of each failed attempt, retried in place).",
                 &["connector", "outcome"],
             ),
             resources: Mutex::new(HashSet::new()),

@@ -2,8 +2,8 @@
 //!
 //! This loop is the delivery contract for every pull-based connector (AMQP, embedded log,
 //! Kafka): a batch is acknowledged upstream only after the sink said `Ok`; a retryable sink
-//! error waits an exponential backoff with full jitter (backon) and hands the batch back for
-//! redelivery. When the sink refuses a batch as poison, the pump isolates the refused messages
+//! error waits an exponential backoff (backon) and offers the same batch again, in place, so
+//! nothing read after it overtakes it; it is handed back to the source only at shutdown. When the sink refuses a batch as poison, the pump isolates the refused messages
 //! (the sink names the one at fault, else the batch is split in halves) and delivers the others
 //! around them, in order; the source then acknowledges the delivered ones and dead-letters only
 //! the poison ones ([`Outcome::Partly`]). One batch is in flight at a time, so order is
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use futures::future::BoxFuture;
 
 use crate::connector::{
-    Message, Outcome, Retriable, RetryAction, Sink, SinkError, Source, SourceError,
+    Message, Outcome, Retriable, RetryAction, Sink, SinkError, Source, SourceBatch, SourceError,
 };
 use crate::metrics::Metrics;
 use crate::runtime::{Health, Part};
@@ -130,6 +130,58 @@ async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
 }
 
 impl Pump {
+    /// Offers `batch` to the sink until it is settled: delivered (poison events isolated
+    /// around), refused whole, or — only when `cancel` fires during a retry — handed back
+    /// ([`Outcome::Retry`]). A retryable failure is retried in place after the backoff instead
+    /// of handing the batch back: the source keeps holding it, so nothing read after it can
+    /// overtake it (an AMQP source's prefetched deliveries would), and per-key order holds
+    /// through retries. A batch the source no longer holds ([`Source::is_held`]) is handed
+    /// back too. `Err` only for a fatal sink error.
+    async fn deliver(
+        // `&mut`: a `&Pump` held across an await would need the source to be `Sync`.
+        &mut self,
+        batch: &SourceBatch,
+        backoff: &mut impl Iterator<Item = Duration>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, SinkError> {
+        let name = &self.connector;
+        let count = batch.messages.len() as u64;
+        loop {
+            let mut poison = Vec::new();
+            let e = match isolate(self.sink.as_ref(), &batch.messages, 0, &mut poison).await {
+                Ok(()) => {
+                    self.health.ok(Part::Sink);
+                    if poison.is_empty() {
+                        return Ok(Outcome::Delivered);
+                    }
+                    tracing::warn!(connector = %name, poison = poison.len(), events = count, first = %poison[0].1, "poison events isolated; the rest of the batch was delivered");
+                    return Ok(Outcome::Partly { poison });
+                }
+                Err(e) => e,
+            };
+            match e.retry_action() {
+                RetryAction::Retry { after } => {
+                    self.health.failed(Part::Sink, &e);
+                    let delay = after
+                        .or_else(|| backoff.next())
+                        .unwrap_or(Duration::from_secs(1));
+                    tracing::warn!(connector = %name, error = %e, ?delay, events = count, "sink failed; retrying the batch in place");
+                    self.metrics.pump_events(name, "retried", count);
+                    if !pause(delay, cancel).await || !self.source.is_held() {
+                        return Ok(Outcome::Retry);
+                    }
+                }
+                RetryAction::Poison => {
+                    tracing::warn!(connector = %name, error = %e, events = count, "batch cannot be delivered; dead-lettering");
+                    return Ok(Outcome::Poison {
+                        reason: e.to_string(),
+                    });
+                }
+                RetryAction::Fatal => return Err(e),
+            }
+        }
+    }
+
     /// Runs until `cancel` fires or the source ends; then closes the source (committing
     /// progress). Returns an error only when the source or sink failed for good.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), SourceError> {
@@ -163,57 +215,28 @@ impl Pump {
                 }
             };
             let count = batch.messages.len() as u64;
-            let mut poison = Vec::new();
-            let result = isolate(self.sink.as_ref(), &batch.messages, 0, &mut poison).await;
-            let outcome = match result {
-                Ok(()) if poison.is_empty() => {
-                    self.health.ok(Part::Sink);
-                    backoff = self.retry.backoff();
-                    Outcome::Delivered
+            let outcome = match self.deliver(&batch, &mut backoff, &cancel).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let _ = self.source.settle(batch, Outcome::Retry).await;
+                    let _ = self.source.close().await;
+                    return Err(SourceError::Fatal(e.to_string()));
                 }
-                Ok(()) => {
-                    self.health.ok(Part::Sink);
-                    backoff = self.retry.backoff();
-                    tracing::warn!(connector = %name, poison = poison.len(), events = count, first = %poison[0].1, "poison events isolated; the rest of the batch was delivered");
-                    Outcome::Partly { poison }
-                }
-                Err(e) => match e.retry_action() {
-                    RetryAction::Retry { after } => {
-                        self.health.failed(Part::Sink, &e);
-                        let delay = after
-                            .or_else(|| backoff.next())
-                            .unwrap_or(Duration::from_secs(1));
-                        tracing::warn!(connector = %name, error = %e, ?delay, events = count, "sink failed; batch will be redelivered");
-                        pause(delay, &cancel).await;
-                        Outcome::Retry
-                    }
-                    RetryAction::Poison => {
-                        tracing::warn!(connector = %name, error = %e, events = count, "batch cannot be delivered; dead-lettering");
-                        Outcome::Poison {
-                            reason: e.to_string(),
-                        }
-                    }
-                    RetryAction::Fatal => {
-                        let _ = self.source.settle(batch, Outcome::Retry).await;
-                        let _ = self.source.close().await;
-                        return Err(SourceError::Fatal(e.to_string()));
-                    }
-                },
             };
-            let label = match &outcome {
-                Outcome::Delivered => "delivered",
-                Outcome::Retry => "retried",
-                Outcome::Poison { .. } => "dead_lettered",
+            if outcome != Outcome::Retry {
+                backoff = self.retry.backoff();
+            }
+            match &outcome {
+                Outcome::Delivered => self.metrics.pump_events(&name, "delivered", count),
+                // Handed back at shutdown: each retry in place was counted already.
+                Outcome::Retry => {}
+                Outcome::Poison { .. } => self.metrics.pump_events(&name, "dead_lettered", count),
                 Outcome::Partly { poison } => {
                     let dead = poison.len() as u64;
                     self.metrics.pump_events(&name, "dead_lettered", dead);
                     self.metrics
                         .pump_events(&name, "delivered", count.saturating_sub(dead));
-                    "dead_lettered"
                 }
-            };
-            if !matches!(outcome, Outcome::Partly { .. }) {
-                self.metrics.pump_events(&name, label, count);
             }
             // `publish_duration` is the sink's own (one record per send, one vocabulary).
             if let Err(e) = self.source.settle(batch, outcome).await {
@@ -226,153 +249,5 @@ impl Pump {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let retry = RetryConfig {
-            min_backoff_ms: 10,
-            max_backoff_ms: 100,
-        };
-        let delays: Vec<Duration> = retry.backoff().take(20).collect();
-        assert_eq!(delays.len(), 20, "endless");
-        // backon's jitter adds up to one min_delay on top of the capped delay.
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_millis(200)),
-            "{delays:?}"
-        );
-    }
-
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use bytes::Bytes;
-
-    use crate::connector::{RejectKind, SourceBatch};
-
-    fn message(sequence: i64, key: &str, resource: &str) -> Message {
-        Message {
-            sequence,
-            resource_name: resource.into(),
-            record_key: key.into(),
-            source_label: None,
-            payload: Bytes::new(),
-            origin: None,
-        }
-    }
-
-    /// A sink that refuses any batch holding a `Bad` event, naming it (`named`) or not.
-    struct Refusing {
-        named: bool,
-        delivered: Mutex<Vec<i64>>,
-        sends: Mutex<usize>,
-    }
-
-    #[async_trait]
-    impl Sink for Refusing {
-        async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
-            *self.sends.lock().unwrap() += 1;
-            if let Some(index) = batch.iter().position(|m| m.resource_name == "Bad") {
-                return Err(SinkError::Rejected {
-                    index: if self.named { index } else { usize::MAX },
-                    field: Some("ResourceName"),
-                    detail: format!("event {} is bad", batch[index].sequence),
-                    kind: RejectKind::Unroutable,
-                });
-            }
-            let mut delivered = self.delivered.lock().unwrap();
-            delivered.extend(batch.iter().map(|m| m.sequence));
-            Ok(())
-        }
-        async fn ready(&self) -> Result<(), SinkError> {
-            Ok(())
-        }
-        async fn flush(&self, _: Duration) -> Result<(), SinkError> {
-            Ok(())
-        }
-    }
-
-    /// A source of one batch that records how it was settled.
-    struct OneBatch {
-        batch: Option<SourceBatch>,
-        settled: Arc<Mutex<Vec<Outcome>>>,
-    }
-
-    #[async_trait]
-    impl Source for OneBatch {
-        async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
-            Ok(self.batch.take())
-        }
-        async fn settle(&mut self, _: SourceBatch, outcome: Outcome) -> Result<(), SourceError> {
-            self.settled.lock().unwrap().push(outcome);
-            Ok(())
-        }
-        async fn close(&mut self) -> Result<(), SourceError> {
-            Ok(())
-        }
-    }
-
-    async fn run(named: bool, bad: &[i64]) -> (Vec<i64>, Vec<Outcome>, usize) {
-        let messages: Vec<Message> = (1..=100)
-            .map(|s| {
-                let resource = if bad.contains(&s) { "Bad" } else { "Property" };
-                message(s, &format!("k{}", s % 3), resource)
-            })
-            .collect();
-        let receipts = (1..=100).collect();
-        let settled = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::new(Refusing {
-            named,
-            delivered: Mutex::new(Vec::new()),
-            sends: Mutex::new(0),
-        });
-        let pump = Pump {
-            connector: "t".into(),
-            source: Box::new(OneBatch {
-                batch: Some(SourceBatch { messages, receipts }),
-                settled: settled.clone(),
-            }),
-            sink: sink.clone(),
-            retry: RetryConfig::default(),
-            metrics: Metrics::new(),
-            health: Health::new("t", crate::runtime::Readiness::Gate, Metrics::new()),
-        };
-        pump.run(CancellationToken::new()).await.unwrap();
-        let delivered = sink.delivered.lock().unwrap().clone();
-        let sends = *sink.sends.lock().unwrap();
-        let outcomes = settled.lock().unwrap().clone();
-        (delivered, outcomes, sends)
-    }
-
-    /// Regression: one poison event in a batch of 100 dead-lettered all 100.
-    #[tokio::test]
-    async fn poison_events_are_isolated_and_their_neighbours_delivered_in_order() {
-        for named in [true, false] {
-            for bad in [vec![37], vec![1, 50, 100]] {
-                let (delivered, outcomes, sends) = run(named, &bad).await;
-                let good: Vec<i64> = (1..=100).filter(|s| !bad.contains(s)).collect();
-                assert_eq!(delivered, good, "named {named}, bad {bad:?}");
-                let indices: Vec<usize> = bad.iter().map(|s| (*s - 1) as usize).collect();
-                match &outcomes[..] {
-                    [Outcome::Partly { poison }] => {
-                        assert_eq!(poison.iter().map(|(i, _)| *i).collect::<Vec<_>>(), indices);
-                        assert!(poison.iter().all(|(_, why)| why.contains("is bad")));
-                    }
-                    other => panic!("{other:?}"),
-                }
-                // Named rejections cost about two sends per poison event; halving about
-                // 2·log2(100) per poison event.
-                let bound = if named {
-                    1 + 2 * bad.len()
-                } else {
-                    1 + 16 * bad.len()
-                };
-                assert!(sends <= bound, "{sends} sends for {bad:?} (named {named})");
-            }
-        }
-        let (delivered, outcomes, _) = run(true, &[]).await;
-        assert_eq!(delivered.len(), 100);
-        assert_eq!(outcomes, vec![Outcome::Delivered]);
-    }
-}
+#[path = "pump_tests.rs"]
+mod tests;

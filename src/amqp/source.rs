@@ -359,6 +359,11 @@ impl Source for AmqpSource {
         Ok(())
     }
 
+    /// Void once the channel it came from closed: the broker has requeued its deliveries.
+    fn is_held(&self) -> bool {
+        (self.outstanding.as_ref()).is_none_or(|channel| channel.status().connected())
+    }
+
     /// Connected while the supervised RabbitMQ connection is open (it reconnects by itself).
     fn probe(&self) -> Option<Probe> {
         let state = self.connection.watch();

@@ -1,4 +1,4 @@
-//! A scripted fake sink, for what no real bus does on cue: panic in a given call.
+//! A scripted fake sink, for what no real bus does on cue: panic, or fail a given call.
 //! Real sinks are tested against their real brokers; this stands in only where a test needs a
 //! sink to misbehave (a programming error, a stuck client) to see the rest of the bridge cope.
 
@@ -15,6 +15,8 @@ pub enum Act {
     Accept,
     /// Panic inside `send`.
     Panic,
+    /// Fail as unavailable (retryable).
+    Fail,
 }
 
 /// Decides call number `n` (0-based) given its batch.
@@ -39,6 +41,11 @@ impl ScriptedSink {
     /// `(ResourceRecordKey, EntityEventSequence)` of every accepted event, in order.
     pub fn delivered(&self) -> Vec<(String, i64)> {
         self.delivered.lock().unwrap().clone()
+    }
+
+    /// How many times `send` was called.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
     }
 
     /// Waits until `n` events were accepted.
@@ -66,6 +73,9 @@ impl Sink for ScriptedSink {
                 Ok(())
             }
             Act::Panic => panic!("scripted panic in send #{n}"),
+            Act::Fail => Err(SinkError::Unavailable {
+                reason: format!("scripted failure of send #{n}"),
+            }),
         }
     }
 

@@ -14,6 +14,7 @@ mod fuzz;
 mod hostile;
 mod kafka_ingress;
 mod openapi;
+mod order;
 mod receiver;
 mod supervision;
 mod tls;
