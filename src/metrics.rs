@@ -236,6 +236,11 @@ impl Metrics {
                 "Restarts of a connector's task by its supervisor, by connector and why it had stopped (failed, panicked, ended).",
                 &["connector", "outcome"],
             ),
+            kafka_rebuilds: counter(
+                "entity_bridge_kafka_client_rebuilds_total",
+                "Kafka producers (sink or dead-letter writer) discarded after a fatal librdkafka error such as a fenced idempotent producer, by connector and outcome (rebuilt, failed).",
+                &["connector", "outcome"],
+            ),
         };
         let inner = Inner {
             connectors,

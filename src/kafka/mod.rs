@@ -3,6 +3,7 @@
 
 mod config;
 mod delivery;
+mod healing;
 mod lane;
 mod record;
 mod sink;
@@ -11,7 +12,8 @@ mod source_config;
 pub mod topics;
 
 pub use config::{replication, KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
+pub use healing::{Healing, Kind};
 pub use record::{parse_record, PoisonRecord, RecordView};
-pub use sink::{headers, KafkaBuildError, KafkaSink};
+pub use sink::{broker_reachable, fatal_error, headers, KafkaBuildError, KafkaSink};
 pub use source::{KafkaSource, KafkaSourceBuildError, SourceContext};
 pub use source_config::{KafkaSourceConfig, OffsetReset, RESERVED_CONSUMER_KEYS};

@@ -4,7 +4,9 @@
 //! push unpublished), missing topics are created through the admin API once, then every record
 //! is enqueued at once and the delivery reports are awaited together — no per-event round trip,
 //! and one wake-up per batch rather than one future per record ([`super::delivery`]).
-//! The idempotent producer keeps librdkafka's internal retries free of duplicates and in order.
+//! The idempotent producer keeps librdkafka's internal retries free of duplicates and in order;
+//! when it reports a fatal error (e.g. fenced after a network partition) it is replaced
+//! ([`super::healing`]) and readiness says so until it has been.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::config::KafkaSinkConfig;
 use super::delivery::{Batch, SinkContext};
+use super::healing::{Healing, Kind};
 use super::topics::TopicRouter;
 use crate::connector::{observe_send, Message, RejectKind, Sink, SinkError};
 use crate::metrics::Metrics;
@@ -46,7 +49,7 @@ pub enum KafkaBuildError {
 /// Publishes batches of EntityEvents to Kafka.
 pub struct KafkaSink {
     connector: String,
-    producer: Arc<ThreadedProducer<SinkContext>>,
+    producer: Healing<ThreadedProducer<SinkContext>>,
     admin: AdminClient<DefaultClientContext>,
     router: TopicRouter,
     config: KafkaSinkConfig,
@@ -79,9 +82,18 @@ impl KafkaSinkConfig {
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1_000_000);
+        let kind = {
+            let cc = cc.clone();
+            Kind {
+                make: Box::new(move || cc.create_with_context(SinkContext)),
+                fatal: fatal_error,
+                reachable: broker_reachable,
+            }
+        };
+        let stuck_after = Duration::from_millis(self.delivery_timeout_ms);
         Ok(KafkaSink {
             connector: connector.to_owned(),
-            producer: Arc::new(cc.create_with_context(SinkContext)?),
+            producer: Healing::new(connector, "sink", kind, stuck_after, metrics.clone())?,
             admin: cc.create()?,
             router: TopicRouter::new(self)?,
             config: self.clone(),
@@ -136,6 +148,21 @@ pub fn headers(message: &Message) -> OwnedHeaders {
         key: "content-type",
         value: Some("application/json"),
     })
+}
+
+/// Whether a producer's broker answers a metadata request (blocking; [`Healing`] runs it off
+/// the runtime).
+pub fn broker_reachable<C: rdkafka::producer::ProducerContext, P: Producer<C>>(p: &P) -> bool {
+    p.client()
+        .fetch_metadata(None, Duration::from_secs(2))
+        .is_ok()
+}
+
+/// A producer's fatal error as text ([`Healing`] replaces a producer that has one).
+pub fn fatal_error<C: rdkafka::producer::ProducerContext, P: Producer<C>>(p: &P) -> Option<String> {
+    p.client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code}: {reason}"))
 }
 
 fn unavailable(reason: impl Into<String>) -> SinkError {
@@ -243,7 +270,7 @@ impl KafkaSink {
 
     /// Whether the broker's metadata lists `topic` (used when creation was refused, e.g. ACLs).
     async fn topic_exists(&self, topic: &str) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         let topic = topic.to_owned();
         let timeout = self.delivery_timeout();
         tokio::task::spawn_blocking(move || {
@@ -263,12 +290,13 @@ impl KafkaSink {
 
     async fn produce_all(&self, batch: &[Message], topics: &[Arc<str>]) -> Result<(), SinkError> {
         let (reports, outcome) = Batch::new(batch.len());
+        let producer = self.producer.get();
         for (index, (message, topic)) in batch.iter().zip(topics).enumerate() {
             let record = BaseRecord::with_opaque_to(topic, reports.report(index))
                 .key(message.record_key.as_bytes())
                 .payload(&message.payload[..])
                 .headers(headers(message));
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     return Err(SinkError::Overloaded {
@@ -306,6 +334,8 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let started = Instant::now();
+        // A producer that went fatal since the last send is replaced before it fails this one.
+        self.producer.heal_if_fatal();
         let result = async {
             let topics = self.route_all(batch)?;
             if self.config.create_topics {
@@ -315,14 +345,21 @@ impl Sink for KafkaSink {
         }
         .await;
         observe_send(&self.metrics, &self.connector, batch, started, &result);
+        match &result {
+            Err(SinkError::Unavailable { .. }) => {
+                self.producer.failed().await;
+            }
+            _ => self.producer.succeeded(),
+        }
         result
     }
 
     async fn ready(&self) -> Result<(), SinkError> {
-        if let Some(fatal) = self.producer.client().fatal_error() {
-            return Err(unavailable(format!("producer fatal error: {}", fatal.1)));
+        self.producer.heal_if_fatal();
+        if let Some(problem) = self.producer.problem() {
+            return Err(unavailable(format!("{problem}; replacing the producer")));
         }
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         let timeout = Duration::from_secs(5).min(self.delivery_timeout());
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
             .await
@@ -332,7 +369,7 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| unavailable(format!("flush task failed: {e}")))?

@@ -1,7 +1,8 @@
-//! Connector supervision: each connector's state as a state set, and its task restarts.
+//! Connector supervision: each connector's state as a state set, its task restarts, and
+//! clients replaced after a fatal error.
 //!
-//! Kept apart from the traffic metrics because the supervisor and `/readyz` write them, never
-//! a request path.
+//! Kept apart from the traffic metrics because the supervisor, the healing clients and
+//! `/readyz` write them, never a request path.
 
 use prometheus::{IntCounterVec, IntGaugeVec};
 
@@ -15,6 +16,7 @@ pub const CONNECTOR_STATES: [&str; 3] = ["running", "degraded", "stopped"];
 pub(super) struct ConnectorMetrics {
     pub(super) state: IntGaugeVec,
     pub(super) restarts: IntCounterVec,
+    pub(super) kafka_rebuilds: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,6 +37,16 @@ impl Metrics {
         self.0
             .connectors
             .restarts
+            .with_label_values(&[connector, outcome])
+            .inc();
+    }
+
+    /// Counts one replacement of a Kafka producer after a fatal error (`rebuilt`, or `failed`
+    /// when the new client could not be created).
+    pub fn kafka_client_rebuilt(&self, connector: &str, outcome: &str) {
+        self.0
+            .connectors
+            .kafka_rebuilds
             .with_label_values(&[connector, outcome])
             .inc();
     }

@@ -63,7 +63,9 @@ impl DeadLetterConfig {
         metrics: Metrics,
     ) -> Result<DeadLetter, DeadLetterBuildError> {
         let writer = match self {
-            DeadLetterConfig::Kafka(k) => Writer::Kafka(Box::new(k.build(connector)?)),
+            DeadLetterConfig::Kafka(k) => {
+                Writer::Kafka(Box::new(k.build(connector, metrics.clone())?))
+            }
             DeadLetterConfig::Amqp(a) => Writer::Amqp(Box::new(a.build()?)),
         };
         Ok(DeadLetter {

@@ -9,6 +9,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::kafka::{Healing, Kind};
+use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -91,10 +94,23 @@ impl KafkaDeadLetterConfig {
     }
 
     /// Builds the writer (does not contact the broker yet).
-    pub fn build(&self, connector: &str) -> Result<KafkaDeadLetter, KafkaBuildError> {
+    pub fn build(
+        &self,
+        connector: &str,
+        metrics: Metrics,
+    ) -> Result<KafkaDeadLetter, KafkaBuildError> {
         let cc = self.as_sink_config().client_config(connector)?;
+        let kind = {
+            let cc = cc.clone();
+            Kind {
+                make: Box::new(move || cc.create()),
+                fatal: |p: &FutureProducer| crate::kafka::fatal_error(p),
+                reachable: |p: &FutureProducer| crate::kafka::broker_reachable(p),
+            }
+        };
+        let stuck_after = Duration::from_millis(self.delivery_timeout_ms);
         Ok(KafkaDeadLetter {
-            producer: cc.create()?,
+            producer: Healing::new(connector, "dead_letter", kind, stuck_after, metrics)?,
             admin: cc.create()?,
             config: self.clone(),
             topic_ready: OnceCell::new(),
@@ -104,7 +120,7 @@ impl KafkaDeadLetterConfig {
 
 /// Writes dead letters to a Kafka topic.
 pub struct KafkaDeadLetter {
-    producer: FutureProducer,
+    producer: Healing<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     config: KafkaDeadLetterConfig,
     topic_ready: OnceCell<()>,
@@ -169,18 +185,34 @@ impl KafkaDeadLetter {
         connector: &str,
     ) -> Result<(), DeadLetterError> {
         self.ensure_topic().await?;
+        self.producer.heal_if_fatal();
+        let result = self.write_all(records, info, connector).await;
+        match &result {
+            Err(DeadLetterError::Unavailable { .. }) => {
+                self.producer.failed().await;
+            }
+            _ => self.producer.succeeded(),
+        }
+        result
+    }
+
+    async fn write_all(
+        &self,
+        records: &[DeadRecord<'_>],
+        info: &DeadLetterInfo<'_>,
+        connector: &str,
+    ) -> Result<(), DeadLetterError> {
+        let producer = self.producer.get();
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
-            match self
-                .producer
-                .send_result(self.record(record, info, connector, false))
-            {
+            match producer.send_result(self.record(record, info, connector, false)) {
                 Ok(delivery) => pending.push((record, Some(delivery))),
                 Err((e, _)) if too_large(&e) => pending.push((record, None)),
                 Err((e, _)) => return Err(self.unavailable(format!("cannot enqueue: {e}"))),
             }
         }
         let guard = self.timeout() + Duration::from_secs(2);
+        let producer = &*producer;
         let waits = pending.into_iter().map(|(record, delivery)| async move {
             if let Some(delivery) = delivery {
                 match delivery.await {
@@ -192,7 +224,7 @@ impl KafkaDeadLetter {
             }
             tracing::warn!(%connector, topic = %self.config.topic, bytes = record.payload.len(), "dead letter too large for its topic; writing it without its payload");
             let slim = self.record(record, info, connector, true);
-            match self.producer.send_result(slim) {
+            match producer.send_result(slim) {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((e, _))) => Err(format!("delivery failed: {e}")),
@@ -244,7 +276,7 @@ impl KafkaDeadLetter {
 
     /// Waits for anything still queued in the producer, up to `timeout` (shutdown).
     pub async fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| self.unavailable(format!("flush task failed: {e}")))?

@@ -182,10 +182,20 @@ impl Drop for TestBridge {
 pub fn consume_until(
     topics: &[&str],
     timeout: Duration,
+    stop: impl FnMut(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    consume_from(&kafka(), topics, timeout, stop)
+}
+
+/// [`consume_until`] on the broker at `bootstrap`.
+pub fn consume_from(
+    bootstrap: &str,
+    topics: &[&str],
+    timeout: Duration,
     mut stop: impl FnMut(&[OwnedMessage]) -> bool,
 ) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("it-reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -15,6 +15,8 @@ mod hostile;
 mod kafka_ingress;
 mod openapi;
 mod order;
+mod partition;
+mod proxy;
 mod receiver;
 mod supervision;
 mod tls;
