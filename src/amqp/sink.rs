@@ -281,7 +281,16 @@ impl Sink for AmqpSink {
         }
         let started = Instant::now();
         let result = match self.route_all(batch) {
-            Ok(keys) => self.publish_all(batch, &keys).await,
+            // The whole exchange with the broker (channel, publishes, confirms) is bounded: on a
+            // connection that is silently dead (a partition, before heartbeats notice) opening a
+            // channel never completes, and a push must still get its 503 in time.
+            Ok(keys) => tokio::time::timeout(self.confirm_timeout, self.publish_all(batch, &keys))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(unavailable(
+                        "RabbitMQ did not answer within confirm_timeout_ms",
+                    ))
+                }),
             Err(e) => Err(e),
         };
         observe_send(&self.metrics, &self.connector, batch, started, &result);
