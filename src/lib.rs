@@ -34,5 +34,6 @@ pub mod metrics;
 pub mod pump;
 pub mod push;
 pub mod resources;
+pub mod retry;
 pub mod runtime;
 pub mod secret;

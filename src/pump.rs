@@ -2,7 +2,7 @@
 //!
 //! This loop is the delivery contract for every pull-based connector (AMQP, embedded log,
 //! Kafka): a batch is acknowledged upstream only after the sink said `Ok`; a retryable sink
-//! error waits an exponential backoff (backon) and offers the same batch again, in place, so
+//! error waits the retry engine's backoff ([`crate::retry`]) and offers the same batch again, in place, so
 //! nothing read after it overtakes it; it is handed back to the source only at shutdown. When the sink refuses a batch as poison, the pump isolates the refused messages
 //! (the sink names the one at fault, else the batch is split in halves) and delivers the others
 //! around them, in order; the source then acknowledges the delivered ones and dead-letters only
@@ -10,10 +10,7 @@
 //! preserved.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use futures::future::BoxFuture;
@@ -22,49 +19,10 @@ use crate::connector::{
     Message, Outcome, Retriable, RetryAction, Sink, SinkError, Source, SourceBatch, SourceError,
 };
 use crate::metrics::Metrics;
+use crate::retry::{pause, wait_after, Backoff};
 use crate::runtime::{Health, Part};
 
-/// Backoff between retries of a failing sink or source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// First backoff delay.
-    #[serde(default = "default_min_backoff_ms")]
-    pub min_backoff_ms: u64,
-    /// Largest backoff delay (the exponential growth stops here).
-    #[serde(default = "default_max_backoff_ms")]
-    pub max_backoff_ms: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            min_backoff_ms: default_min_backoff_ms(),
-            max_backoff_ms: default_max_backoff_ms(),
-        }
-    }
-}
-
-fn default_min_backoff_ms() -> u64 {
-    200
-}
-fn default_max_backoff_ms() -> u64 {
-    30_000
-}
-
-impl RetryConfig {
-    /// An endless iterator of jittered exponential delays.
-    pub fn backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.min_backoff_ms))
-            .with_max_delay(Duration::from_millis(
-                self.max_backoff_ms.max(self.min_backoff_ms),
-            ))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-}
+pub use crate::retry::RetryConfig;
 
 /// One pull-based connector's loop.
 pub struct Pump {
@@ -121,14 +79,6 @@ fn isolate<'a>(
     })
 }
 
-/// Sleeps `delay` unless cancelled first; returns `false` when cancelled.
-async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
-    }
-}
-
 impl Pump {
     /// Offers `batch` to the sink until it is settled: delivered (poison events isolated
     /// around), refused whole, or — only when `cancel` fires during a retry — handed back
@@ -141,7 +91,7 @@ impl Pump {
         // `&mut`: a `&Pump` held across an await would need the source to be `Sync`.
         &mut self,
         batch: &SourceBatch,
-        backoff: &mut impl Iterator<Item = Duration>,
+        backoff: &mut Backoff,
         cancel: &CancellationToken,
     ) -> Result<Outcome, SinkError> {
         let name = &self.connector;
@@ -162,9 +112,7 @@ impl Pump {
             match e.retry_action() {
                 RetryAction::Retry { after } => {
                     self.health.failed(Part::Sink, &e);
-                    let delay = after
-                        .or_else(|| backoff.next())
-                        .unwrap_or(Duration::from_secs(1));
+                    let delay = wait_after(backoff, after);
                     tracing::warn!(connector = %name, error = %e, ?delay, events = count, "sink failed; retrying the batch in place");
                     self.metrics.pump_events(name, "retried", count);
                     if !pause(delay, cancel).await || !self.source.is_held() {
@@ -206,7 +154,7 @@ impl Pump {
                 }
                 Err(e) => {
                     self.health.failed(Part::Source, &e);
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                    let delay = backoff.next_delay();
                     tracing::warn!(connector = %name, error = %e, ?delay, "source unavailable; retrying");
                     if !pause(delay, &cancel).await {
                         break;
@@ -224,7 +172,7 @@ impl Pump {
                 }
             };
             if outcome != Outcome::Retry {
-                backoff = self.retry.backoff();
+                backoff.reset();
             }
             match &outcome {
                 Outcome::Delivered => self.metrics.pump_events(&name, "delivered", count),

@@ -26,8 +26,8 @@ use futures::future::BoxFuture;
 
 use crate::connector::{BatchHint, Message, Retriable, RetryAction, Sink, SinkError};
 use crate::metrics::Metrics;
-use crate::pump::RetryConfig;
 use crate::push::{DeadLetter, DeadLetterInfo, DeadRecord};
+use crate::retry::{pause, until_ok, wait_after, RetryConfig};
 use crate::runtime::{Health, Part};
 
 /// What the dispatcher hands a lane, in offset order.
@@ -80,6 +80,7 @@ pub struct LaneHandle {
     queued: Arc<AtomicUsize>,
     paused: Arc<Mutex<bool>>,
     revoked: CancellationToken,
+    stop: CancellationToken,
     last_offset: i64,
     /// The lane's task.
     pub task: tokio::task::JoinHandle<()>,
@@ -98,7 +99,9 @@ impl LaneHandle {
         let queued = Arc::new(AtomicUsize::new(0));
         let paused = Arc::new(Mutex::new(false));
         let revoked = CancellationToken::new();
+        let stop = shared.shutdown.child_token();
         let lane = Lane {
+            stop: stop.clone(),
             shared,
             topic: topic.clone(),
             partition,
@@ -114,6 +117,7 @@ impl LaneHandle {
             queued,
             paused,
             revoked,
+            stop,
             last_offset: -1,
             task: tokio::spawn(lane.run()),
         }
@@ -150,6 +154,7 @@ impl LaneHandle {
     /// partition's next owner in this process starts clean.
     pub fn revoke<C: Consumer<SourceContext>>(self, consumer: &C) -> tokio::task::JoinHandle<()> {
         self.revoked.cancel();
+        self.stop.cancel();
         let mut paused = self.paused.lock().expect("pause lock");
         if *paused {
             *paused = false;
@@ -172,6 +177,8 @@ struct Lane {
     queued: Arc<AtomicUsize>,
     paused: Arc<Mutex<bool>>,
     revoked: CancellationToken,
+    /// Cancelled when the lane is revoked or the source stops: ends retry waits.
+    stop: CancellationToken,
 }
 
 impl Lane {
@@ -290,9 +297,7 @@ impl Lane {
                     RetryAction::Poison => break error,
                     RetryAction::Retry { after } => {
                         self.shared.health.failed(Part::Sink, &error);
-                        let delay = after
-                            .or_else(|| backoff.next())
-                            .unwrap_or(Duration::from_secs(1));
+                        let delay = wait_after(&mut backoff, after);
                         tracing::warn!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %error, delay_ms = delay.as_millis() as u64, "sink failed; retrying the batch in place");
                         if !self.wait(delay).await {
                             return false;
@@ -354,32 +359,29 @@ impl Lane {
 
     /// Writes to the dead-letter topic until it succeeds; `false` when the lane must stop first.
     async fn dead_letter(&self, records: &[DeadRecord<'_>], info: DeadLetterInfo<'_>) -> bool {
-        let mut backoff = self.shared.retry.backoff();
-        loop {
-            match self.shared.dead_letter.write(records, info).await {
-                Ok(()) => {
-                    self.shared.health.ok(Part::Sink);
-                    return true;
+        let shared = &self.shared;
+        let written = until_ok(
+            shared.retry.backoff(),
+            &self.stop,
+            "dead-letter write",
+            &shared.connector,
+            || async {
+                let result = shared.dead_letter.write(records, info).await;
+                if let Err(e) = &result {
+                    (shared.health).failed(Part::Sink, format_args!("cannot dead-letter: {e}"));
                 }
-                Err(e) => {
-                    (self.shared.health)
-                        .failed(Part::Sink, format_args!("cannot dead-letter: {e}"));
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                    tracing::warn!(connector = %self.shared.connector, error = %e, "cannot dead-letter; retrying");
-                    if !self.wait(delay).await {
-                        return false;
-                    }
-                }
-            }
+                result
+            },
+        )
+        .await;
+        if written.is_some() {
+            shared.health.ok(Part::Sink);
         }
+        written.is_some()
     }
 
     async fn wait(&self, delay: Duration) -> bool {
-        tokio::select! {
-            _ = self.revoked.cancelled() => false,
-            _ = self.shared.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
+        pause(delay, &self.stop).await
     }
 
     /// Marks everything up to `offset` done (committed with the next commit).

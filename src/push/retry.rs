@@ -5,9 +5,8 @@
 //! - 2xx: delivered.
 //! - 429 or 503 with `Retry-After` (delta-seconds or HTTP-date, capped): the consumer said when to
 //!   come back, so the whole endpoint pauses until then and the same batch is retried.
-//! - 408, 429, 5xx except 501, timeouts and connection errors: retry the same batch after an
-//!   exponential backoff with **full jitter** (a wait drawn uniformly from zero to the current
-//!   cap; backon's own jitter only adds up to one delay on top, so it is not "full").
+//! - 408, 429, 5xx except 501, timeouts and connection errors: retry the same batch after the
+//!   core retry engine's exponential backoff with full jitter ([`crate::retry`]).
 //! - 401: the caller refreshes the token and retries once at once; if the fresh token is refused
 //!   too, it is an authorization problem of the connector, not of the batch, and is retried
 //!   with backoff like a 5xx (dead-lettering every batch because a secret is wrong would be worse).
@@ -15,10 +14,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use http::{HeaderMap, StatusCode};
 
 use super::config::PushRetryConfig;
+use crate::retry::Backoff;
 
 /// What to do after one POST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,61 +101,12 @@ pub fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Exponential backoff with full jitter: the n-th wait is uniform in `[0, min(max, min·2ⁿ)]`.
-pub struct Backoff {
-    caps: Box<dyn Iterator<Item = Duration> + Send>,
-    last_cap: Duration,
-}
-
-impl Backoff {
-    /// A fresh sequence for one batch.
-    pub fn new(config: &PushRetryConfig) -> Self {
-        let min = Duration::from_millis(config.min_backoff_ms);
-        let caps = ExponentialBuilder::default()
-            .with_min_delay(min)
-            .with_max_delay(Duration::from_millis(
-                config.max_backoff_ms.max(config.min_backoff_ms),
-            ))
-            .without_max_times()
-            .build();
-        Backoff {
-            caps: Box::new(caps),
-            last_cap: min,
-        }
-    }
-
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        full_jitter(self.next_cap())
-    }
-
-    /// The next cap itself, without jitter: the least a consumer's `Retry-After` pause lasts,
-    /// so `Retry-After: 0` (or a date in the past) still backs off exponentially instead of
-    /// inviting a retry at once, forever.
-    pub fn next_cap(&mut self) -> Duration {
-        if let Some(cap) = self.caps.next() {
-            self.last_cap = cap;
-        }
-        self.last_cap
-    }
-}
-
-/// `now + wait`, saturating at a far-future instant (about 30 years) instead of panicking on
-/// overflow: waits come from remote answers and configuration.
-pub fn saturating_deadline(wait: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(wait)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
-}
-
-/// The furthest any deadline is set.
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-
-/// A duration drawn uniformly from `[0, cap]`.
-pub fn full_jitter(cap: Duration) -> Duration {
-    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(fastrand::u64(0..=nanos))
+/// The webhook sink's backoff: the core engine's ([`crate::retry`]) with its own bounds.
+pub fn backoff(config: &PushRetryConfig) -> Backoff {
+    Backoff::new(
+        Duration::from_millis(config.min_backoff_ms),
+        Duration::from_millis(config.max_backoff_ms),
+    )
 }
 
 #[cfg(test)]
@@ -180,24 +130,6 @@ mod tests {
             CAP,
             SystemTime::now(),
         )
-    }
-
-    #[test]
-    fn backoff_caps_grow_and_deadlines_saturate() {
-        let config = PushRetryConfig {
-            min_backoff_ms: 20,
-            max_backoff_ms: 200,
-            ..PushRetryConfig::default()
-        };
-        let mut backoff = Backoff::new(&config);
-        let caps: Vec<u128> = (0..6).map(|_| backoff.next_cap().as_millis()).collect();
-        // Doubling from the minimum to the maximum (backon rounds a little down).
-        for (cap, want) in caps.iter().zip([20, 40, 80, 160, 200, 200]) {
-            assert!(want - 2 <= *cap && *cap <= want, "{caps:?}");
-        }
-        // Regression: `Instant + huge` panicked.
-        let far = saturating_deadline(Duration::MAX);
-        assert!(far > tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600));
     }
 
     #[test]
@@ -275,31 +207,5 @@ mod tests {
         assert_eq!(verdict(401, None), Verdict::Unauthorized);
         assert_eq!(status_class(StatusCode::NOT_IMPLEMENTED), "5xx");
         assert_eq!(status_class(StatusCode::NO_CONTENT), "2xx");
-    }
-
-    #[test]
-    fn full_jitter_stays_within_growing_caps() {
-        let config = PushRetryConfig {
-            min_backoff_ms: 100,
-            max_backoff_ms: 1_000,
-            ..PushRetryConfig::default()
-        };
-        let mut backoff = Backoff::new(&config);
-        let delays: Vec<Duration> = (0..300).map(|_| backoff.next_delay()).collect();
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(1)),
-            "{delays:?}"
-        );
-        assert!(delays[0] <= Duration::from_millis(100), "{delays:?}");
-        // Full jitter: late delays (cap 1 s) spread over the whole range, some below min.
-        let late = &delays[10..];
-        assert!(
-            late.iter().any(|d| *d < Duration::from_millis(100)),
-            "{late:?}"
-        );
-        assert!(
-            late.iter().any(|d| *d > Duration::from_millis(500)),
-            "{late:?}"
-        );
     }
 }

@@ -23,9 +23,10 @@ use super::config::{OnExhausted, PushSinkConfig};
 use super::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use super::limit::Endpoint;
 use super::peers::{Peer, Peers};
-use super::retry::{classify, status_class, Backoff, Verdict};
+use super::retry::{backoff, classify, status_class, Verdict};
 use crate::connector::{count_by_resource, BatchHint, Message, Sink, SinkError};
 use crate::metrics::Metrics;
+use crate::retry::{until_ok, Budget};
 
 /// `User-Agent` of every POST.
 pub const USER_AGENT: &str = concat!("entity-bridge/", env!("CARGO_PKG_VERSION"));
@@ -231,22 +232,18 @@ impl PushSink {
                 .and_then(|l| HeaderValue::from_str(l).ok())
         });
         let retry = &self.config.retry;
-        let max_failing = Duration::from_millis(retry.max_retry_duration_ms);
-        let mut backoff = Backoff::new(retry);
-        let mut attempts = 0u32;
-        let mut failing_since: Option<Instant> = None;
+        let mut backoff = backoff(retry);
         // Time spent waiting for the endpoint (a consumer's `Retry-After` pause, rate limits)
-        // while failing: it does not count toward `max_retry_duration_ms`.
-        let mut waited = Duration::ZERO;
+        // does not count toward `max_retry_duration_ms`.
+        let mut budget = Budget::new(Duration::from_millis(retry.max_retry_duration_ms));
+        let mut attempts = 0u32;
         let mut refreshed = false;
         loop {
             let asked = Instant::now();
             let permit = self
                 .unless_stopped(self.endpoint.acquire(chunk.len()))
                 .await?;
-            if failing_since.is_some() {
-                waited += asked.elapsed();
-            }
+            budget.waited(asked.elapsed());
             let (verdict, status) = match self.unless_stopped(self.auth.token()).await? {
                 Ok(token) => {
                     self.peers.answered(Peer::Token);
@@ -295,9 +292,8 @@ impl PushSink {
                 Verdict::Retry { cause } => cause,
             };
             refreshed = false;
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            let failing = since.elapsed().saturating_sub(waited);
-            if retry.on_exhausted == OnExhausted::DeadLetter && failing >= max_failing {
+            let exhausted = budget.failed();
+            if retry.on_exhausted == OnExhausted::DeadLetter && exhausted {
                 let detail = format!("still failing after {attempts} attempts ({cause})");
                 let info = DeadLetterInfo {
                     reason: "retries_exhausted",
@@ -321,21 +317,23 @@ impl PushSink {
         info: DeadLetterInfo<'_>,
     ) -> Result<(), SinkError> {
         let records: Vec<DeadRecord<'_>> = events.iter().map(DeadRecord::from).collect();
-        let mut backoff = Backoff::new(&self.config.retry);
-        loop {
-            match self.dead_letter.write(&records, info).await {
-                Ok(()) => {
-                    self.peers.answered(Peer::DeadLetter);
-                    return Ok(());
+        let records = &records;
+        let written = until_ok(
+            backoff(&self.config.retry),
+            &self.stop,
+            "dead-letter write",
+            &self.connector,
+            || async move {
+                let result = self.dead_letter.write(records, info).await;
+                match &result {
+                    Ok(()) => self.peers.answered(Peer::DeadLetter),
+                    Err(e) => self.peers.failed(Peer::DeadLetter, e),
                 }
-                Err(e) => {
-                    self.peers.failed(Peer::DeadLetter, &e);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(connector = %self.connector, error = %e, delay_ms = delay.as_millis() as u64, "cannot dead-letter; retrying");
-                    self.unless_stopped(tokio::time::sleep(delay)).await?;
-                }
-            }
-        }
+                result
+            },
+        )
+        .await;
+        written.ok_or_else(shutting_down)
     }
 }
 
