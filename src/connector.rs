@@ -92,24 +92,6 @@ impl SinkError {
     }
 }
 
-/// Records a bus sink's `send`: publish latency by outcome and, on success, the events
-/// published per resource. Shared by the broker sinks so their metrics cannot drift apart.
-pub fn observe_send(
-    metrics: &crate::metrics::Metrics,
-    connector: &str,
-    batch: &[Message],
-    started: std::time::Instant,
-    result: &Result<(), SinkError>,
-) {
-    let outcome = result.as_ref().err().map_or("ok", SinkError::outcome);
-    metrics.publish_duration(connector, outcome, started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        count_by_resource(batch, |resource, n| {
-            metrics.events_published(connector, resource, n)
-        });
-    }
-}
-
 /// What a caller should do with a failed operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryAction {

@@ -30,6 +30,7 @@ pub mod embedded;
 pub mod event;
 pub mod http;
 pub mod kafka;
+pub mod layers;
 pub mod metrics;
 pub mod pump;
 pub mod push;

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::{AmqpSinkConfig, OnUnroutable, MAX_SHORT_STRING};
 use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
-use crate::connector::{count_by_resource, observe_send, Message, RejectKind, Sink, SinkError};
+use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
 use crate::kafka::topics::TopicTemplate;
 use crate::metrics::Metrics;
 use crate::resources::ResourcePolicy;
@@ -279,7 +279,6 @@ impl Sink for AmqpSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
         let result = match self.route_all(batch) {
             // The whole exchange with the broker (channel, publishes, confirms) is bounded: on a
             // connection that is silently dead (a partition, before heartbeats notice) opening a
@@ -293,7 +292,6 @@ impl Sink for AmqpSink {
                 }),
             Err(e) => Err(e),
         };
-        observe_send(&self.metrics, &self.connector, batch, started, &result);
         result
     }
 

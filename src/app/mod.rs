@@ -25,6 +25,7 @@ use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::connector::Sink;
 use crate::http::admin::{self, AdminState, ConnectorReadiness};
 use crate::http::{webhook_router, WebhookConnector};
+use crate::layers::Observed;
 use crate::metrics::Metrics;
 use crate::runtime::{supervise, Health, Run};
 use tasks::TaskContext;
@@ -171,6 +172,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     for (name, connector) in &config.connectors {
         let sink = build_sink(name, &connector.sink, &metrics, &pump_stop).await?;
+        // Publish metrics are the layer's: recorded once per send, whatever the sink.
+        let sink: Arc<dyn Sink> = Arc::new(Observed::new(name, sink, metrics.clone()));
         let health = Health::new(name, connector.readiness, metrics.clone());
         if let SourceConfig::Webhook(w) = &connector.source {
             let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);

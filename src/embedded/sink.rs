@@ -16,7 +16,7 @@ use super::config::EmbeddedSinkConfig;
 use super::retention::{self, RetentionPolicy};
 use super::store::{Log, StoreError};
 use super::EmbeddedError;
-use crate::connector::{observe_send, Message, Sink, SinkError};
+use crate::connector::{Message, Sink, SinkError};
 use crate::metrics::Metrics;
 
 /// Appends to an embedded log.
@@ -93,14 +93,10 @@ fn sink_error(e: StoreError) -> SinkError {
 #[async_trait]
 impl Sink for EmbeddedSink {
     async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
-        let started = std::time::Instant::now();
-        let result = self
-            .log
+        self.log
             .append(&self.connector, batch)
             .await
-            .map_err(sink_error);
-        observe_send(&self.metrics, &self.connector, batch, started, &result);
-        result?;
+            .map_err(sink_error)?;
         self.log.report_size(&self.metrics, &self.connector);
         Ok(())
     }

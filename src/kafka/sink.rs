@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
@@ -24,7 +24,7 @@ use super::config::KafkaSinkConfig;
 use super::delivery::{Batch, SinkContext};
 use super::healing::{Healing, Kind};
 use super::topics::TopicRouter;
-use crate::connector::{observe_send, Message, RejectKind, Sink, SinkError};
+use crate::connector::{Message, RejectKind, Sink, SinkError};
 use crate::metrics::Metrics;
 
 /// Errors building the sink (bad librdkafka options, unreadable secrets).
@@ -56,7 +56,6 @@ pub struct KafkaSink {
     max_message_bytes: usize,
     known_topics: Mutex<HashSet<String>>,
     create_lock: tokio::sync::Mutex<()>,
-    metrics: Metrics,
 }
 
 impl KafkaSinkConfig {
@@ -93,14 +92,13 @@ impl KafkaSinkConfig {
         let stuck_after = Duration::from_millis(self.delivery_timeout_ms);
         Ok(KafkaSink {
             connector: connector.to_owned(),
-            producer: Healing::new(connector, "sink", kind, stuck_after, metrics.clone())?,
+            producer: Healing::new(connector, "sink", kind, stuck_after, metrics)?,
             admin: cc.create()?,
             router: TopicRouter::new(self)?,
             config: self.clone(),
             max_message_bytes,
             known_topics: Mutex::new(HashSet::new()),
             create_lock: tokio::sync::Mutex::new(()),
-            metrics,
         })
     }
 }
@@ -333,7 +331,6 @@ impl Sink for KafkaSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
         // A producer that went fatal since the last send is replaced before it fails this one.
         self.producer.heal_if_fatal();
         let result = async {
@@ -344,7 +341,6 @@ impl Sink for KafkaSink {
             self.produce_all(batch, &topics).await
         }
         .await;
-        observe_send(&self.metrics, &self.connector, batch, started, &result);
         match &result {
             Err(SinkError::Unavailable { .. }) => {
                 self.producer.failed().await;

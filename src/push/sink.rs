@@ -373,12 +373,7 @@ impl PushSink {
 #[async_trait]
 impl Sink for PushSink {
     async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
-        let started = std::time::Instant::now();
-        let result = self.send_chunks(batch).await;
-        let outcome = result.as_ref().err().map_or("ok", SinkError::outcome);
-        self.metrics
-            .publish_duration(&self.connector, outcome, started.elapsed().as_secs_f64());
-        result
+        self.send_chunks(batch).await
     }
 
     /// Ready unless the consumer endpoint, the token endpoint or the dead-letter destination
