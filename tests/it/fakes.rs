@@ -1,13 +1,17 @@
-//! A scripted fake sink, for what no real bus does on cue: panic, or fail a given call.
-//! Real sinks are tested against their real brokers; this stands in only where a test needs a
-//! sink to misbehave (a programming error, a stuck client) to see the rest of the bridge cope.
+//! A scripted fake sink and source, for what no real bus does on cue: panic, or fail a given
+//! call. Real sinks and sources are tested against their real brokers (the contract suite in
+//! `contract.rs`); these stand in only where a test needs one to misbehave (a programming
+//! error, a source that fails for good) to see the rest of the bridge cope.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use entity_bridge::connector::{Message, Sink, SinkError};
+use entity_bridge::connector::{
+    Message, Outcome, Sink, SinkError, Source, SourceBatch, SourceError,
+};
 
 /// What the sink does with one `send`.
 pub enum Act {
@@ -84,6 +88,122 @@ impl Sink for ScriptedSink {
     }
 
     async fn flush(&self, _: Duration) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// What a [`ScriptedSource`] instance does on its `n`-th `next_batch` (0-based).
+pub type SourceScript = Box<dyn Fn(usize) -> Option<SourceError> + Send + Sync>;
+
+/// Messages waiting in a feed shared by every [`ScriptedSource`] built from it (a restart
+/// builds a new source over the same feed, like a new consumer on the same queue), and how
+/// each batch was settled.
+#[derive(Default)]
+pub struct Feed {
+    pending: Mutex<VecDeque<Message>>,
+    settled: Mutex<Vec<(Vec<i64>, String)>>,
+}
+
+impl Feed {
+    pub fn with(messages: Vec<Message>) -> Arc<Feed> {
+        Arc::new(Feed {
+            pending: Mutex::new(messages.into()),
+            settled: Mutex::default(),
+        })
+    }
+
+    /// `(sequences, outcome)` of every settled batch, in order.
+    pub fn settled(&self) -> Vec<(Vec<i64>, String)> {
+        self.settled.lock().unwrap().clone()
+    }
+}
+
+/// A source over a [`Feed`]: batches of up to `max_batch`, failing as its script says. An
+/// unsettled batch (the source dropped, as after a crash) goes back to the feed, like an
+/// AMQP broker requeueing unacknowledged deliveries.
+pub struct ScriptedSource {
+    feed: Arc<Feed>,
+    max_batch: usize,
+    script: SourceScript,
+    calls: usize,
+    outstanding: Option<Vec<Message>>,
+}
+
+impl ScriptedSource {
+    pub fn new(feed: Arc<Feed>, max_batch: usize, script: SourceScript) -> ScriptedSource {
+        ScriptedSource {
+            feed,
+            max_batch,
+            script,
+            calls: 0,
+            outstanding: None,
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(batch) = self.outstanding.take() {
+            let mut pending = self.feed.pending.lock().unwrap();
+            for m in batch.into_iter().rev() {
+                pending.push_front(m);
+            }
+        }
+    }
+}
+
+impl Drop for ScriptedSource {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+#[async_trait]
+impl Source for ScriptedSource {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        let n = self.calls;
+        self.calls += 1;
+        if let Some(e) = (self.script)(n) {
+            return Err(e);
+        }
+        loop {
+            let taken: Vec<Message> = {
+                let mut pending = self.feed.pending.lock().unwrap();
+                let n = pending.len().min(self.max_batch);
+                pending.drain(..n).collect()
+            };
+            if !taken.is_empty() {
+                self.outstanding = Some(taken.clone());
+                let receipts = (0..taken.len() as u64).collect();
+                return Ok(Some(SourceBatch {
+                    messages: taken,
+                    receipts,
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn settle(&mut self, batch: SourceBatch, outcome: Outcome) -> Result<(), SourceError> {
+        let sequences = batch.messages.iter().map(|m| m.sequence).collect();
+        let label = match &outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry => "retry",
+            Outcome::Poison { .. } => "poison",
+            Outcome::Partly { .. } => "partly",
+        };
+        self.feed
+            .settled
+            .lock()
+            .unwrap()
+            .push((sequences, label.to_owned()));
+        if outcome == Outcome::Retry {
+            self.give_back();
+        }
+        self.outstanding = None;
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), SourceError> {
+        self.give_back();
         Ok(())
     }
 }

@@ -4,6 +4,7 @@ mod amqp;
 mod bench_smoke;
 mod cli;
 mod common;
+mod contract;
 mod deploy;
 mod egress;
 mod egress_dead_letter;

@@ -346,3 +346,70 @@ async fn a_report_only_connector_is_shown_degraded_but_keeps_readyz_200() {
     .await;
     assert!(bridge.stop().await);
 }
+
+/// A source that fails for good mid-stream is rebuilt by its supervisor; the new source
+/// continues from what the old one had not settled, and nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_fails_for_good_is_rebuilt_and_nothing_is_lost() {
+    use crate::fakes::{Feed, ScriptedSource};
+    use entity_bridge::connector::{Message, SourceError};
+    let messages: Vec<Message> = (1..=30)
+        .map(|s| Message {
+            sequence: s,
+            resource_name: "Property".into(),
+            record_key: format!("k{}", s % 3),
+            source_label: None,
+            payload: bytes::Bytes::new(),
+            origin: None,
+        })
+        .collect();
+    let feed = Feed::with(messages);
+    let metrics = Metrics::new();
+    let health = Health::new("sup", Readiness::Gate, metrics.clone());
+    let sink = Arc::new(ScriptedSink::new(Box::new(|_, _| Act::Accept)));
+    let instances = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let make = {
+        let (metrics, health, sink, feed) =
+            (metrics.clone(), health.clone(), sink.clone(), feed.clone());
+        Arc::new(move |cancel: CancellationToken| -> Run {
+            // The first instance fails for good on its third batch; the next ones work.
+            let first = instances.fetch_add(1, Ordering::SeqCst) == 0;
+            let script = Box::new(move |n| {
+                (first && n == 2).then(|| SourceError::Fatal("queue deleted".into()))
+            });
+            let pump = Pump {
+                connector: "sup".into(),
+                source: Box::new(ScriptedSource::new(feed.clone(), 4, script)),
+                sink: sink.clone(),
+                retry: retry(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+            };
+            pump.run(cancel).boxed()
+        })
+    };
+    let cancel = CancellationToken::new();
+    let (first, rebuild) = first_and_rebuild(make, &cancel);
+    let handle = supervise(
+        health.clone(),
+        retry(),
+        metrics.clone(),
+        first,
+        rebuild,
+        cancel.clone(),
+    );
+    sink.wait_delivered(30, Duration::from_secs(30)).await;
+    let sequences: Vec<i64> = sink.delivered().iter().map(|(_, s)| *s).collect();
+    assert_eq!(sequences, (1..=30).collect::<Vec<_>>());
+    assert_eq!(restarts(&metrics, "failed"), 1.0);
+    assert!(feed
+        .settled()
+        .iter()
+        .all(|(_, outcome)| outcome == "delivered"));
+    assert_eq!(
+        health.snapshot().last_error.as_deref(),
+        Some("task: source failed: queue deleted")
+    );
+    cancel.cancel();
+    handle.await.unwrap();
+}
