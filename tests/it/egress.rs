@@ -19,8 +19,13 @@ const PUSH_TOKEN: &str = "egress-token-81d7e0";
 
 /// Creates `topic` with `partitions` partitions (tansu does not auto-create).
 pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topic_on(&kafka(), topic, partitions).await
+}
+
+/// [`create_topic`] on the broker at `bootstrap`.
+pub async fn create_topic_on(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -47,8 +52,18 @@ pub fn event(key: &str, seq: i64, pad: usize) -> String {
 /// *inside* a multi-record batch with no data, so a consumer restarting from a committed offset
 /// in the middle of a batch would stall there. Apache Kafka returns the enclosing batch.
 pub async fn produce(topic: &str, records: &[(String, i64, String)], label: Option<&str>) {
+    produce_on(&kafka(), topic, records, label).await
+}
+
+/// [`produce`] to the broker at `bootstrap`.
+pub async fn produce_on(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, i64, String)],
+    label: Option<&str>,
+) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
+        .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("batch.num.messages", "1")
         .create()

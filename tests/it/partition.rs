@@ -248,3 +248,37 @@ async fn the_amqp_source_resumes_after_a_network_partition() {
     rabbit.wait_ready_count(&queue, 0).await;
     assert!(bridge.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kafka_source_resumes_after_a_network_partition() {
+    use crate::egress::{create_topic_on, event, produce_on, Egress};
+    let broker = OwnBroker::start().await;
+    let bootstrap = broker.proxy.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = crate::receiver::Receiver::accepting().await;
+    let egress = Egress::new("it-part-egress", &receiver.url, &dir);
+    create_topic_on(&bootstrap, &egress.topic, 1).await;
+    let first: Vec<_> = (1..=3)
+        .map(|s| ("k".to_owned(), s, event("k", s, 4)))
+        .collect();
+    produce_on(&bootstrap, &egress.topic, &first, None).await;
+    let toml = egress.toml().replace(&kafka(), &bootstrap);
+    let bridge = TestBridge::start_connector(&toml).await;
+    receiver.wait_delivered(3, Duration::from_secs(60)).await;
+
+    broker.proxy.cut();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    broker.proxy.restore();
+    let restored = Instant::now();
+    let later: Vec<_> = (4..=6)
+        .map(|s| ("k".to_owned(), s, event("k", s, 4)))
+        .collect();
+    produce_on(&bootstrap, &egress.topic, &later, None).await;
+    receiver.wait_delivered(6, Duration::from_secs(60)).await;
+    assert!(
+        restored.elapsed() < Duration::from_secs(30),
+        "resumed {:?} after the partition",
+        restored.elapsed()
+    );
+    assert!(bridge.stop().await);
+}
