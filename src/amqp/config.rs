@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::topology::TopologyConfig;
-use crate::kafka::topics::TopicTemplate;
 use crate::pump::RetryConfig;
+use crate::routing::TopicTemplate;
 use crate::secret::SecretRef;
 
 /// The URL used when neither `url_env` nor `url_file` is set (a local RabbitMQ, vhost `/`).
@@ -123,7 +123,7 @@ pub struct AmqpSourceConfig {
     pub coerce_numeric_record_key: bool,
     /// Deepest nesting of objects and arrays in one message's event (the event object is level
     /// 1); a deeper message is dead-lettered as unparseable.
-    #[serde(default = "crate::http::default_max_json_depth")]
+    #[serde(default = "crate::event::default_max_json_depth")]
     pub max_json_depth: usize,
     /// Exchanges, queues (e.g. with a dead-letter exchange) and bindings declared on connect.
     #[serde(default)]
@@ -353,10 +353,10 @@ impl AmqpSourceConfig {
                 return Err((format!("queues[{i}]"), format!("`{queue}` is listed twice")));
             }
         }
-        if !(1..=crate::http::MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
+        if !(1..=crate::event::MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
             return Err((
                 "max_json_depth".into(),
-                crate::http::MAX_JSON_DEPTH_RANGE.into(),
+                crate::event::MAX_JSON_DEPTH_RANGE.into(),
             ));
         }
         if self.prefetch_count == 0 {

@@ -36,7 +36,7 @@ pub enum AmqpBuildError {
     Url,
     /// The routing key template is invalid.
     #[error(transparent)]
-    Template(#[from] crate::kafka::topics::TemplateError),
+    Template(#[from] crate::routing::TemplateError),
 }
 
 /// A connection that is currently open.

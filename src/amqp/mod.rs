@@ -4,6 +4,7 @@
 
 mod config;
 mod connection;
+mod dead_letter;
 mod delivery;
 mod sink;
 mod source;
@@ -11,5 +12,6 @@ pub mod topology;
 
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, ExchangeType, OnUnroutable, DEFAULT_URL};
 pub use connection::AmqpBuildError;
+pub use dead_letter::{AmqpDeadLetter, AmqpDeadLetterConfig};
 pub use sink::{message_id, properties, AmqpSink};
 pub use source::AmqpSource;

@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 use super::config::{AmqpSinkConfig, OnUnroutable, MAX_SHORT_STRING};
 use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
 use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
-use crate::kafka::topics::TopicTemplate;
 use crate::metrics::Metrics;
 use crate::resources::ResourcePolicy;
+use crate::routing::TopicTemplate;
 
 /// AMQP `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;

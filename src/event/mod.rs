@@ -274,6 +274,17 @@ mod fields;
 mod visitors;
 use build::*;
 pub use depth::{deeper_than, DEFAULT_MAX_DEPTH};
+
+/// Highest `max_json_depth` accepted by any source: deeper events are unreadable for most
+/// consumers.
+pub const MAX_JSON_DEPTH_CEILING: usize = 1_000;
+/// The detail of a `max_json_depth` out of range.
+pub const MAX_JSON_DEPTH_RANGE: &str = "must be between 1 and 1000";
+
+/// Default for `max_json_depth` (webhook, AMQP and Kafka sources).
+pub fn default_max_json_depth() -> usize {
+    DEFAULT_MAX_DEPTH
+}
 use fields::*;
 use visitors::*;
 

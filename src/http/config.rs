@@ -4,10 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretRef;
 
-/// Highest `max_json_depth` accepted: deeper events are unreadable for most consumers.
-pub const MAX_JSON_DEPTH_CEILING: usize = 1_000;
-/// The detail of a `max_json_depth` out of range.
-pub const MAX_JSON_DEPTH_RANGE: &str = "must be between 1 and 1000";
+pub use crate::event::{default_max_json_depth, MAX_JSON_DEPTH_CEILING, MAX_JSON_DEPTH_RANGE};
 
 /// Receives RESO EntityEvent pushes (RCP-28) on `POST <path>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,10 +84,6 @@ fn default_max_in_flight_bytes() -> usize {
 }
 fn default_max_events_per_push() -> usize {
     crate::event::DEFAULT_MAX_EVENTS
-}
-/// Default for `max_json_depth` (webhook, AMQP and Kafka sources).
-pub fn default_max_json_depth() -> usize {
-    crate::event::DEFAULT_MAX_DEPTH
 }
 fn default_max_decompression_ratio() -> usize {
     200

@@ -6,7 +6,6 @@ mod body;
 mod config;
 pub mod problem;
 pub mod serve;
-pub mod surface;
 pub mod tls;
 pub mod webhook;
 

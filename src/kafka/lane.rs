@@ -25,8 +25,8 @@ use super::source::SourceContext;
 use futures::future::BoxFuture;
 
 use crate::connector::{BatchHint, Message, Retriable, RetryAction, Sink, SinkError};
+use crate::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use crate::metrics::Metrics;
-use crate::push::{DeadLetter, DeadLetterInfo, DeadRecord};
 use crate::retry::{pause, until_ok, wait_after, RetryConfig};
 use crate::runtime::{Health, Part};
 

@@ -2,6 +2,7 @@
 //! the source that consumes them in a consumer group with one ordered lane per partition.
 
 mod config;
+mod dead_letter;
 mod delivery;
 mod healing;
 mod lane;
@@ -12,6 +13,7 @@ mod source_config;
 pub mod topics;
 
 pub use config::{replication, KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
+pub use dead_letter::{KafkaDeadLetter, KafkaDeadLetterConfig};
 pub use healing::{Healing, Kind};
 pub use record::{parse_record, PoisonRecord, RecordView};
 pub use sink::{broker_reachable, fatal_error, headers, KafkaBuildError, KafkaSink};

@@ -35,9 +35,9 @@ use super::record::{parse_record, RecordView};
 use super::sink::KafkaBuildError;
 use super::source_config::KafkaSourceConfig;
 use crate::connector::{Origin, Sink, SourceError};
+use crate::dead_letter::{DeadLetter, DeadLetterConfig};
 use crate::metrics::Metrics;
 use crate::pump::RetryConfig;
-use crate::push::{DeadLetter, DeadLetterConfig};
 use crate::runtime::{panic_message, Health, Part};
 
 type Lanes = Arc<Mutex<HashMap<(Arc<str>, i32), LaneHandle>>>;
@@ -137,7 +137,7 @@ pub enum KafkaSourceBuildError {
     Consumer(#[from] KafkaBuildError),
     /// The dead-letter writer could not be built.
     #[error("dead_letter: {0}")]
-    DeadLetter(#[from] crate::push::DeadLetterBuildError),
+    DeadLetter(#[from] crate::dead_letter::DeadLetterBuildError),
 }
 
 /// A running Kafka source, ready to [`KafkaSource::run`].

@@ -10,7 +10,7 @@ use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use super::sink::KafkaBuildError;
-use crate::push::DeadLetterConfig;
+use crate::dead_letter::DeadLetterConfig;
 use crate::secret::SecretRef;
 
 /// librdkafka consumer keys the bridge sets itself.
@@ -64,7 +64,7 @@ pub struct KafkaSourceConfig {
     pub max_buffered_events_per_partition: usize,
     /// Deepest nesting of objects and arrays in a record's event (the event object is level 1);
     /// a deeper record is dead-lettered as unparseable.
-    #[serde(default = "crate::http::default_max_json_depth")]
+    #[serde(default = "crate::event::default_max_json_depth")]
     pub max_json_depth: usize,
     /// Extra librdkafka consumer options, passed through (e.g. `session.timeout.ms`,
     /// `partition.assignment.strategy`, `security.protocol`).
@@ -113,10 +113,10 @@ impl KafkaSourceConfig {
 
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        if !(1..=crate::http::MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
+        if !(1..=crate::event::MAX_JSON_DEPTH_CEILING).contains(&self.max_json_depth) {
             return Err((
                 "max_json_depth".into(),
-                crate::http::MAX_JSON_DEPTH_RANGE.into(),
+                crate::event::MAX_JSON_DEPTH_RANGE.into(),
             ));
         }
         if self.bootstrap_servers.trim().is_empty() {

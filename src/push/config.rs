@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dead_letter::DeadLetterConfig;
+use crate::dead_letter::DeadLetterConfig;
 use crate::secret::SecretRef;
 
 /// POSTs batches of EntityEvents to a consumer's endpoint as RESO multi-valued payloads.

@@ -3,25 +3,19 @@
 //! One role per file: [`config`] (what operators set), [`batch`] (RESO payloads from raw event
 //! bytes, POST-sized chunks), [`auth`] (fixed token or OAuth2 client credentials), [`capped`] (remote answers read up to a cap),
 //! [`limit`]
-//! (per-endpoint rate, concurrency and `Retry-After` pause), [`retry`] (answer classification,
-//! full-jitter backoff), [`dead_letter`] (where undeliverable events go: a Kafka topic,
-//! [`dead_letter_kafka`], or a RabbitMQ exchange, [`dead_letter_amqp`]) and [`sink`] (the
-//! [`crate::connector::Sink`] tying them together). See `docs/delivery.md`, "Egress".
+//! (per-endpoint rate, concurrency and `Retry-After` pause), [`retry`] (answer classification),
+//! [`peers`] (readiness from the traffic) and [`sink`] (the [`crate::connector::Sink`] tying
+//! them together). Undeliverable events go through the core [`crate::dead_letter`]. See
+//! `docs/delivery.md`, "Egress".
 
 pub mod auth;
 pub mod batch;
 pub mod capped;
 pub mod config;
-pub mod dead_letter;
-pub mod dead_letter_amqp;
-pub mod dead_letter_kafka;
 pub mod limit;
 pub mod peers;
 pub mod retry;
 pub mod sink;
 
 pub use config::{AuthConfig, LimitsConfig, OnExhausted, PushRetryConfig, PushSinkConfig};
-pub use dead_letter::{
-    DeadLetter, DeadLetterBuildError, DeadLetterConfig, DeadLetterInfo, DeadRecord,
-};
 pub use sink::{PushBuildError, PushSink, USER_AGENT};

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Auth, AuthBuildError, Token};
 use super::batch;
 use super::config::{OnExhausted, PushSinkConfig};
-use super::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use super::limit::Endpoint;
 use super::peers::{Peer, Peers};
 use super::retry::{backoff, classify, status_class, Verdict};
 use crate::connector::{count_by_resource, BatchHint, Message, Sink, SinkError};
+use crate::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use crate::metrics::Metrics;
 use crate::retry::{until_ok, Budget};
 
@@ -42,7 +42,7 @@ pub enum PushBuildError {
     Client(String),
     /// The dead-letter writer could not be built.
     #[error("dead_letter: {0}")]
-    DeadLetter(#[from] super::dead_letter::DeadLetterBuildError),
+    DeadLetter(#[from] crate::dead_letter::DeadLetterBuildError),
 }
 
 /// POSTs batches to one consumer endpoint.

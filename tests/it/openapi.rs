@@ -1,11 +1,11 @@
 //! docs/openapi.yaml against the code: it is a valid OpenAPI 3.1 document (typed model, every
-//! `$ref` resolves), it lists exactly the routes of `http::surface::routes()`, and those are
+//! `$ref` resolves), it lists exactly the routes of `surface::routes()`, and those are
 //! exactly what a running bridge's routers serve.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use entity_bridge::http::surface::{self, Listener};
+use entity_bridge::surface::{self, Listener};
 use serde_json::Value;
 
 use crate::common::TOKEN;

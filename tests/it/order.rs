@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use entity_bridge::amqp::AmqpSourceConfig;
 use entity_bridge::connector::{Message, Sink, Source};
+use entity_bridge::dead_letter::DeadLetterConfig;
 use entity_bridge::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
 use entity_bridge::kafka::KafkaSourceConfig;
 use entity_bridge::metrics::Metrics;
 use entity_bridge::pump::{Pump, RetryConfig};
-use entity_bridge::push::DeadLetterConfig;
 use entity_bridge::runtime::{Health, Readiness};
 
 use crate::amqp::Rabbit;

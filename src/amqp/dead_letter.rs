@@ -17,8 +17,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
 
-use super::dead_letter::{headers, DeadLetterError, DeadLetterInfo, DeadRecord};
-use crate::amqp::{ExchangeType, DEFAULT_URL};
+use super::{ExchangeType, DEFAULT_URL};
+use crate::dead_letter::{headers, DeadLetterError, DeadLetterInfo, DeadLetterWriter, DeadRecord};
 use crate::secret::{Secret, SecretError, SecretRef};
 
 /// A RabbitMQ exchange for dead letters.
@@ -288,6 +288,28 @@ impl AmqpDeadLetter {
         if let Some((connection, _)) = slot {
             let _ = tokio::time::timeout(timeout, connection.close(200, "shutdown")).await;
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetterWriter for AmqpDeadLetter {
+    async fn write(
+        &self,
+        records: &[DeadRecord<'_>],
+        info: &DeadLetterInfo<'_>,
+        connector: &str,
+    ) -> Result<(), DeadLetterError> {
+        AmqpDeadLetter::write(self, records, info, connector).await
+    }
+
+    /// Closes the connection (every write was confirmed before it returned).
+    async fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError> {
+        self.close(timeout).await;
+        Ok(())
+    }
+
+    fn destination(&self) -> &str {
+        self.exchange()
     }
 }
 

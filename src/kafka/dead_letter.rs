@@ -10,13 +10,13 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::kafka::{Healing, Kind};
+use super::{Healing, Kind};
 use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use super::dead_letter::{headers, DeadLetterError, DeadLetterInfo, DeadRecord};
-use crate::kafka::{KafkaBuildError, KafkaSinkConfig};
+use super::{KafkaBuildError, KafkaSinkConfig};
+use crate::dead_letter::{headers, DeadLetterError, DeadLetterInfo, DeadLetterWriter, DeadRecord};
 use crate::secret::SecretRef;
 
 /// A Kafka topic for dead letters.
@@ -77,7 +77,7 @@ impl KafkaDeadLetterConfig {
     /// Semantic checks; `Err((key, detail))`. The producer settings are the Kafka sink's, so
     /// they are checked by the sink's own rules.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        crate::kafka::topics::check_topic_name(&self.topic).map_err(|e| ("topic".to_owned(), e))?;
+        super::topics::check_topic_name(&self.topic).map_err(|e| ("topic".to_owned(), e))?;
         KafkaSinkConfig {
             topic_partitions: self.topic_partitions,
             topic_replication_factor: self.topic_replication_factor,
@@ -104,8 +104,8 @@ impl KafkaDeadLetterConfig {
             let cc = cc.clone();
             Kind {
                 make: Box::new(move || cc.create()),
-                fatal: |p: &FutureProducer| crate::kafka::fatal_error(p),
-                reachable: |p: &FutureProducer| crate::kafka::broker_reachable(p),
+                fatal: |p: &FutureProducer| super::fatal_error(p),
+                reachable: |p: &FutureProducer| super::broker_reachable(p),
             }
         };
         let stuck_after = Duration::from_millis(self.delivery_timeout_ms);
@@ -152,7 +152,7 @@ impl KafkaDeadLetter {
                 let topic = NewTopic::new(
                     &self.config.topic,
                     self.config.topic_partitions,
-                    crate::kafka::replication(self.config.topic_replication_factor),
+                    super::replication(self.config.topic_replication_factor),
                 );
                 let opts = AdminOptions::new().operation_timeout(Some(self.timeout()));
                 let results =
@@ -290,6 +290,26 @@ fn too_large(error: &rdkafka::error::KafkaError) -> bool {
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
     )
+}
+
+#[async_trait::async_trait]
+impl DeadLetterWriter for KafkaDeadLetter {
+    async fn write(
+        &self,
+        records: &[DeadRecord<'_>],
+        info: &DeadLetterInfo<'_>,
+        connector: &str,
+    ) -> Result<(), DeadLetterError> {
+        KafkaDeadLetter::write(self, records, info, connector).await
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError> {
+        KafkaDeadLetter::flush(self, timeout).await
+    }
+
+    fn destination(&self) -> &str {
+        self.topic()
+    }
 }
 
 #[cfg(test)]

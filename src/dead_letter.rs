@@ -6,16 +6,22 @@
 //! that say why (`dead_letter_reason`, `dead_letter_detail`, `http_status`, `attempts`,
 //! `connector`) and where it came from (`original_topic`, `original_partition`,
 //! `original_offset`). A dead-lettered event counts as settled (its offset is stored), so the
-//! write must be durable first: Kafka `acks=all` ([`super::dead_letter_kafka`]) or RabbitMQ
-//! publisher confirms on persistent messages ([`super::dead_letter_amqp`]).
+//! write must be durable first: Kafka `acks=all` (`kafka::dead_letter`) or RabbitMQ publisher
+//! confirms on persistent messages (`amqp::dead_letter`).
+//!
+//! A core module: the webhook sink, the Kafka source and any future source write dead letters
+//! through [`DeadLetter`] and the [`DeadLetterWriter`] trait, which each bus implements in its
+//! own folder; [`DeadLetterConfig`] is the one place that names them.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::dead_letter_amqp::{AmqpDeadLetter, AmqpDeadLetterConfig};
-use super::dead_letter_kafka::{KafkaDeadLetter, KafkaDeadLetterConfig};
+use async_trait::async_trait;
+
+use crate::amqp::AmqpDeadLetterConfig;
 use crate::connector::{Message, Origin};
+use crate::kafka::KafkaDeadLetterConfig;
 use crate::metrics::Metrics;
 
 /// Where dead letters go, chosen by `type`.
@@ -62,11 +68,9 @@ impl DeadLetterConfig {
         connector: &str,
         metrics: Metrics,
     ) -> Result<DeadLetter, DeadLetterBuildError> {
-        let writer = match self {
-            DeadLetterConfig::Kafka(k) => {
-                Writer::Kafka(Box::new(k.build(connector, metrics.clone())?))
-            }
-            DeadLetterConfig::Amqp(a) => Writer::Amqp(Box::new(a.build()?)),
+        let writer: Box<dyn DeadLetterWriter> = match self {
+            DeadLetterConfig::Kafka(k) => Box::new(k.build(connector, metrics.clone())?),
+            DeadLetterConfig::Amqp(a) => Box::new(a.build()?),
         };
         Ok(DeadLetter {
             connector: connector.to_owned(),
@@ -167,15 +171,26 @@ pub fn headers(
         .collect()
 }
 
-enum Writer {
-    Kafka(Box<KafkaDeadLetter>),
-    Amqp(Box<AmqpDeadLetter>),
+/// A dead-letter destination on one bus.
+#[async_trait]
+pub trait DeadLetterWriter: Send + Sync {
+    /// Writes every record and returns once all are durable.
+    async fn write(
+        &self,
+        records: &[DeadRecord<'_>],
+        info: &DeadLetterInfo<'_>,
+        connector: &str,
+    ) -> Result<(), DeadLetterError>;
+    /// Waits for anything still queued, up to `timeout` (shutdown).
+    async fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError>;
+    /// The topic or exchange, for logs.
+    fn destination(&self) -> &str;
 }
 
-/// Writes dead letters to the configured destination.
+/// Writes dead letters to the configured destination, counting and logging each write.
 pub struct DeadLetter {
     connector: String,
-    writer: Writer,
+    writer: Box<dyn DeadLetterWriter>,
     metrics: Metrics,
 }
 
@@ -189,16 +204,8 @@ impl DeadLetter {
         if records.is_empty() {
             return Ok(());
         }
-        let destination = match &self.writer {
-            Writer::Kafka(k) => {
-                k.write(records, &info, &self.connector).await?;
-                k.topic()
-            }
-            Writer::Amqp(a) => {
-                a.write(records, &info, &self.connector).await?;
-                a.exchange()
-            }
-        };
+        self.writer.write(records, &info, &self.connector).await?;
+        let destination = self.writer.destination();
         self.metrics
             .dead_lettered(&self.connector, info.reason, records.len() as u64);
         tracing::warn!(
@@ -216,13 +223,7 @@ impl DeadLetter {
 
     /// Waits for anything still queued, up to `timeout` (shutdown).
     pub async fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError> {
-        match &self.writer {
-            Writer::Kafka(k) => k.flush(timeout).await,
-            Writer::Amqp(a) => {
-                a.close(timeout).await;
-                Ok(())
-            }
-        }
+        self.writer.flush(timeout).await
     }
 }
 

@@ -7,9 +7,9 @@
 
 use axum::http::Method;
 
-use super::admin;
-use super::config::WebhookSourceConfig;
 use crate::embedded::EmbeddedSinkConfig;
+use crate::http::admin;
+use crate::http::WebhookSourceConfig;
 
 /// Which listener serves a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
