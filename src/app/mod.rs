@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod prepare;
+mod replay;
 mod tasks;
 
 use crate::config::{Config, SinkConfig, SourceConfig};
@@ -161,7 +163,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 /// Builds every connector and starts both listeners.
 pub async fn start(config: Config) -> Result<Running, AppError> {
     // Resolves embedded log files under `data_dir` and generates missing webhook tokens.
-    let (config, token_notices) = crate::embedded::prepare(config).map_err(AppError::Embedded)?;
+    let (config, token_notices) = prepare::prepare(config).map_err(AppError::Embedded)?;
     let metrics = Metrics::new();
     let mut sinks = Vec::new();
     let mut routes = Vec::new();
@@ -206,7 +208,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         });
         sinks.push((name.clone(), sink));
     }
-    let replay = crate::embedded::replay_router(&config, &metrics)
+    let replay = replay::router(&config, &metrics)
         .await
         .map_err(AppError::Embedded)?;
 

@@ -6,6 +6,7 @@
 
 mod error;
 mod load;
+mod logs;
 mod validate;
 
 pub use error::ConfigError;

@@ -150,12 +150,10 @@ impl Config {
                 }
             }
         }
-        crate::embedded::validate_logs(self).map_err(|(name, key, detail)| {
-            ConfigError::Invalid {
-                file: file_of(&name),
-                key,
-                detail,
-            }
+        super::logs::validate_logs(self).map_err(|(name, key, detail)| ConfigError::Invalid {
+            file: file_of(&name),
+            key,
+            detail,
         })?;
         // Reads the certificate and key now, so `check` and start-up fail on a bad pair.
         if let Some(tls) = &self.http.tls {

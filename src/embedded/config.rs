@@ -4,15 +4,14 @@
 //! A log is identified by its file. Relative files live under the top-level `data_dir`. Each
 //! connector writes its own log by default (`<connector>.db`), so a producer's token replays
 //! only what its own connector wrote. Two connectors write one log only when both say so
-//! (`share_log = true`, the same `file`) and agree on its settings ([`validate_logs`]): one
+//! (`share_log = true`, the same `file`) and agree on its settings (checked across connectors
+//! by `config::logs`): one
 //! retention policy and one replay route per log, open to the tokens of every writer.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::secret::SecretRef;
 
 /// Appends every event to a durable local log (SQLite, fsync on commit).
@@ -240,7 +239,7 @@ impl EmbeddedSinkConfig {
         data_dir.join(self.file.clone().unwrap_or_else(|| default_file(connector)))
     }
 
-    /// The resolved log file (after [`super::prepare`]).
+    /// The resolved log file (after `app::prepare`).
     pub fn resolved_file(&self) -> PathBuf {
         self.file.clone().unwrap_or_default()
     }
@@ -277,95 +276,3 @@ impl EmbeddedSourceConfig {
         self.cursor.clone().unwrap_or_else(|| connector.to_owned())
     }
 }
-
-/// Cross-connector checks: sinks sharing a log agree on its settings, replay paths are unique
-/// and collide with no webhook path, no two sources share a cursor of one log.
-/// `Err((connector, key, detail))`.
-pub fn validate_logs(config: &Config) -> Result<(), (String, String, String)> {
-    let mut logs: BTreeMap<PathBuf, (&str, &EmbeddedSinkConfig)> = BTreeMap::new();
-    let mut replay_paths: BTreeMap<&str, PathBuf> = BTreeMap::new();
-    let mut cursors: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
-    let webhook_paths: BTreeMap<String, &str> = config
-        .connectors
-        .iter()
-        .filter_map(|(name, c)| match &c.source {
-            SourceConfig::Webhook(w) => Some((w.route_path(name), name.as_str())),
-            _ => None,
-        })
-        .collect();
-    for (name, connector) in &config.connectors {
-        if let SourceConfig::Embedded(e) = &connector.source {
-            let key = (e.path(&config.data_dir), e.cursor_name(name));
-            if let Some(other) = cursors.insert(key, name) {
-                return Err((
-                    name.clone(),
-                    "source.cursor".into(),
-                    format!("connector `{other}` reads the same log with the same cursor"),
-                ));
-            }
-        }
-        let SinkConfig::Embedded(sink) = &connector.sink else {
-            continue;
-        };
-        let path = sink.path(&config.data_dir, name);
-        if let Some((other, settings)) = logs.get(&path) {
-            if !(sink.share_log && settings.share_log) {
-                return Err((
-                    name.clone(),
-                    "sink.file".into(),
-                    format!(
-                        "connector `{other}` writes the log `{}` too; two connectors share a log \
-                         only when both set `share_log = true` (their producers' tokens can then \
-                         replay each other's events)",
-                        path.display()
-                    ),
-                ));
-            }
-            let mut a = (*settings).clone();
-            a.file = sink.file.clone();
-            if &a != sink {
-                return Err((
-                    name.clone(),
-                    "sink".into(),
-                    format!(
-                        "writes the log `{}` like connector `{other}` but with other settings; \
-                         connectors sharing a log must configure it identically",
-                        path.display()
-                    ),
-                ));
-            }
-            continue;
-        }
-        logs.insert(path.clone(), (name, sink));
-        if !sink.replay {
-            continue;
-        }
-        if let Some(owner) = webhook_paths.get(&sink.replay_path) {
-            return Err((
-                name.clone(),
-                "sink.replay_path".into(),
-                format!(
-                    "path `{}` is also the webhook path of connector `{owner}`",
-                    sink.replay_path
-                ),
-            ));
-        }
-        if let Some(other) = replay_paths.insert(&sink.replay_path, path.clone()) {
-            return Err((
-                name.clone(),
-                "sink.replay_path".into(),
-                format!(
-                    "path `{}` already serves the log `{}`; give this connector its own \
-                     `replay_path` (e.g. `/{name}/EntityEvent`) or `replay = false`",
-                    sink.replay_path,
-                    other.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-#[path = "config_tests.rs"]
-mod tests;

@@ -22,8 +22,6 @@
 //! so a replay never blocks the writer. `@odata.nextLink` is relative, or built from
 //! `http.public_base_url`; never from the request's `Host`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +38,6 @@ pub use super::render::render_event;
 use super::store::{Log, StoredEvent, EVENT_COLUMNS};
 use super::EmbeddedError;
 use super::EmbeddedSinkConfig;
-use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::http::problem::{Item, Problem};
 use crate::http::TokenSet;
 use crate::metrics::Metrics;
@@ -85,36 +82,31 @@ struct Page {
     count: Option<i64>,
 }
 
-/// Routes for every log with `replay = true`. `config` must be prepared ([`super::prepare`]):
-/// files resolved, generated webhook tokens filled in.
-pub async fn replay_router(config: &Config, metrics: &Metrics) -> Result<Router, EmbeddedError> {
-    // Per log: the first writing connector and its settings (writers of a shared log agree on
-    // them, `validate_logs`), and the tokens of every writer.
-    let mut logs: BTreeMap<PathBuf, (String, EmbeddedSinkConfig, Vec<crate::secret::SecretRef>)> =
-        BTreeMap::new();
-    for (name, connector) in &config.connectors {
-        let SinkConfig::Embedded(sink) = &connector.sink else {
-            continue;
-        };
-        if !sink.replay {
-            continue;
-        }
-        let entry = logs
-            .entry(sink.resolved_file())
-            .or_insert_with(|| (name.clone(), sink.clone(), sink.replay_tokens.clone()));
-        if let SourceConfig::Webhook(w) = &connector.source {
-            entry.2.extend(w.tokens.iter().cloned());
-        }
-    }
-    let base = config
-        .http
-        .public_base_url
-        .as_deref()
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_owned();
+/// A log whose replay resource is served: the first connector writing it, its settings and the
+/// tokens of every writer (the composition root collects them, `app::replay`).
+pub struct ReplayLog {
+    /// The connector named in logs and metrics.
+    pub connector: String,
+    /// Its sink settings (every writer of a shared log has the same, `config::logs`).
+    pub sink: EmbeddedSinkConfig,
+    /// The tokens that may read it: `replay_tokens` plus every writer's webhook tokens.
+    pub tokens: Vec<crate::secret::SecretRef>,
+}
+
+/// Routes for `logs`; `base` is `http.public_base_url` (trailing `/` trimmed) or empty.
+pub async fn replay_router(
+    logs: Vec<ReplayLog>,
+    base: &str,
+    metrics: &Metrics,
+) -> Result<Router, EmbeddedError> {
     let mut router = Router::new();
-    for (file, (connector, sink, refs)) in logs {
+    for ReplayLog {
+        connector,
+        sink,
+        tokens: refs,
+    } in logs
+    {
+        let file = sink.resolved_file();
         let secrets = refs
             .iter()
             .map(|r| r.resolve())
@@ -137,7 +129,7 @@ pub async fn replay_router(config: &Config, metrics: &Metrics) -> Result<Router,
         let state = Arc::new(Replay {
             connector,
             path: path.clone(),
-            base: base.clone(),
+            base: base.to_owned(),
             log,
             tokens: TokenSet::new(&secrets),
             limits: PageLimits {

@@ -29,7 +29,7 @@ pub struct EmbeddedSink {
 
 impl EmbeddedSinkConfig {
     /// Opens the log (`file` must already be resolved against `data_dir`, see
-    /// [`super::prepare`]) and starts its retention.
+    /// `app::prepare`) and starts its retention.
     pub async fn build(
         &self,
         connector: &str,

@@ -32,7 +32,7 @@ pub struct EmbeddedSource {
 }
 
 impl EmbeddedSourceConfig {
-    /// Opens the log (`file` resolved against `data_dir`, see [`super::prepare`]) and the
+    /// Opens the log (`file` resolved against `data_dir`, see `app::prepare`) and the
     /// cursor, creating it at `start` when new.
     pub async fn build(
         &self,

@@ -1,5 +1,7 @@
 //! Unit tests of [`super`].
 
+use std::path::Path;
+
 use super::*;
 
 fn config(connectors: &[(&str, &str)]) -> Config {
