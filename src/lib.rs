@@ -33,6 +33,7 @@ pub mod http;
 pub mod kafka;
 pub mod layers;
 pub mod metrics;
+pub mod outbound;
 pub mod pump;
 pub mod push;
 pub mod resources;

@@ -15,7 +15,7 @@
 //!   for it (`Retry-After`, rate limits) does not count.
 //!
 //! What is retryable stays with each protocol (HTTP status codes, librdkafka and AMQP errors):
-//! see [`crate::connector::Retriable`] and `push::retry::classify`.
+//! see [`crate::connector::Retriable`] and `outbound::answer::classify`.
 
 use std::fmt::Display;
 use std::future::Future;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dead_letter::DeadLetterConfig;
-use crate::secret::SecretRef;
+pub use crate::outbound::{AuthConfig, ClientAuth, LimitsConfig};
 
 /// POSTs batches of EntityEvents to a consumer's endpoint as RESO multi-valued payloads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,75 +58,6 @@ pub struct PushSinkConfig {
     pub dead_letter: DeadLetterConfig,
 }
 
-/// The bearer token's origin, chosen by `type`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AuthConfig {
-    /// A fixed, long-lived token handed over by the consumer.
-    Token {
-        /// The token, by reference (`{ env = "…" }` or `{ file = "…" }`).
-        token: SecretRef,
-    },
-    /// OAuth2 client credentials: the bridge fetches and caches tokens from `token_url`.
-    Oauth2 {
-        /// The consumer's token endpoint (AccessTokenURL).
-        token_url: String,
-        /// The client id (ClientId).
-        client_id: String,
-        /// The client secret (ClientSecret), by reference.
-        client_secret: SecretRef,
-        /// OAuth2 grant type (GrantType); only `client_credentials` applies to a producer.
-        #[serde(default = "default_grant_type")]
-        grant_type: String,
-        /// Optional space-separated scopes requested with the token.
-        #[serde(default)]
-        scope: Option<String>,
-        /// Optional `audience` parameter (Auth0, Okta and similar require one).
-        #[serde(default)]
-        audience: Option<String>,
-        /// How the client authenticates to the token endpoint: `basic` (HTTP Basic, RFC 6749's
-        /// default) or `request_body` (client_id / client_secret form fields).
-        #[serde(default)]
-        client_auth: ClientAuth,
-    },
-}
-
-/// Client authentication at the OAuth2 token endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// `Authorization: Basic` with client id and secret.
-    #[default]
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    RequestBody,
-}
-
-/// Rate and concurrency limits of one endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Most POSTs per second (spaced evenly, no burst); unset = unlimited.
-    #[serde(default)]
-    pub requests_per_second: Option<f64>,
-    /// Most events per second summed over POSTs (a full batch may go at once); unset = unlimited.
-    #[serde(default)]
-    pub events_per_second: Option<f64>,
-    /// Most POSTs in flight at once across all partitions.
-    #[serde(default = "default_max_concurrent_requests")]
-    pub max_concurrent_requests: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            requests_per_second: None,
-            events_per_second: None,
-            max_concurrent_requests: default_max_concurrent_requests(),
-        }
-    }
-}
-
 /// What to do with a batch whose retries lasted longer than `max_retry_duration_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,6 +92,16 @@ pub struct PushRetryConfig {
     pub on_exhausted: OnExhausted,
 }
 
+impl PushRetryConfig {
+    /// The webhook sink's backoff: the core engine's ([`crate::retry`]) with these bounds.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(
+            std::time::Duration::from_millis(self.min_backoff_ms),
+            std::time::Duration::from_millis(self.max_backoff_ms),
+        )
+    }
+}
+
 impl Default for PushRetryConfig {
     fn default() -> Self {
         PushRetryConfig {
@@ -190,12 +131,6 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_not_ready_after_ms() -> u64 {
     10_000
-}
-fn default_grant_type() -> String {
-    "client_credentials".into()
-}
-fn default_max_concurrent_requests() -> usize {
-    4
 }
 fn default_min_backoff_ms() -> u64 {
     500

@@ -17,19 +17,18 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{Auth, AuthBuildError, Token};
 use super::batch;
 use super::config::{OnExhausted, PushSinkConfig};
-use super::limit::Endpoint;
 use super::peers::{Peer, Peers};
-use super::retry::{backoff, classify, status_class, Verdict};
 use crate::connector::{count_by_resource, BatchHint, Message, Sink, SinkError};
 use crate::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use crate::metrics::Metrics;
+use crate::outbound::answer::{classify, status_class, Verdict};
+use crate::outbound::auth::{Auth, AuthBuildError, Token};
+use crate::outbound::limit::Endpoint;
 use crate::retry::{until_ok, Budget};
 
-/// `User-Agent` of every POST.
-pub const USER_AGENT: &str = concat!("entity-bridge/", env!("CARGO_PKG_VERSION"));
+pub use crate::outbound::USER_AGENT;
 
 /// Why the sink could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -154,8 +153,11 @@ impl PushSink {
                 );
                 // Read the answer so the connection can be reused, but only up to a cap: its
                 // content is unused, and a consumer streaming gigabytes must not hold the lane.
-                let _ =
-                    super::capped::read_capped(response, super::capped::MAX_RESPONSE_BYTES).await;
+                let _ = crate::outbound::capped::read_capped(
+                    response,
+                    crate::outbound::capped::MAX_RESPONSE_BYTES,
+                )
+                .await;
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics
                     .push_request(&self.connector, status_class(status), seconds);
@@ -232,7 +234,7 @@ impl PushSink {
                 .and_then(|l| HeaderValue::from_str(l).ok())
         });
         let retry = &self.config.retry;
-        let mut backoff = backoff(retry);
+        let mut backoff = retry.backoff();
         // Time spent waiting for the endpoint (a consumer's `Retry-After` pause, rate limits)
         // does not count toward `max_retry_duration_ms`.
         let mut budget = Budget::new(Duration::from_millis(retry.max_retry_duration_ms));
@@ -319,7 +321,7 @@ impl PushSink {
         let records: Vec<DeadRecord<'_>> = events.iter().map(DeadRecord::from).collect();
         let records = &records;
         let written = until_ok(
-            backoff(&self.config.retry),
+            self.config.retry.backoff(),
             &self.stop,
             "dead-letter write",
             &self.connector,

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use entity_bridge::embedded::odata::{parse_query, MAX_FILTER_DEPTH, MAX_FILTER_TERMS};
 use entity_bridge::event::{parse_payload, ParseOptions};
-use entity_bridge::push::retry::parse_retry_after;
+use entity_bridge::outbound::answer::parse_retry_after;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};

@@ -1,4 +1,4 @@
-//! What the webhook sink does with a consumer's answer: deliver, wait and retry, or give up.
+//! What an outbound request's answer means: deliver, wait and retry, or give up.
 //!
 //! The rules (RCP-28 "polite behaviour" plus ordinary HTTP semantics):
 //!
@@ -15,9 +15,6 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
-
-use super::config::PushRetryConfig;
-use crate::retry::Backoff;
 
 /// What to do after one POST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,14 +96,6 @@ pub fn status_class(status: StatusCode) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-/// The webhook sink's backoff: the core engine's ([`crate::retry`]) with its own bounds.
-pub fn backoff(config: &PushRetryConfig) -> Backoff {
-    Backoff::new(
-        Duration::from_millis(config.min_backoff_ms),
-        Duration::from_millis(config.max_backoff_ms),
-    )
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ impl Auth {
                 let http = reqwest::Client::builder()
                     .redirect(reqwest::redirect::Policy::none())
                     .timeout(Duration::from_secs(30))
-                    .user_agent(super::sink::USER_AGENT)
+                    .user_agent(super::USER_AGENT)
                     .build()
                     .map_err(|e| AuthBuildError::TokenUrl(e.to_string()))?;
                 let scopes = scope
