@@ -186,7 +186,7 @@ impl Pump {
                         .pump_events(&name, "delivered", count.saturating_sub(dead));
                 }
             }
-            // `publish_duration` is the sink's own (one record per send, one vocabulary).
+            // The publish metrics are the sink layer's (`layers::Observed`), not the pump's.
             if let Err(e) = self.source.settle(batch, outcome).await {
                 // Unsettled deliveries come back after the source reconnects: at-least-once.
                 tracing::warn!(connector = %name, error = %e, "could not settle batch; it will be redelivered");

@@ -55,6 +55,24 @@ fn default_max_backoff_ms() -> u64 {
 }
 
 impl RetryConfig {
+    /// Semantic checks; `Err((key, detail))`. A zero wait would turn every retry loop (and the
+    /// supervisor's restarts) into a busy loop.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&self.min_backoff_ms) {
+            return Err((
+                "min_backoff_ms".into(),
+                "must be between 1 and 86400000 (one day)".into(),
+            ));
+        }
+        if !(self.min_backoff_ms..=crate::http::MAX_TIMEOUT_MS).contains(&self.max_backoff_ms) {
+            return Err((
+                "max_backoff_ms".into(),
+                "must be at least min_backoff_ms and at most 86400000 (one day)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A fresh backoff sequence.
     pub fn backoff(&self) -> Backoff {
         Backoff::new(

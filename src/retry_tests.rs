@@ -78,3 +78,18 @@ async fn until_ok_retries_with_backoff_and_stops_when_cancelled() {
     let far = saturating_deadline(Duration::MAX);
     assert!(far > Instant::now() + Duration::from_secs(365 * 24 * 3600));
 }
+
+#[test]
+fn zero_or_inverted_backoffs_are_refused_naming_the_key() {
+    let config = |min, max| RetryConfig {
+        min_backoff_ms: min,
+        max_backoff_ms: max,
+    };
+    assert!(RetryConfig::default().validate().is_ok());
+    assert_eq!(config(0, 100).validate().unwrap_err().0, "min_backoff_ms");
+    assert_eq!(config(500, 100).validate().unwrap_err().0, "max_backoff_ms");
+    assert_eq!(
+        config(1, u64::MAX).validate().unwrap_err().0,
+        "max_backoff_ms"
+    );
+}

@@ -283,13 +283,21 @@ impl Sink for AmqpSink {
             // The whole exchange with the broker (channel, publishes, confirms) is bounded: on a
             // connection that is silently dead (a partition, before heartbeats notice) opening a
             // channel never completes, and a push must still get its 503 in time.
-            Ok(keys) => tokio::time::timeout(self.confirm_timeout, self.publish_all(batch, &keys))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(unavailable(
-                        "RabbitMQ did not answer within confirm_timeout_ms",
-                    ))
-                }),
+            Ok(keys) => {
+                match tokio::time::timeout(self.confirm_timeout, self.publish_all(batch, &keys))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // The channel may have late confirms coming: start the next batch on
+                        // a fresh one.
+                        *self.channel.lock().await = None;
+                        Err(unavailable(
+                            "RabbitMQ did not answer within confirm_timeout_ms",
+                        ))
+                    }
+                }
+            }
             Err(e) => Err(e),
         };
         result

@@ -99,6 +99,10 @@ impl Config {
                     format!("connector name `{name}` must match [a-z0-9][a-z0-9_-]{{0,63}}"),
                 ));
             }
+            connector
+                .retry
+                .validate()
+                .map_err(|(k, d)| invalid(&format!("retry.{k}"), d))?;
             match &connector.source {
                 SourceConfig::Webhook(w) => {
                     w.validate()

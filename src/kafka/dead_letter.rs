@@ -188,10 +188,10 @@ impl KafkaDeadLetter {
         self.producer.heal_if_fatal();
         let result = self.write_all(records, info, connector).await;
         match &result {
+            Ok(()) => self.producer.succeeded(),
             Err(DeadLetterError::Unavailable { .. }) => {
                 self.producer.failed().await;
             }
-            _ => self.producer.succeeded(),
         }
         result
     }

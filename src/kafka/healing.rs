@@ -105,20 +105,23 @@ impl<P: Send + Sync + 'static> Healing<P> {
             .then(|| format!("every send failed for {:.1} s", failing.as_secs_f64()))
     }
 
-    /// A send succeeded. One atomic load unless sends were failing.
+    /// A produce succeeded. One atomic load unless produces were failing.
     pub fn succeeded(&self) {
         if self.failing.load(Ordering::Acquire) {
+            // Flag and timestamp change together, under the lock, so a concurrent `failed`
+            // cannot leave a timestamp behind that no later success clears.
+            let mut t = self.tracking.lock().expect("tracking lock");
+            t.failing_since = None;
             self.failing.store(false, Ordering::Release);
-            self.tracking.lock().expect("tracking lock").failing_since = None;
         }
     }
 
     /// A send failed as unavailable: replaces the producer when it is fatal, or stuck while
     /// its broker answers. Returns whether a new producer is in place.
     pub async fn failed(&self) -> bool {
-        self.failing.store(true, Ordering::Release);
         let since = {
             let mut t = self.tracking.lock().expect("tracking lock");
+            self.failing.store(true, Ordering::Release);
             *t.failing_since.get_or_insert_with(Instant::now)
         };
         if let Some(fatal) = (self.kind.fatal)(&self.get()) {
@@ -127,6 +130,24 @@ impl<P: Send + Sync + 'static> Healing<P> {
         if since.elapsed() < self.stuck_after {
             return false;
         }
+        self.replace_if_broker_answers(since).await
+    }
+
+    /// The readiness probe's view: `None` when the producer can be used. A fatal producer is
+    /// replaced at once; a stuck one is replaced when its broker answers, so an instance that
+    /// went unready during an outage is ready again once the broker is back, even if no
+    /// produce comes to notice it.
+    pub async fn check(&self) -> Option<String> {
+        self.heal_if_fatal();
+        let problem = self.problem()?;
+        let since = self.tracking.lock().expect("tracking lock").failing_since;
+        match since {
+            Some(since) if self.replace_if_broker_answers(since).await => None,
+            _ => Some(problem),
+        }
+    }
+
+    async fn replace_if_broker_answers(&self, since: Instant) -> bool {
         // One broker check at a time, at most one per interval.
         let Ok(_checking) = self.checking.try_lock() else {
             return false;
@@ -167,6 +188,8 @@ impl<P: Send + Sync + 'static> Healing<P> {
             return false;
         }
         t.last_rebuild = Some(Instant::now());
+        // Creating a client is quick (no network); doing it under the lock means two callers
+        // never both replace the producer.
         match (self.kind.make)() {
             Ok(new) => {
                 let old = std::mem::replace(
@@ -181,7 +204,15 @@ impl<P: Send + Sync + 'static> Healing<P> {
                     .kafka_client_rebuilt(&self.connector, "rebuilt");
                 tracing::error!(connector = %self.connector, client = self.role, reason = why, "kafka producer cannot produce; replaced it with a new one");
                 // Dropping a producer may wait for librdkafka's threads: not on the runtime.
-                std::thread::spawn(move || drop(old));
+                // Sends in flight still hold it; the last reference is dropped here once they
+                // let go (or after a minute, whatever they do).
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    drop(old);
+                });
                 true
             }
             Err(e) => {

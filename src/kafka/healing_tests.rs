@@ -88,4 +88,21 @@ async fn a_stuck_producer_is_replaced_only_while_its_broker_answers() {
     assert!(!h.failed().await);
     h.succeeded();
     assert!(h.tracking.lock().unwrap().failing_since.is_none());
+
+    // Readiness during an outage with no sends: not ready while the broker is down, ready
+    // (the producer replaced) once it answers, without waiting for a send to notice.
+    REACHABLE.store(false, Ordering::SeqCst);
+    assert!(!h.failed().await);
+    let aged = Instant::now() - Duration::from_secs(6);
+    {
+        let mut t = h.tracking.lock().unwrap();
+        t.failing_since = Some(aged);
+        t.last_check = None;
+        t.last_rebuild = None;
+    }
+    assert!(h.check().await.is_some(), "broker down: not ready");
+    h.tracking.lock().unwrap().last_check = None;
+    REACHABLE.store(true, Ordering::SeqCst);
+    assert_eq!(h.check().await, None, "broker back: replaced, ready");
+    assert_eq!(h.get().id, 2);
 }

@@ -70,6 +70,16 @@ pub struct LaneShared {
     pub metrics: Metrics,
     /// Where lanes report their sink delivering or failing.
     pub health: Health,
+    /// The lanes whose sink is failing now: the connector's sink is healthy again only when
+    /// none is (one lane delivering must not hide another one stuck).
+    pub failing: Failing,
+}
+
+/// Which lanes report their sink failing (see [`LaneShared::failing`]).
+#[derive(Default)]
+pub struct Failing {
+    count: AtomicUsize,
+    lanes: Mutex<std::collections::HashSet<(Arc<str>, i32)>>,
 }
 
 /// The dispatcher's and the rebalance callback's handle on a running lane.
@@ -210,6 +220,39 @@ impl Lane {
     }
 
     async fn run(mut self) {
+        self.run_until_stopped().await;
+        // A lane that ends (revoked, shutdown) no longer reports anything.
+        self.sink_ok();
+    }
+
+    /// Reports this lane's sink failing.
+    fn sink_failed(&self, error: impl std::fmt::Display) {
+        let failing = &self.shared.failing;
+        let mut lanes = failing.lanes.lock().expect("failing lock");
+        if lanes.insert((self.topic.clone(), self.partition)) {
+            failing.count.fetch_add(1, Ordering::AcqRel);
+        }
+        self.shared.health.failed(Part::Sink, error);
+    }
+
+    /// Reports this lane's sink working; the connector's sink is healthy once no lane fails.
+    /// One atomic load while no lane fails.
+    fn sink_ok(&self) {
+        let failing = &self.shared.failing;
+        if failing.count.load(Ordering::Acquire) == 0 {
+            self.shared.health.ok(Part::Sink);
+            return;
+        }
+        let mut lanes = failing.lanes.lock().expect("failing lock");
+        if lanes.remove(&(self.topic.clone(), self.partition)) {
+            failing.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        if lanes.is_empty() {
+            self.shared.health.ok(Part::Sink);
+        }
+    }
+
+    async fn run_until_stopped(&mut self) {
         let hint = self.shared.hint;
         let mut carry: Option<Item> = None;
         loop {
@@ -285,7 +328,7 @@ impl Lane {
                 };
                 let error = match result {
                     Ok(()) => {
-                        self.shared.health.ok(Part::Sink);
+                        self.sink_ok();
                         return true;
                     }
                     Err(e) => e,
@@ -296,7 +339,7 @@ impl Lane {
                 match error.retry_action() {
                     RetryAction::Poison => break error,
                     RetryAction::Retry { after } => {
-                        self.shared.health.failed(Part::Sink, &error);
+                        self.sink_failed(&error);
                         let delay = wait_after(&mut backoff, after);
                         tracing::warn!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %error, delay_ms = delay.as_millis() as u64, "sink failed; retrying the batch in place");
                         if !self.wait(delay).await {
@@ -368,14 +411,14 @@ impl Lane {
             || async {
                 let result = shared.dead_letter.write(records, info).await;
                 if let Err(e) = &result {
-                    (shared.health).failed(Part::Sink, format_args!("cannot dead-letter: {e}"));
+                    self.sink_failed(format_args!("cannot dead-letter: {e}"));
                 }
                 result
             },
         )
         .await;
         if written.is_some() {
-            shared.health.ok(Part::Sink);
+            self.sink_ok();
         }
         written.is_some()
     }

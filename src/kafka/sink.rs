@@ -286,7 +286,22 @@ impl KafkaSink {
         .unwrap_or(false)
     }
 
+    /// Produces the batch and tells the producer's [`Healing`] how it went. Only this path
+    /// judges the producer: a full queue, a refused event or a topic that cannot be created say
+    /// nothing about whether it can produce.
     async fn produce_all(&self, batch: &[Message], topics: &[Arc<str>]) -> Result<(), SinkError> {
+        let result = self.produce_batch(batch, topics).await;
+        match &result {
+            Ok(()) => self.producer.succeeded(),
+            Err(SinkError::Unavailable { .. }) => {
+                self.producer.failed().await;
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn produce_batch(&self, batch: &[Message], topics: &[Arc<str>]) -> Result<(), SinkError> {
         let (reports, outcome) = Batch::new(batch.len());
         let producer = self.producer.get();
         for (index, (message, topic)) in batch.iter().zip(topics).enumerate() {
@@ -341,18 +356,11 @@ impl Sink for KafkaSink {
             self.produce_all(batch, &topics).await
         }
         .await;
-        match &result {
-            Err(SinkError::Unavailable { .. }) => {
-                self.producer.failed().await;
-            }
-            _ => self.producer.succeeded(),
-        }
         result
     }
 
     async fn ready(&self) -> Result<(), SinkError> {
-        self.producer.heal_if_fatal();
-        if let Some(problem) = self.producer.problem() {
+        if let Some(problem) = self.producer.check().await {
             return Err(unavailable(format!("{problem}; replacing the producer")));
         }
         let producer = self.producer.get();

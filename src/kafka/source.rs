@@ -271,8 +271,11 @@ impl KafkaSource {
             .subscribe(&topics)
             .map_err(|e| SourceError::Fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
         tracing::info!(connector = %self.connector, topics = ?topics, "kafka source subscribed");
-        // Stops the lanes at shutdown, and when this source gives up after a lane died.
+        // Stops the lanes at shutdown, and when this source gives up after a lane died — or
+        // panics: the guard cancels it on unwinding too, so lanes blocked on their queue end
+        // and release the consumer instead of keeping it in the group unpolled.
         let stop = cancel.child_token();
+        let _stop_on_exit = stop.clone().drop_guard();
         let shared = Arc::new(LaneShared {
             connector: self.connector.clone(),
             consumer: self.consumer.clone(),
@@ -284,6 +287,7 @@ impl KafkaSource {
             max_buffered: self.max_buffered,
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            failing: Default::default(),
         });
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

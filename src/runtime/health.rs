@@ -241,10 +241,11 @@ impl Health {
         if state != t.state {
             t.state = state;
             t.since = SystemTime::now();
-            drop(t);
+            // Under the lock, so that concurrent transitions leave the metric where /readyz is.
             self.0
                 .metrics
                 .connector_state(&self.0.connector, state.as_str());
+            drop(t);
             tracing::info!(connector = %self.0.connector, state = state.as_str(), "connector state changed");
         }
     }
