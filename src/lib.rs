@@ -24,6 +24,7 @@
 
 pub mod amqp;
 pub mod app;
+pub mod build;
 pub mod config;
 pub mod connector;
 pub mod dead_letter;

@@ -80,6 +80,27 @@ fn isolate<'a>(
 }
 
 impl Pump {
+    /// The connector's task: a pump over `source` into `sink` until `cancel` (the source's
+    /// probe goes to the connector's health).
+    pub fn task(
+        source: Box<dyn Source>,
+        sink: Arc<dyn Sink>,
+        ctx: &crate::build::BuildContext,
+        cancel: CancellationToken,
+    ) -> crate::runtime::Run {
+        use futures::FutureExt;
+        ctx.health.set_probe(source.probe());
+        let pump = Pump {
+            connector: ctx.connector.clone(),
+            source,
+            sink,
+            retry: ctx.retry.clone(),
+            metrics: ctx.metrics.clone(),
+            health: ctx.health.clone(),
+        };
+        pump.run(cancel).boxed()
+    }
+
     /// Offers `batch` to the sink until it is settled: delivered (poison events isolated
     /// around), refused whole, or — only when `cancel` fires during a retry — handed back
     /// ([`Outcome::Retry`]). A retryable failure is retried in place after the backoff instead

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::topology::TopologyConfig;
-use crate::pump::RetryConfig;
+use crate::retry::RetryConfig;
 use crate::routing::TopicTemplate;
 use crate::secret::SecretRef;
 

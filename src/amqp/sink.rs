@@ -335,6 +335,19 @@ impl Sink for AmqpSink {
     }
 }
 
+#[async_trait]
+impl crate::build::BuildSink for AmqpSinkConfig {
+    async fn build_sink(
+        &self,
+        ctx: &crate::build::BuildContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::build::BuildError> {
+        let sink = self
+            .build(&ctx.connector, ctx.metrics.clone())
+            .map_err(crate::build::BuildError::sink)?;
+        Ok(std::sync::Arc::new(sink))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

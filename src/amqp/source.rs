@@ -377,3 +377,19 @@ impl Source for AmqpSource {
         }))
     }
 }
+
+#[async_trait]
+impl crate::build::BuildSource for AmqpSourceConfig {
+    async fn build_task(
+        &self,
+        ctx: &crate::build::BuildContext,
+        sink: Arc<dyn crate::connector::Sink>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<crate::runtime::Run, crate::build::BuildError> {
+        let source = self
+            .build(&ctx.connector, ctx.metrics.clone())
+            .map_err(crate::build::BuildError::source)?;
+        tracing::info!(connector = %ctx.connector, queues = self.queues.len(), "AMQP source connector ready");
+        Ok(crate::pump::Pump::task(Box::new(source), sink, ctx, cancel))
+    }
+}

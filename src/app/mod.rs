@@ -23,7 +23,8 @@ mod prepare;
 mod replay;
 mod tasks;
 
-use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::build::{BuildContext, BuildError};
+use crate::config::{Config, SourceConfig};
 use crate::connector::Sink;
 use crate::http::admin::{self, AdminState, ConnectorReadiness};
 use crate::http::{webhook_router, WebhookConnector};
@@ -51,37 +52,13 @@ pub enum AppError {
         /// Why.
         source: crate::secret::SecretError,
     },
-    /// A connector's Kafka sink could not be built.
+    /// A connector's sink or source could not be built (the cause names the part and key).
     #[error("connector `{connector}`: {source}")]
-    Kafka {
+    Build {
         /// The connector.
         connector: String,
         /// Why.
-        source: crate::kafka::KafkaBuildError,
-    },
-    /// A connector's AMQP sink or source could not be built (URL unreadable or invalid).
-    #[error("connector `{connector}`: {source}")]
-    Amqp {
-        /// The connector.
-        connector: String,
-        /// Why.
-        source: crate::amqp::AmqpBuildError,
-    },
-    /// A connector's Kafka source could not be built (consumer options, dead letter).
-    #[error("connector `{connector}`: source: {source}")]
-    KafkaSource {
-        /// The connector.
-        connector: String,
-        /// Why.
-        source: crate::kafka::KafkaSourceBuildError,
-    },
-    /// A connector's webhook sink could not be built (secret, HTTP client, dead letter).
-    #[error("connector `{connector}`: sink: {source}")]
-    Push {
-        /// The connector.
-        connector: String,
-        /// Why.
-        source: crate::push::PushBuildError,
+        source: BuildError,
     },
     /// The embedded log, its replay resource or a generated token could not be set up.
     #[error("{0}")]
@@ -111,49 +88,6 @@ pub struct Running {
     shutdown_timeout: Duration,
 }
 
-/// Builds a connector's sink. New sink types add one arm here.
-async fn build_sink(
-    name: &str,
-    config: &SinkConfig,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) -> Result<Arc<dyn Sink>, AppError> {
-    match config {
-        SinkConfig::Webhook(p) => {
-            let sink = p
-                .build(name, metrics.clone(), stop.clone())
-                .map_err(|source| AppError::Push {
-                    connector: name.to_owned(),
-                    source,
-                })?;
-            Ok(Arc::new(sink))
-        }
-        SinkConfig::Kafka(k) => {
-            let sink = k
-                .build(name, metrics.clone())
-                .map_err(|source| AppError::Kafka {
-                    connector: name.to_owned(),
-                    source,
-                })?;
-            Ok(Arc::new(sink))
-        }
-        SinkConfig::Amqp(a) => {
-            let sink = a
-                .build(name, metrics.clone())
-                .map_err(|source| AppError::Amqp {
-                    connector: name.to_owned(),
-                    source,
-                })?;
-            Ok(Arc::new(sink))
-        }
-        SinkConfig::Embedded(e) => Ok(Arc::new(
-            e.build(name, metrics.clone())
-                .await
-                .map_err(AppError::Embedded)?,
-        )),
-    }
-}
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(addr)
         .await
@@ -173,10 +107,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let pump_stop = CancellationToken::new();
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     for (name, connector) in &config.connectors {
-        let sink = build_sink(name, &connector.sink, &metrics, &pump_stop).await?;
+        let health = Health::new(name, connector.readiness, metrics.clone());
+        let build = BuildContext {
+            connector: name.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            stop: pump_stop.clone(),
+            shutdown_timeout,
+            retry: connector.retry.clone(),
+            sink_dead_letter: connector.sink.dead_letter().cloned(),
+        };
+        let sink = (connector.sink.builder().build_sink(&build).await).map_err(|source| {
+            AppError::Build {
+                connector: name.clone(),
+                source,
+            }
+        })?;
         // Publish metrics are the layer's: recorded once per send, whatever the sink.
         let sink: Arc<dyn Sink> = Arc::new(Observed::new(name, sink, metrics.clone()));
-        let health = Health::new(name, connector.readiness, metrics.clone());
         if let SourceConfig::Webhook(w) = &connector.source {
             let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
             let webhook =
@@ -190,12 +138,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             routes.push((path, Arc::new(webhook)));
         }
         let ctx = TaskContext {
-            name: name.clone(),
             config: connector.clone(),
             sink: sink.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            shutdown_timeout,
+            build,
         };
         // Built now so that a bad source fails the start; restarts rebuild it the same way.
         if let Some(run) = tasks::build_task(&ctx, pump_stop.clone()).await? {
@@ -243,9 +188,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     });
     let supervisors = (tasks.into_iter())
         .map(|(ctx, first)| {
-            let name = ctx.name.clone();
+            let name = ctx.build.connector.clone();
             let handle = supervise(
-                ctx.health.clone(),
+                ctx.build.health.clone(),
                 ctx.config.retry.clone(),
                 metrics.clone(),
                 first,

@@ -1,50 +1,27 @@
-//! Builds a pull connector's task: once at start-up, where a build error stops the bridge
-//! before it binds a port, and again for every restart by the connector's supervisor.
-//!
-//! New pull source types add one arm to [`build_task`]; webhook sources have no task (their
-//! listener is the process's).
+//! Builds a connector's parts from their configuration through the [`crate::build`] traits:
+//! the sink once, and a pull connector's task once at start-up (where a build error stops the
+//! bridge before it binds a port) and again for every restart by the connector's supervisor.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::AppError;
-use crate::config::{ConnectorConfig, SinkConfig, SourceConfig};
-use crate::connector::{Sink, Source};
-use crate::metrics::Metrics;
-use crate::pump::Pump;
-use crate::runtime::{Health, Rebuild, Run};
+use crate::build::BuildContext;
+use crate::config::ConnectorConfig;
+use crate::connector::Sink;
+use crate::runtime::{Rebuild, Run};
 
 /// Everything a connector's task is built from; cloned into its supervisor's [`Rebuild`].
 #[derive(Clone)]
 pub struct TaskContext {
-    /// The connector's name.
-    pub name: String,
     /// Its configuration (secrets are references, resolved at each build).
     pub config: ConnectorConfig,
     /// Its sink, shared by every instance of the task.
     pub sink: Arc<dyn Sink>,
-    /// Process metrics.
-    pub metrics: Metrics,
-    /// The connector's health.
-    pub health: Health,
-    /// `shutdown_timeout_ms`: bounds the Kafka source's drain.
-    pub shutdown_timeout: Duration,
-}
-
-fn pump(ctx: &TaskContext, source: Box<dyn Source>, cancel: CancellationToken) -> Run {
-    ctx.health.set_probe(source.probe());
-    let pump = Pump {
-        connector: ctx.name.clone(),
-        source,
-        sink: ctx.sink.clone(),
-        retry: ctx.config.retry.clone(),
-        metrics: ctx.metrics.clone(),
-        health: ctx.health.clone(),
-    };
-    pump.run(cancel).boxed()
+    /// What the parts are built with.
+    pub build: BuildContext,
 }
 
 /// Builds the connector's task to run until `cancel`; `None` for a webhook source.
@@ -52,51 +29,16 @@ pub async fn build_task(
     ctx: &TaskContext,
     cancel: CancellationToken,
 ) -> Result<Option<Run>, AppError> {
-    let name = &ctx.name;
-    let run = match &ctx.config.source {
-        SourceConfig::Webhook(_) => return Ok(None),
-        SourceConfig::Kafka(k) => {
-            // Validation guarantees a dead letter: the source's own or the webhook sink's.
-            let dead_letter = match (&k.dead_letter, &ctx.config.sink) {
-                (Some(own), _) => own,
-                (None, SinkConfig::Webhook(p)) => &p.dead_letter,
-                (None, _) => unreachable!("validated: source.dead_letter is required"),
-            };
-            let source = k
-                .build(
-                    name,
-                    ctx.sink.clone(),
-                    dead_letter,
-                    ctx.config.retry.clone(),
-                    ctx.metrics.clone(),
-                    ctx.health.clone(),
-                    ctx.shutdown_timeout,
-                )
-                .map_err(|source| AppError::KafkaSource {
-                    connector: name.clone(),
-                    source,
-                })?;
-            tracing::info!(connector = %name, topics = ?k.topics, group = %k.group(name), "kafka source connector ready");
-            source.run(cancel).boxed()
-        }
-        SourceConfig::Amqp(a) => {
-            let source = a
-                .build(name, ctx.metrics.clone())
-                .map_err(|source| AppError::Amqp {
-                    connector: name.clone(),
-                    source,
-                })?;
-            tracing::info!(connector = %name, queues = a.queues.len(), "AMQP source connector ready");
-            pump(ctx, Box::new(source), cancel)
-        }
-        SourceConfig::Embedded(e) => {
-            let source = e
-                .build(name, ctx.metrics.clone())
-                .await
-                .map_err(AppError::Embedded)?;
-            pump(ctx, Box::new(source), cancel)
-        }
+    let Some(builder) = ctx.config.source.builder() else {
+        return Ok(None);
     };
+    let run = builder
+        .build_task(&ctx.build, ctx.sink.clone(), cancel)
+        .await
+        .map_err(|source| AppError::Build {
+            connector: ctx.build.connector.clone(),
+            source,
+        })?;
     Ok(Some(run))
 }
 

@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 pub use load::{load, ConfigSources};
 
 use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
+use crate::build::{BuildSink, BuildSource};
+use crate::dead_letter::DeadLetterConfig;
 use crate::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
 use crate::http::WebhookSourceConfig;
 use crate::kafka::KafkaSinkConfig;
 use crate::kafka::KafkaSourceConfig;
-use crate::pump::RetryConfig;
 use crate::push::PushSinkConfig;
+use crate::retry::RetryConfig;
 use crate::runtime::Readiness;
 
 /// The whole bridge: listeners, logging and the connectors.
@@ -220,6 +222,40 @@ pub enum SourceConfig {
     Embedded(EmbeddedSourceConfig),
     /// Kafka topics, consumed in a consumer group (egress).
     Kafka(KafkaSourceConfig),
+}
+
+impl SourceConfig {
+    /// What builds this source's task; `None` for a webhook source (a route on the shared
+    /// listener, not a task). New pull sources add one arm here.
+    pub fn builder(&self) -> Option<&dyn BuildSource> {
+        match self {
+            SourceConfig::Webhook(_) => None,
+            SourceConfig::Amqp(a) => Some(a),
+            SourceConfig::Embedded(e) => Some(e),
+            SourceConfig::Kafka(k) => Some(k),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// What builds this sink. New sinks add one arm here.
+    pub fn builder(&self) -> &dyn BuildSink {
+        match self {
+            SinkConfig::Kafka(k) => k,
+            SinkConfig::Amqp(a) => a,
+            SinkConfig::Embedded(e) => e,
+            SinkConfig::Webhook(p) => p.as_ref(),
+        }
+    }
+
+    /// The sink's own dead-letter destination, if it has one (the webhook sink's): a source
+    /// without one of its own dead-letters there.
+    pub fn dead_letter(&self) -> Option<&DeadLetterConfig> {
+        match self {
+            SinkConfig::Webhook(p) => Some(&p.dead_letter),
+            _ => None,
+        }
+    }
 }
 
 /// A connector's sink, chosen by `type`.

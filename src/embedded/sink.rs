@@ -110,3 +110,21 @@ impl Sink for EmbeddedSink {
         Ok(())
     }
 }
+
+#[async_trait]
+impl crate::build::BuildSink for EmbeddedSinkConfig {
+    async fn build_sink(
+        &self,
+        ctx: &crate::build::BuildContext,
+    ) -> Result<Arc<dyn Sink>, crate::build::BuildError> {
+        let sink = self
+            .build(&ctx.connector, ctx.metrics.clone())
+            .await
+            .map_err(|e| match e {
+                // The connector is named by the caller already.
+                EmbeddedError::Log { source, .. } => crate::build::BuildError::sink(source),
+                other => crate::build::BuildError::sink(other),
+            })?;
+        Ok(std::sync::Arc::new(sink))
+    }
+}

@@ -181,3 +181,23 @@ impl Source for EmbeddedSource {
         Ok(())
     }
 }
+
+#[async_trait]
+impl crate::build::BuildSource for EmbeddedSourceConfig {
+    async fn build_task(
+        &self,
+        ctx: &crate::build::BuildContext,
+        sink: Arc<dyn crate::connector::Sink>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<crate::runtime::Run, crate::build::BuildError> {
+        let source = self
+            .build(&ctx.connector, ctx.metrics.clone())
+            .await
+            .map_err(|e| match e {
+                // The connector is named by the caller already.
+                EmbeddedError::Log { source, .. } => crate::build::BuildError::source(source),
+                other => crate::build::BuildError::source(other),
+            })?;
+        Ok(crate::pump::Pump::task(Box::new(source), sink, ctx, cancel))
+    }
+}

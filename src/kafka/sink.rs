@@ -380,3 +380,16 @@ impl Sink for KafkaSink {
             .map_err(|e| unavailable(format!("flush incomplete: {e}")))
     }
 }
+
+#[async_trait]
+impl crate::build::BuildSink for KafkaSinkConfig {
+    async fn build_sink(
+        &self,
+        ctx: &crate::build::BuildContext,
+    ) -> Result<Arc<dyn Sink>, crate::build::BuildError> {
+        let sink = self
+            .build(&ctx.connector, ctx.metrics.clone())
+            .map_err(crate::build::BuildError::sink)?;
+        Ok(Arc::new(sink))
+    }
+}

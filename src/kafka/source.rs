@@ -37,7 +37,7 @@ use super::source_config::KafkaSourceConfig;
 use crate::connector::{Origin, Sink, SourceError};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
 use crate::metrics::Metrics;
-use crate::pump::RetryConfig;
+use crate::retry::RetryConfig;
 use crate::runtime::{panic_message, Health, Part};
 
 type Lanes = Arc<Mutex<HashMap<(Arc<str>, i32), LaneHandle>>>;

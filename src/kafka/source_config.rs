@@ -226,6 +226,42 @@ impl KafkaSourceConfig {
     }
 }
 
+/// No dead-letter destination: validation requires one (the source's own, or its webhook
+/// sink's), so only a configuration that skipped validation gets here.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no dead_letter: set source.dead_letter (or use a webhook sink, whose dead letter is used)"
+)]
+struct NoDeadLetter;
+
+#[async_trait::async_trait]
+impl crate::build::BuildSource for KafkaSourceConfig {
+    async fn build_task(
+        &self,
+        ctx: &crate::build::BuildContext,
+        sink: std::sync::Arc<dyn crate::connector::Sink>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<crate::runtime::Run, crate::build::BuildError> {
+        use futures::FutureExt;
+        let dead_letter = (self.dead_letter.as_ref())
+            .or(ctx.sink_dead_letter.as_ref())
+            .ok_or_else(|| crate::build::BuildError::source(NoDeadLetter))?;
+        let source = self
+            .build(
+                &ctx.connector,
+                sink,
+                dead_letter,
+                ctx.retry.clone(),
+                ctx.metrics.clone(),
+                ctx.health.clone(),
+                ctx.shutdown_timeout,
+            )
+            .map_err(crate::build::BuildError::source)?;
+        tracing::info!(connector = %ctx.connector, topics = ?self.topics, group = %self.group(&ctx.connector), "kafka source connector ready");
+        Ok(source.run(cancel).boxed())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

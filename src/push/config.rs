@@ -295,6 +295,19 @@ impl PushSinkConfig {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::build::BuildSink for PushSinkConfig {
+    async fn build_sink(
+        &self,
+        ctx: &crate::build::BuildContext,
+    ) -> Result<std::sync::Arc<dyn crate::connector::Sink>, crate::build::BuildError> {
+        let sink = self
+            .build(&ctx.connector, ctx.metrics.clone(), ctx.stop.clone())
+            .map_err(crate::build::BuildError::sink)?;
+        Ok(std::sync::Arc::new(sink))
+    }
+}
+
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
