@@ -37,6 +37,18 @@ pub use source::EmbeddedSource;
 pub use store::{Log, StoreError};
 pub use token::TokenNotice;
 
+impl EmbeddedError {
+    /// This error as the `part` (`sink`, `source`) of a connector that failed to build; the
+    /// caller names the connector, so a log error keeps only its cause.
+    pub fn into_build_error(self, part: &'static str) -> crate::build::BuildError {
+        let source: Box<dyn std::error::Error + Send + Sync> = match self {
+            EmbeddedError::Log { source, .. } => Box::new(source),
+            other => Box::new(other),
+        };
+        crate::build::BuildError { part, source }
+    }
+}
+
 /// Why the embedded parts of the bridge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {

@@ -120,11 +120,7 @@ impl crate::build::BuildSink for EmbeddedSinkConfig {
         let sink = self
             .build(&ctx.connector, ctx.metrics.clone())
             .await
-            .map_err(|e| match e {
-                // The connector is named by the caller already.
-                EmbeddedError::Log { source, .. } => crate::build::BuildError::sink(source),
-                other => crate::build::BuildError::sink(other),
-            })?;
+            .map_err(|e| e.into_build_error("sink"))?;
         Ok(std::sync::Arc::new(sink))
     }
 }

@@ -193,11 +193,7 @@ impl crate::build::BuildSource for EmbeddedSourceConfig {
         let source = self
             .build(&ctx.connector, ctx.metrics.clone())
             .await
-            .map_err(|e| match e {
-                // The connector is named by the caller already.
-                EmbeddedError::Log { source, .. } => crate::build::BuildError::source(source),
-                other => crate::build::BuildError::source(other),
-            })?;
+            .map_err(|e| e.into_build_error("source"))?;
         Ok(crate::pump::Pump::task(Box::new(source), sink, ctx, cancel))
     }
 }

@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use entity_bridge::amqp::AmqpSourceConfig;
-use entity_bridge::connector::{Message, Sink, Source};
+use entity_bridge::connector::{Message, Sink, Source, SourceError};
 use entity_bridge::dead_letter::DeadLetterConfig;
 use entity_bridge::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
 use entity_bridge::kafka::KafkaSourceConfig;
@@ -72,6 +72,21 @@ fn assert_in_order(sink: &ScriptedSink) {
     }
 }
 
+/// Runs a connector's task until every event reached the sink, checks their order, then stops
+/// it and checks that it stopped cleanly.
+async fn run_until_all_delivered(
+    run: impl std::future::Future<Output = Result<(), SourceError>> + Send + 'static,
+    sink: &ScriptedSink,
+    cancel: CancellationToken,
+) {
+    let run = tokio::spawn(run);
+    sink.wait_delivered(KEYS * PER_KEY as usize, Duration::from_secs(60))
+        .await;
+    assert_in_order(sink);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
+
 fn pump(source: Box<dyn Source>, sink: Arc<ScriptedSink>) -> Pump {
     let metrics = Metrics::new();
     Pump {
@@ -100,12 +115,8 @@ async fn amqp_keeps_per_key_order_through_a_retry() {
     let sink = failing_second_batch();
     let source = config.build("order", Metrics::new()).unwrap();
     let cancel = CancellationToken::new();
-    let run = tokio::spawn(pump(Box::new(source), sink.clone()).run(cancel.clone()));
-    sink.wait_delivered(KEYS * PER_KEY as usize, Duration::from_secs(60))
-        .await;
-    assert_in_order(&sink);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
+    let run = pump(Box::new(source), sink.clone()).run(cancel.clone());
+    run_until_all_delivered(run, &sink, cancel).await;
     rabbit.wait_ready_count(&queue, 0).await;
 }
 
@@ -136,12 +147,8 @@ async fn the_embedded_log_keeps_per_key_order_through_a_retry() {
     let source = source_config.build("order", Metrics::new()).await.unwrap();
     let sink = failing_second_batch();
     let cancel = CancellationToken::new();
-    let run = tokio::spawn(pump(Box::new(source), sink.clone()).run(cancel.clone()));
-    sink.wait_delivered(KEYS * PER_KEY as usize, Duration::from_secs(60))
-        .await;
-    assert_in_order(&sink);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
+    let run = pump(Box::new(source), sink.clone()).run(cancel.clone());
+    run_until_all_delivered(run, &sink, cancel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,10 +183,5 @@ async fn kafka_keeps_per_key_order_through_a_retry() {
         )
         .unwrap();
     let cancel = CancellationToken::new();
-    let run = tokio::spawn(source.run(cancel.clone()));
-    sink.wait_delivered(KEYS * PER_KEY as usize, Duration::from_secs(60))
-        .await;
-    assert_in_order(&sink);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
+    run_until_all_delivered(source.run(cancel.clone()), &sink, cancel).await;
 }

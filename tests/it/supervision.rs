@@ -38,6 +38,17 @@ fn restarts(metrics: &Metrics, outcome: &str) -> f64 {
     metric(&metrics.encode(), &series).unwrap_or(0.0)
 }
 
+/// A sink whose first `send` panics and that accepts everything after.
+fn panicking_on_first_send() -> Arc<ScriptedSink> {
+    Arc::new(ScriptedSink::new(Box::new(|n, _| {
+        if n == 0 {
+            Act::Panic
+        } else {
+            Act::Accept
+        }
+    })))
+}
+
 /// Turns a task builder into the supervisor's first run and its rebuild.
 fn first_and_rebuild(
     make: Arc<dyn Fn(CancellationToken) -> Run + Send + Sync>,
@@ -73,13 +84,7 @@ async fn a_panicked_amqp_pump_is_restarted_and_its_batch_redelivered() {
     .unwrap();
     let metrics = Metrics::new();
     let health = Health::new("sup", Readiness::Gate, metrics.clone());
-    let sink = Arc::new(ScriptedSink::new(Box::new(|n, _| {
-        if n == 0 {
-            Act::Panic
-        } else {
-            Act::Accept
-        }
-    })));
+    let sink = panicking_on_first_send();
     let cancel = CancellationToken::new();
     let make = {
         let (metrics, health, sink) = (metrics.clone(), health.clone(), sink.clone());
@@ -156,13 +161,7 @@ async fn a_dead_kafka_lane_restarts_its_source_which_redelivers() {
     .unwrap();
     let metrics = Metrics::new();
     let health = Health::new("sup", Readiness::Gate, metrics.clone());
-    let sink = Arc::new(ScriptedSink::new(Box::new(|n, _| {
-        if n == 0 {
-            Act::Panic
-        } else {
-            Act::Accept
-        }
-    })));
+    let sink = panicking_on_first_send();
     let cancel = CancellationToken::new();
     let make = {
         let (metrics, health, sink) = (metrics.clone(), health.clone(), sink.clone());
