@@ -52,6 +52,9 @@ struct Tracking {
 }
 
 /// The current producer and how to make the next one.
+///
+/// Its locks guard only bookkeeping that cannot panic (swapping an `Arc`, reading and writing
+/// timestamps), so they are never poisoned: the `expect`s on them state that invariant.
 pub struct Healing<P> {
     connector: String,
     role: &'static str,

@@ -40,7 +40,8 @@ struct Failing {
     cause: String,
 }
 
-/// The failing state of each peer.
+/// The failing state of each peer. Each lock guards one plain assignment, so it is never
+/// poisoned (the `expect`s state that invariant).
 #[derive(Debug)]
 pub struct Peers {
     failing: [Mutex<Option<Failing>>; 3],

@@ -103,6 +103,9 @@ struct Inner {
 }
 
 /// A connector's health handle. Cheap to clone.
+///
+/// Its locks guard plain assignments and a metric update that cannot panic, so they are never
+/// poisoned: the `expect`s on them state that invariant.
 #[derive(Clone)]
 pub struct Health(Arc<Inner>);
 

@@ -49,17 +49,26 @@ fn panicking_on_first_send() -> Arc<ScriptedSink> {
     })))
 }
 
-/// Turns a task builder into the supervisor's first run and its rebuild.
-fn first_and_rebuild(
+/// Supervises the task `make` builds (first run and every rebuild), as the app does.
+fn supervised(
     make: Arc<dyn Fn(CancellationToken) -> Run + Send + Sync>,
+    health: &Health,
+    metrics: &Metrics,
     cancel: &CancellationToken,
-) -> (Run, Rebuild) {
+) -> tokio::task::JoinHandle<()> {
     let first = make(cancel.clone());
     let rebuild: Rebuild = Box::new(move |cancel| {
         let run = make(cancel);
         async move { Ok(run) }.boxed()
     });
-    (first, rebuild)
+    supervise(
+        health.clone(),
+        retry(),
+        metrics.clone(),
+        first,
+        rebuild,
+        cancel.clone(),
+    )
 }
 
 /// Regression: a pump whose sink panicked died silently; the queue was never consumed again.
@@ -102,15 +111,7 @@ async fn a_panicked_amqp_pump_is_restarted_and_its_batch_redelivered() {
             pump.run(cancel).boxed()
         })
     };
-    let (first, rebuild) = first_and_rebuild(make, &cancel);
-    let handle = supervise(
-        health.clone(),
-        retry(),
-        metrics.clone(),
-        first,
-        rebuild,
-        cancel.clone(),
-    );
+    let handle = supervised(make, &health, &metrics, &cancel);
 
     sink.wait_delivered(5, Duration::from_secs(30)).await;
     let mut sequences: Vec<i64> = sink.delivered().iter().map(|(_, s)| *s).collect();
@@ -180,15 +181,7 @@ async fn a_dead_kafka_lane_restarts_its_source_which_redelivers() {
             source.run(cancel).boxed()
         })
     };
-    let (first, rebuild) = first_and_rebuild(make, &cancel);
-    let handle = supervise(
-        health.clone(),
-        retry(),
-        metrics.clone(),
-        first,
-        rebuild,
-        cancel.clone(),
-    );
+    let handle = supervised(make, &health, &metrics, &cancel);
 
     sink.wait_delivered(5, Duration::from_secs(60)).await;
     let sequences: Vec<i64> = sink.delivered().iter().map(|(_, s)| *s).collect();
@@ -388,15 +381,7 @@ async fn a_source_that_fails_for_good_is_rebuilt_and_nothing_is_lost() {
         })
     };
     let cancel = CancellationToken::new();
-    let (first, rebuild) = first_and_rebuild(make, &cancel);
-    let handle = supervise(
-        health.clone(),
-        retry(),
-        metrics.clone(),
-        first,
-        rebuild,
-        cancel.clone(),
-    );
+    let handle = supervised(make, &health, &metrics, &cancel);
     sink.wait_delivered(30, Duration::from_secs(30)).await;
     let sequences: Vec<i64> = sink.delivered().iter().map(|(_, s)| *s).collect();
     assert_eq!(sequences, (1..=30).collect::<Vec<_>>());

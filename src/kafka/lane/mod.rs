@@ -76,7 +76,8 @@ pub struct LaneShared {
     pub failing: Failing,
 }
 
-/// Which lanes report their sink failing (see [`LaneShared::failing`]).
+/// Which lanes report their sink failing (see [`LaneShared::failing`]). The lock guards set
+/// insertions and removals only, so it is never poisoned (the `expect`s state that invariant).
 #[derive(Default)]
 pub struct Failing {
     count: AtomicUsize,
@@ -193,16 +194,16 @@ struct Lane {
 }
 
 impl Lane {
+    /// Revoked or shutting down (`stop` is cancelled by both).
     fn stopping(&self) -> bool {
-        self.revoked.is_cancelled() || self.shared.shutdown.is_cancelled()
+        self.stop.is_cancelled()
     }
 
     /// Takes the next item, or `None` when the lane must end.
     async fn next(&mut self, deadline: Option<Instant>) -> Option<Item> {
         let item = tokio::select! {
             biased;
-            _ = self.revoked.cancelled() => None,
-            _ = self.shared.shutdown.cancelled() => None,
+            _ = self.stop.cancelled() => None,
             _ = sleep_until_opt(deadline) => None,
             item = self.rx.recv() => item,
         }?;
