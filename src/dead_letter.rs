@@ -72,11 +72,7 @@ impl DeadLetterConfig {
             DeadLetterConfig::Kafka(k) => Box::new(k.build(connector, metrics.clone())?),
             DeadLetterConfig::Amqp(a) => Box::new(a.build()?),
         };
-        Ok(DeadLetter {
-            connector: connector.to_owned(),
-            writer,
-            metrics,
-        })
+        Ok(DeadLetter::new(connector, writer, metrics))
     }
 }
 
@@ -195,6 +191,15 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A dead letter over `writer` (a bus's, or a test's fake).
+    pub fn new(connector: &str, writer: Box<dyn DeadLetterWriter>, metrics: Metrics) -> Self {
+        DeadLetter {
+            connector: connector.to_owned(),
+            writer,
+            metrics,
+        }
+    }
+
     /// Writes every record and waits until all are durable.
     pub async fn write(
         &self,

@@ -14,13 +14,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod deliver;
+#[cfg(test)]
+mod tests;
 
 use super::record::PoisonRecord;
 use super::source::SourceContext;
@@ -49,12 +52,56 @@ impl Item {
     }
 }
 
+/// What a lane needs of its consumer: flow control and the offset store of its partition.
+/// The Kafka consumer implements it; it is a seam so that the lane logic (batching, retries in
+/// place, poison isolation, offsets stored only after delivery, revocation) is tested with a
+/// fake and paused time (`tests.rs`).
+pub trait PartitionControl: Send + Sync {
+    /// Stops fetching `topic`/`partition` (the lane is far behind).
+    fn pause(&self, topic: &str, partition: i32);
+    /// Fetches `topic`/`partition` again.
+    fn resume(&self, topic: &str, partition: i32);
+    /// Marks everything before `next_offset` done; committed with the next commit.
+    fn store(&self, topic: &str, partition: i32, next_offset: i64) -> KafkaResult<()>;
+}
+
+fn store_offset<C: Consumer<SourceContext>>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset))?;
+    consumer.store_offsets(&tpl)
+}
+
+/// The two consumer types a lane meets: the source's stream consumer and the base consumer the
+/// rebalance callback is handed.
+macro_rules! partition_control {
+    ($consumer:ty) => {
+        impl PartitionControl for $consumer {
+            fn pause(&self, topic: &str, partition: i32) {
+                let _ = Consumer::pause(self, &partition_list(topic, partition));
+            }
+            fn resume(&self, topic: &str, partition: i32) {
+                let _ = Consumer::resume(self, &partition_list(topic, partition));
+            }
+            fn store(&self, topic: &str, partition: i32, next_offset: i64) -> KafkaResult<()> {
+                store_offset(self, topic, partition, next_offset)
+            }
+        }
+    };
+}
+partition_control!(StreamConsumer<SourceContext>);
+partition_control!(BaseConsumer<SourceContext>);
+
 /// What every lane of a connector shares.
 pub struct LaneShared {
     /// Connector name.
     pub connector: String,
     /// The consumer (offset store, pause / resume).
-    pub consumer: Arc<StreamConsumer<SourceContext>>,
+    pub consumer: Arc<dyn PartitionControl>,
     /// Where batches go.
     pub sink: Arc<dyn Sink>,
     /// Batch shape.
@@ -138,12 +185,7 @@ impl LaneHandle {
     /// Queues `item`; pauses fetching of the partition when the lane is far behind. Records at
     /// or below an offset already queued (a re-fetch) are skipped. Returns `false` when the lane
     /// has ended.
-    pub fn push<C: Consumer<SourceContext>>(
-        &mut self,
-        item: Item,
-        consumer: &C,
-        high: usize,
-    ) -> bool {
+    pub fn push(&mut self, item: Item, consumer: &dyn PartitionControl, high: usize) -> bool {
         let offset = item.offset();
         if offset <= self.last_offset {
             return true;
@@ -156,7 +198,7 @@ impl LaneHandle {
             let mut paused = self.paused.lock().expect("pause lock");
             if !*paused {
                 *paused = true;
-                let _ = consumer.pause(&partition_list(&self.topic, self.partition));
+                consumer.pause(&self.topic, self.partition);
             }
         }
         true
@@ -164,13 +206,13 @@ impl LaneHandle {
 
     /// Stops the lane for good (partition revoked); resumes fetching if it was paused so the
     /// partition's next owner in this process starts clean.
-    pub fn revoke<C: Consumer<SourceContext>>(self, consumer: &C) -> tokio::task::JoinHandle<()> {
+    pub fn revoke(self, consumer: &dyn PartitionControl) -> tokio::task::JoinHandle<()> {
         self.revoked.cancel();
         self.stop.cancel();
         let mut paused = self.paused.lock().expect("pause lock");
         if *paused {
             *paused = false;
-            let _ = consumer.resume(&partition_list(&self.topic, self.partition));
+            consumer.resume(&self.topic, self.partition);
         }
         self.task
     }
@@ -212,10 +254,7 @@ impl Lane {
             let mut paused = self.paused.lock().expect("pause lock");
             if *paused && !self.revoked.is_cancelled() {
                 *paused = false;
-                let _ = self
-                    .shared
-                    .consumer
-                    .resume(&partition_list(&self.topic, self.partition));
+                self.shared.consumer.resume(&self.topic, self.partition);
             }
         }
         Some(item)
@@ -294,10 +333,10 @@ impl Lane {
         if self.revoked.is_cancelled() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        let stored = tpl
-            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset + 1))
-            .and_then(|()| self.shared.consumer.store_offsets(&tpl));
+        let stored = self
+            .shared
+            .consumer
+            .store(&self.topic, self.partition, offset + 1);
         if let Err(e) = stored {
             // Not assigned any more: the next owner redelivers from the last commit.
             tracing::debug!(connector = %self.shared.connector, topic = %self.topic, partition = self.partition, error = %e, "offset not stored");
