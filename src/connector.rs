@@ -49,6 +49,9 @@ pub enum RejectKind {
     /// The bus itself refused the message as too large after the batch was handed over: the
     /// other messages of the batch may have been published.
     RefusedBySink,
+    /// Its feed already delivered its `EntityEventSequence` for another record, and the
+    /// connector's `[dedupe] on_conflict` is `reject` (found before anything was sent).
+    Conflict,
 }
 
 /// A sink's failure, classified by what the caller should do about it.
@@ -128,6 +131,12 @@ impl Retriable for SinkError {
 pub trait Sink: Send + Sync {
     /// Returns `Ok` only when every message of `batch` is durable or delivered.
     async fn send(&self, batch: &[Message]) -> Result<(), SinkError>;
+    /// Like [`Sink::send`], and says what the send did besides publishing: events acknowledged
+    /// without being published again (the feeds layer's duplicate suppression). Sinks that
+    /// publish everything keep the default.
+    async fn send_report(&self, batch: &[Message]) -> Result<SendReport, SinkError> {
+        self.send(batch).await.map(|()| SendReport::default())
+    }
     /// Readiness probe: `Ok` when the sink can currently reach its bus.
     async fn ready(&self) -> Result<(), SinkError>;
     /// Delivers or waits for everything queued, up to `timeout`; called once at shutdown.
@@ -137,6 +146,16 @@ pub trait Sink: Send + Sync {
     fn batch_hint(&self) -> BatchHint {
         BatchHint::default()
     }
+}
+
+/// What an `Ok` send did besides publishing (see [`Sink::send_report`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendReport {
+    /// Events acknowledged without being published: their feed already delivered them.
+    pub duplicates: usize,
+    /// Events whose sequence their feed already delivered for another record (published or
+    /// skipped, as `on_conflict` says).
+    pub conflicts: usize,
 }
 
 /// A sink's preferred batch shape (see [`Sink::batch_hint`]).

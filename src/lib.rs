@@ -30,6 +30,7 @@ pub mod connector;
 pub mod dead_letter;
 pub mod embedded;
 pub mod event;
+pub mod feeds;
 pub mod http;
 pub mod kafka;
 pub mod layers;

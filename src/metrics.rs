@@ -2,7 +2,7 @@
 //!
 //! Keeping them in one place keeps names, labels and help texts consistent (prefix
 //! `entity_bridge_`, `_total` counters, `_seconds` histograms; labels only `connector`,
-//! `resource`, `outcome`, `status`, `state`) and lets a test check the exposition with
+//! `resource`, `outcome`, `status`, `state`, `feed`) and lets a test check the exposition with
 //! `promtool`.
 //!
 //! `ResourceName` comes from producers, so the `resource` label is capped: after
@@ -10,12 +10,14 @@
 
 mod catalog;
 mod connectors;
+mod feeds;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 pub use catalog::MetricInfo;
 pub use connectors::CONNECTOR_STATES;
+pub use feeds::FeedCounts;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -46,6 +48,7 @@ struct Inner {
     amqp: AmqpMetrics,
     embedded: EmbeddedMetrics,
     connectors: connectors::ConnectorMetrics,
+    feeds: feeds::FeedMetrics,
 }
 
 /// The embedded log: its size, retention, cursors and the replay resource.
@@ -242,8 +245,10 @@ impl Metrics {
                 &["connector", "outcome"],
             ),
         };
+        let feeds = feeds::FeedMetrics::register(&registry);
         let inner = Inner {
             connectors,
+            feeds,
             push,
             amqp,
             embedded,

@@ -13,5 +13,5 @@ pub mod topology;
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, ExchangeType, OnUnroutable, DEFAULT_URL};
 pub use connection::AmqpBuildError;
 pub use dead_letter::{AmqpDeadLetter, AmqpDeadLetterConfig};
-pub use sink::{message_id, properties, AmqpSink};
+pub use sink::{properties, AmqpSink};
 pub use source::AmqpSource;

@@ -7,9 +7,8 @@
 //! `on_unroutable = "ignore"`). A nack, a returned message, a lost channel or a confirm timeout
 //! fail the batch as unavailable (503 + Retry-After to a webhook producer; the pump retries).
 //!
-//! `message_id` is deterministic so consumers can de-duplicate redeliveries and producer
-//! retries: `<EntityEventSource>:<EntityEventSequence>`, with `default` standing for a push
-//! without a source label and `sha256-<32 hex>` for a label too long for the 255-byte field.
+//! `message_id` is deterministic and unique per connector and feed, so consumers can
+//! de-duplicate redeliveries and producer retries: [`crate::feeds::event_id`].
 
 use std::time::{Duration, Instant};
 
@@ -19,11 +18,11 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
-use sha2::{Digest, Sha256};
 
 use super::config::{AmqpSinkConfig, OnUnroutable, MAX_SHORT_STRING};
 use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
 use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
+use crate::feeds::event_id;
 use crate::metrics::Metrics;
 use crate::resources::ResourcePolicy;
 use crate::routing::TopicTemplate;
@@ -83,21 +82,9 @@ fn unavailable(reason: impl Into<String>) -> SinkError {
     }
 }
 
-/// The de-duplication id of an event (see the module docs).
-pub fn message_id(source_label: Option<&str>, sequence: i64) -> String {
-    let label = source_label.unwrap_or("default");
-    let id = format!("{label}:{sequence}");
-    if id.len() <= MAX_SHORT_STRING {
-        return id;
-    }
-    let digest = Sha256::digest(label.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256-{hex}:{sequence}")
-}
-
 /// The AMQP properties every published event carries: persistent, JSON, a stable `message_id`
 /// and the routing facts as headers. Public so the benchmark's ceiling sends the same messages.
-pub fn properties(m: &Message) -> BasicProperties {
+pub fn properties(connector: &str, m: &Message) -> BasicProperties {
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
     let mut headers = FieldTable::default();
     headers.insert(
@@ -112,7 +99,7 @@ pub fn properties(m: &Message) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
-        .with_message_id(message_id(m.source_label.as_deref(), m.sequence).into())
+        .with_message_id(event_id(connector, m.source_label.as_deref(), m.sequence).into())
         .with_app_id("entity-bridge".into())
         .with_headers(headers)
 }
@@ -219,7 +206,13 @@ impl AmqpSink {
         let mut confirms = Vec::with_capacity(batch.len());
         for (m, key) in batch.iter().zip(keys) {
             let confirm = channel
-                .basic_publish(&self.exchange, key, options, &m.payload, properties(m))
+                .basic_publish(
+                    &self.exchange,
+                    key,
+                    options,
+                    &m.payload,
+                    properties(&self.connector, m),
+                )
                 .await
                 .map_err(|e| Failure::Channel(unavailable(format!("publish failed: {e}"))))?;
             confirms.push(confirm);
@@ -355,17 +348,6 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn message_ids_are_deterministic_and_bounded() {
-        assert_eq!(message_id(Some("IDX Feed 123"), 1101), "IDX Feed 123:1101");
-        assert_eq!(message_id(None, 7), "default:7");
-        let long = "é".repeat(200);
-        let id = message_id(Some(&long), 42);
-        assert!(id.starts_with("sha256-") && id.ends_with(":42"), "{id}");
-        assert_eq!(id.len(), "sha256-".len() + 32 + ":42".len());
-        assert_eq!(id, message_id(Some(&long), 42));
-    }
-
-    #[test]
     fn properties_are_persistent_json_with_headers() {
         let m = Message {
             sequence: 1101,
@@ -375,13 +357,13 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
             origin: None,
         };
-        let p = properties(&m);
+        let p = properties("mls", &m);
         assert_eq!(*p.delivery_mode(), Some(2));
         assert_eq!(
             p.content_type().as_ref().unwrap().as_str(),
             "application/json"
         );
-        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "feed:1101");
+        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "mls/feed/1101");
         let headers = p.headers().as_ref().unwrap().inner();
         assert_eq!(headers["EntityEventSequence"], AMQPValue::LongLongInt(1101));
         assert_eq!(

@@ -26,7 +26,8 @@ mod tasks;
 use crate::build::{BuildContext, BuildError};
 use crate::config::{Config, SourceConfig};
 use crate::connector::Sink;
-use crate::http::admin::{self, AdminState, ConnectorReadiness};
+use crate::feeds;
+use crate::http::admin::{self, AdminState, ConnectorReadiness, FeedsOf};
 use crate::http::{webhook_router, WebhookConnector};
 use crate::layers::Observed;
 use crate::metrics::Metrics;
@@ -63,6 +64,14 @@ pub enum AppError {
     /// The embedded log, its replay resource or a generated token could not be set up.
     #[error("{0}")]
     Embedded(#[source] crate::embedded::EmbeddedError),
+    /// A connector's `[dedupe]` store could not be opened.
+    #[error("connector `{connector}`: dedupe: {source}")]
+    Dedupe {
+        /// The connector.
+        connector: String,
+        /// Why.
+        source: crate::feeds::SeenStoreError,
+    },
     /// `[http.tls]`: the certificate or key could not be loaded.
     #[error("http.tls: {0}")]
     Tls(#[source] crate::http::tls::TlsError),
@@ -103,6 +112,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let mut routes = Vec::new();
     let mut tasks: Vec<(TaskContext, Run)> = Vec::new();
     let mut readiness = Vec::new();
+    let mut feed_views = Vec::new();
     // Cancelled first at shutdown: pumps stop taking batches, sinks stop waiting to retry.
     let pump_stop = CancellationToken::new();
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
@@ -125,14 +135,33 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         })?;
         // Publish metrics are the layer's: recorded once per send, whatever the sink.
         let sink: Arc<dyn Sink> = Arc::new(Observed::new(name, sink, metrics.clone()));
+        // Outermost: feeds see only confirmed sends, and suppressed duplicates never reach the
+        // publish metrics.
+        let wrapped = feeds::wrap(
+            name,
+            connector.dedupe.as_ref(),
+            connector.max_tracked_feeds,
+            &config.data_dir,
+            sink,
+            metrics.clone(),
+        )
+        .await
+        .map_err(|source| AppError::Dedupe {
+            connector: name.clone(),
+            source,
+        })?;
+        let sink = wrapped.sink.clone();
         if let SourceConfig::Webhook(w) = &connector.source {
             let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
-            let webhook =
+            let mut webhook =
                 WebhookConnector::build(name, w, body_timeout, sink.clone(), metrics.clone())
                     .map_err(|source| AppError::Secret {
                         connector: name.clone(),
                         source,
                     })?;
+            if wrapped.dedupe {
+                webhook = webhook.reporting_duplicates();
+            }
             let path = w.route_path(name);
             tracing::info!(connector = %name, %path, "webhook connector ready");
             routes.push((path, Arc::new(webhook)));
@@ -146,6 +175,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         if let Some(run) = tasks::build_task(&ctx, pump_stop.clone()).await? {
             tasks.push((ctx, run));
         }
+        feed_views.push(FeedsOf {
+            name: name.clone(),
+            monitor: wrapped.monitor,
+            dedupe: wrapped.dedupe,
+        });
         readiness.push(ConnectorReadiness {
             name: name.clone(),
             sink: sink.clone(),
@@ -178,6 +212,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
         connectors: readiness,
+        feeds: feed_views,
         ready_timeout: Duration::from_millis(config.admin.ready_timeout_ms),
         shutdown: shutdown.clone(),
     });

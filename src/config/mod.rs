@@ -23,6 +23,7 @@ use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
 use crate::build::{BuildSink, BuildSource};
 use crate::dead_letter::DeadLetterConfig;
 use crate::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
+use crate::feeds::DedupeConfig;
 use crate::http::WebhookSourceConfig;
 use crate::kafka::KafkaSinkConfig;
 use crate::kafka::KafkaSourceConfig;
@@ -208,6 +209,15 @@ pub struct ConnectorConfig {
     /// webhook ingress, so that a consumer outage does not take the ingress out of service.
     #[serde(default)]
     pub readiness: Readiness,
+    /// Duplicate suppression by `EntityEventSequence` per feed (`[dedupe]`): an event its feed
+    /// already delivered is acknowledged but not published again. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe: Option<DedupeConfig>,
+    /// Feeds (`EntityEventSource` labels, plus "no label") whose sequence this connector tracks
+    /// and deduplicates; events of further feeds are published unchecked and counted under the
+    /// feed `_other`. Bounds memory and metric series whatever labels producers send.
+    #[serde(default = "crate::feeds::default_max_tracked_feeds")]
+    pub max_tracked_feeds: usize,
 }
 
 /// A connector's source, chosen by `type`.

@@ -103,6 +103,13 @@ impl Config {
                 .retry
                 .validate()
                 .map_err(|(k, d)| invalid(&format!("retry.{k}"), d))?;
+            if let Some(dedupe) = &connector.dedupe {
+                dedupe
+                    .validate()
+                    .map_err(|(k, d)| invalid(&format!("dedupe.{k}"), d))?;
+            }
+            crate::feeds::validate_max_tracked_feeds(connector.max_tracked_feeds)
+                .map_err(|d| invalid("max_tracked_feeds", d))?;
             match &connector.source {
                 SourceConfig::Webhook(w) => {
                     w.validate()

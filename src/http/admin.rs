@@ -15,6 +15,7 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::{Sink, SinkError};
+use crate::feeds::FeedMonitor;
 use crate::metrics::Metrics;
 use crate::runtime::{Health, Part, Readiness};
 
@@ -29,6 +30,17 @@ pub struct ConnectorReadiness {
     pub health: Health,
 }
 
+/// One connector's feeds, for `/feeds`.
+#[derive(Clone)]
+pub struct FeedsOf {
+    /// The connector's name.
+    pub name: String,
+    /// Its feeds.
+    pub monitor: Arc<FeedMonitor>,
+    /// Whether it suppresses duplicates.
+    pub dedupe: bool,
+}
+
 /// What the admin endpoints need.
 #[derive(Clone)]
 pub struct AdminState {
@@ -36,6 +48,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// Every connector, in configuration order.
     pub connectors: Vec<ConnectorReadiness>,
+    /// Every connector's feeds, in configuration order.
+    pub feeds: Vec<FeedsOf>,
     /// Timeout of each readiness probe.
     pub ready_timeout: Duration,
     /// Cancelled when shutdown begins; `/readyz` then answers 503 so traffic drains away.
@@ -48,8 +62,10 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// Readiness probe.
 pub const READYZ_PATH: &str = "/readyz";
+/// Each connector's feeds: sequence high-water marks, last event times, duplicates.
+pub const FEEDS_PATH: &str = "/feeds";
 /// Every path the admin router serves (all `GET`).
-pub const PATHS: [&str; 3] = [METRICS_PATH, HEALTHZ_PATH, READYZ_PATH];
+pub const PATHS: [&str; 4] = [METRICS_PATH, HEALTHZ_PATH, READYZ_PATH, FEEDS_PATH];
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
@@ -57,6 +73,7 @@ pub fn router(state: AdminState) -> Router {
         .route(METRICS_PATH, get(metrics))
         .route(HEALTHZ_PATH, get(healthz))
         .route(READYZ_PATH, get(readyz))
+        .route(FEEDS_PATH, get(feeds))
         .fallback(super::admin_not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .with_state(Arc::new(state))
@@ -71,6 +88,18 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// Each connector's feeds: `{"connectors": {"<name>": {"dedupe": …, "feeds": [{"source": …,
+/// "high_water_mark": …, "last_event_at": …, counters}], "untracked_events": …}}}`.
+async fn feeds(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    let connectors: serde_json::Map<String, serde_json::Value> = (state.feeds.iter())
+        .map(|f| {
+            let view = serde_json::to_value(f.monitor.view(f.dedupe)).unwrap_or_default();
+            (f.name.clone(), view)
+        })
+        .collect();
+    Json(serde_json::json!({ "connectors": connectors }))
 }
 
 /// Liveness: the process answers HTTP.

@@ -22,7 +22,7 @@ use super::auth::TokenSet;
 use super::body::{content_coding, BodyError, BodyLimits, BodyPool, ByteBudget};
 use super::config::WebhookSourceConfig;
 use super::problem::{Item, Problem};
-use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
+use crate::connector::{count_by_resource, Message, RejectKind, SendReport, Sink, SinkError};
 use crate::event::{parse_payload, ParseOptions, Payload};
 use crate::metrics::Metrics;
 use crate::secret::SecretError;
@@ -45,9 +45,18 @@ pub struct WebhookConnector {
     overload_retry_after: u64,
     unavailable_retry_after: u64,
     metrics: Metrics,
+    /// Whether the answer says how many events were duplicates (`[dedupe]` configured).
+    report_duplicates: bool,
 }
 
 impl WebhookConnector {
+    /// Makes the answer say how many events of each push were duplicates (and conflicts, when
+    /// any): `{"accepted": N, "duplicates": D}`. For connectors with `[dedupe]`.
+    pub fn reporting_duplicates(mut self) -> Self {
+        self.report_duplicates = true;
+        self
+    }
+
     /// Resolves the tokens and wires the connector to its sink. `body_timeout` is the
     /// listener's `body_read_timeout_ms`.
     pub fn build(
@@ -83,6 +92,7 @@ impl WebhookConnector {
             overload_retry_after: config.overload_retry_after_seconds,
             unavailable_retry_after: config.unavailable_retry_after_seconds,
             metrics,
+            report_duplicates: false,
         })
     }
 
@@ -162,14 +172,23 @@ impl WebhookConnector {
         count_by_resource(&messages, |resource, n| {
             self.metrics.events_received(&self.name, resource, n)
         });
-        if !messages.is_empty() {
+        let report = if messages.is_empty() {
+            SendReport::default()
+        } else {
             self.sink
-                .send(&messages)
+                .send_report(&messages)
                 .await
-                .map_err(|e| self.sink_problem(e, multi_valued))?;
+                .map_err(|e| self.sink_problem(e, multi_valued))?
+        };
+        tracing::debug!(connector = %self.name, events = messages.len(), duplicates = report.duplicates, "push accepted");
+        let mut answer = serde_json::json!({ "accepted": messages.len() });
+        if self.report_duplicates {
+            answer["duplicates"] = report.duplicates.into();
+            if report.conflicts > 0 {
+                answer["conflicts"] = report.conflicts.into();
+            }
         }
-        tracing::debug!(connector = %self.name, events = messages.len(), "push accepted");
-        Ok(Json(serde_json::json!({ "accepted": messages.len() })).into_response())
+        Ok(Json(answer).into_response())
     }
 
     fn body_problem(&self, error: BodyError) -> Problem {
@@ -212,6 +231,9 @@ impl WebhookConnector {
                         "too_large",
                         "nothing was published",
                     ),
+                    RejectKind::Conflict => {
+                        (StatusCode::CONFLICT, "conflict", "nothing was published")
+                    }
                     // Found only once the batch was with the broker: say so, never "nothing".
                     RejectKind::RefusedBySink => (
                         StatusCode::PAYLOAD_TOO_LARGE,

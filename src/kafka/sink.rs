@@ -25,6 +25,7 @@ use super::delivery::{Batch, SinkContext};
 use super::healing::{Healing, Kind};
 use super::topics::TopicRouter;
 use crate::connector::{Message, RejectKind, Sink, SinkError};
+use crate::feeds::event_id;
 use crate::metrics::Metrics;
 
 /// Errors building the sink (bad librdkafka options, unreadable secrets).
@@ -123,11 +124,13 @@ pub fn apply_passthrough(
 }
 
 /// The headers every published record carries: `EntityEventSequence`, `ResourceName`,
-/// `EntityEventSource` when the push had one, and the content type. Public so the benchmark's
+/// `EntityEventSource` when the push had one, `message_id` (the downstream idempotency key,
+/// [`event_id`]) and the content type. Public so the benchmark's
 /// ceiling writes the same records.
-pub fn headers(message: &Message) -> OwnedHeaders {
+pub fn headers(connector: &str, message: &Message) -> OwnedHeaders {
     let sequence = message.sequence.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(4)
+    let id = event_id(connector, message.source_label.as_deref(), message.sequence);
+    let mut headers = OwnedHeaders::new_with_capacity(5)
         .insert(Header {
             key: "EntityEventSequence",
             value: Some(sequence.as_bytes()),
@@ -142,10 +145,15 @@ pub fn headers(message: &Message) -> OwnedHeaders {
             value: Some(source.as_bytes()),
         });
     }
-    headers.insert(Header {
-        key: "content-type",
-        value: Some("application/json"),
-    })
+    headers
+        .insert(Header {
+            key: "message_id",
+            value: Some(id.as_bytes()),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        })
 }
 
 /// Whether a producer's broker answers a metadata request (blocking; [`Healing`] runs it off
@@ -308,7 +316,7 @@ impl KafkaSink {
             let record = BaseRecord::with_opaque_to(topic, reports.report(index))
                 .key(message.record_key.as_bytes())
                 .payload(&message.payload[..])
-                .headers(headers(message));
+                .headers(headers(&self.connector, message));
             match producer.send(record) {
                 Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

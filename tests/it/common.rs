@@ -110,8 +110,9 @@ impl TestBridge {
         std::fs::write(
             dir.path().join("bridge.toml"),
             format!(
-                "shutdown_timeout_ms = 10000\n[http]\nlisten_addr = \"127.0.0.1:0\"\n{http_extra}\n\
-                 [admin]\nlisten_addr = \"127.0.0.1:0\"\n"
+                "shutdown_timeout_ms = 10000\ndata_dir = {:?}\n[http]\nlisten_addr = \"127.0.0.1:0\"\n{http_extra}\n\
+                 [admin]\nlisten_addr = \"127.0.0.1:0\"\n",
+                dir.path().join("data").display().to_string()
             ),
         )
         .unwrap();
@@ -152,6 +153,16 @@ impl TestBridge {
             .header("content-type", "application/json")
             .body(body.to_owned());
         adjust(request).send().await.expect("request sent")
+    }
+
+    /// The admin listener's `/feeds` view.
+    pub async fn feeds(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/feeds", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// The `/metrics` text.

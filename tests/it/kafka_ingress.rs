@@ -102,6 +102,11 @@ async fn batch_lands_with_topic_key_headers_and_exact_bytes() {
             header(m, "content-type").as_deref(),
             Some("application/json")
         );
+        assert_eq!(
+            header(m, "message_id"),
+            Some(format!("it/IDX Feed 123/{seq}")),
+            "the idempotency key is unique per connector and feed"
+        );
     }
 
     let metrics = bridge.metrics().await;

@@ -5,6 +5,7 @@ mod bench_smoke;
 mod cli;
 mod common;
 mod contract;
+mod dedupe;
 mod deploy;
 mod egress;
 mod egress_dead_letter;

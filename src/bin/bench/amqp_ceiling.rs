@@ -109,7 +109,7 @@ pub async fn publish(
                             &m.resource_name,
                             options,
                             &m.payload,
-                            properties(m),
+                            properties("bench", m),
                         )
                         .await
                         .expect("publish");

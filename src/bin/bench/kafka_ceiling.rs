@@ -112,7 +112,7 @@ pub async fn produce(
                     let record = FutureRecord::to(topic_of(&m.resource_name))
                         .key(m.record_key.as_bytes())
                         .payload(&m.payload[..])
-                        .headers(headers(m));
+                        .headers(headers("bench", m));
                     pending.push(
                         producer
                             .send_result(record)

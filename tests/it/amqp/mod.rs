@@ -4,6 +4,7 @@
 //! test declared (even when the test panics), and closing one named bridge connection from the
 //! broker side with `rabbitmqctl` (other tests' connections are left alone).
 
+mod dedupe;
 mod sink;
 mod source;
 
@@ -72,6 +73,21 @@ impl Rabbit {
         self.channel()
             .await
             .queue_declare(queue, options, args)
+            .await
+            .unwrap();
+    }
+
+    /// Binds `queue` to `exchange` with `routing_key`.
+    pub async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
+        self.channel()
+            .await
+            .queue_bind(
+                queue,
+                exchange,
+                routing_key,
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
     }

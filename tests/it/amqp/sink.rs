@@ -84,7 +84,8 @@ async fn webhook_to_amqp_lands_in_bound_queue_persistent_with_headers() {
         );
         assert_eq!(
             p.message_id().as_ref().map(|c| c.to_string()),
-            Some(format!("IDX Feed 123:{sequence}"))
+            Some(format!("it/IDX Feed 123/{sequence}")),
+            "unique per connector and feed"
         );
         assert_eq!(
             amqp_header(&m, "EntityEventSequence"),

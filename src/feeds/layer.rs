@@ -1,0 +1,357 @@
+//! The feeds layer: wraps a connector's sink, suppresses events their feed already delivered
+//! (`[dedupe]`) and tells the [`FeedMonitor`] what each send did.
+//!
+//! One send, with dedupe on:
+//! 1. **Claim** the batch's (feed, sequence) pairs. A pair another send is publishing right now
+//!    makes this send wait until that one settled, then look again — so two concurrent pushes
+//!    with overlapping sequences publish each event once, and a push never overtakes the
+//!    earlier events of its keys that another push still has in flight.
+//! 2. **Look up** the claimed sequences in the store; a delivered one with the same identity
+//!    (`ResourceName` + `ResourceRecordKey`) is a duplicate, with another identity a conflict
+//!    (`on_conflict`). A sequence repeated inside the batch is judged against its first copy.
+//! 3. **Send** the rest to the sink, in order. A sink's `Rejected { index }` is mapped back to
+//!    the event's place in the original batch.
+//! 4. Only after the sink said `Ok`, **mark** them delivered. A failed send marks nothing (the
+//!    events stay unseen and are published on the retry); a failed mark or lookup costs
+//!    duplicates, never events (counted in `entity_bridge_dedupe_store_errors_total`).
+//! 5. Release the claim (also when the caller goes away mid-send: the guard's `Drop`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::config::OnConflict;
+use super::monitor::FeedMonitor;
+use super::store::{Identity, SeenStore};
+use crate::connector::{BatchHint, Message, RejectKind, SendReport, Sink, SinkError};
+use crate::metrics::Metrics;
+
+/// Duplicate suppression: the store and the policy.
+pub struct Dedupe {
+    store: Arc<dyn SeenStore>,
+    on_conflict: OnConflict,
+    claims: Arc<Mutex<Claims>>,
+}
+
+type Key = (Arc<str>, i64);
+type Claims = HashMap<Key, CancellationToken>;
+
+impl Dedupe {
+    /// Suppression over `store`, handling conflicts by `on_conflict`.
+    pub fn new(store: Arc<dyn SeenStore>, on_conflict: OnConflict) -> Dedupe {
+        Dedupe {
+            store,
+            on_conflict,
+            claims: Arc::default(),
+        }
+    }
+
+    /// Claims `keys` (distinct), waiting while another send holds any of them.
+    async fn claim(&self, keys: Vec<Key>) -> Claim {
+        loop {
+            let busy: Vec<CancellationToken> = {
+                let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+                let busy: Vec<_> = keys.iter().filter_map(|k| claims.get(k).cloned()).collect();
+                if busy.is_empty() {
+                    let settled = CancellationToken::new();
+                    for key in &keys {
+                        claims.insert(key.clone(), settled.clone());
+                    }
+                    return Claim {
+                        claims: self.claims.clone(),
+                        keys,
+                        settled,
+                    };
+                }
+                busy
+            };
+            for other in busy {
+                other.cancelled().await;
+            }
+        }
+    }
+}
+
+/// Pairs a send is publishing; released (and waiters woken) when dropped.
+struct Claim {
+    claims: Arc<Mutex<Claims>>,
+    keys: Vec<Key>,
+    settled: CancellationToken,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            claims.remove(key);
+        }
+        self.settled.cancel();
+    }
+}
+
+/// An event's identity: the first 8 bytes of SHA-256 over `ResourceName`, NUL,
+/// `ResourceRecordKey` (stable across processes and versions, unlike `std`'s hasher).
+pub fn identity(m: &Message) -> Identity {
+    let mut h = Sha256::new();
+    h.update(m.resource_name.as_bytes());
+    h.update([0]);
+    h.update(m.record_key.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Groups `(feed, item)` pairs by feed, feeds in order of first appearance, items in order.
+/// Batches hold one feed or a few, so a linear search beats hashing.
+fn by_feed<T>(pairs: impl Iterator<Item = (Arc<str>, T)>) -> Vec<(Arc<str>, Vec<T>)> {
+    let mut groups: Vec<(Arc<str>, Vec<T>)> = Vec::new();
+    for (feed, item) in pairs {
+        match groups.iter_mut().find(|(f, _)| *f == feed) {
+            Some((_, items)) => items.push(item),
+            None => groups.push((feed, vec![item])),
+        }
+    }
+    groups
+}
+
+/// The layer (see the module docs).
+pub struct Feeds {
+    inner: Arc<dyn Sink>,
+    connector: String,
+    monitor: Arc<FeedMonitor>,
+    dedupe: Option<Dedupe>,
+    metrics: Metrics,
+    no_label: Arc<str>,
+}
+
+/// What was decided for one event of a batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Publish,
+    Duplicate,
+    /// A conflict that is published anyway (`on_conflict = "publish"`).
+    ConflictPublished,
+    /// A conflict acknowledged without publishing (`on_conflict = "skip"`).
+    ConflictSkipped,
+}
+
+impl Feeds {
+    /// Wraps `inner`, the sink of `connector`; `dedupe` when `[dedupe]` is configured.
+    pub fn new(
+        connector: &str,
+        inner: Arc<dyn Sink>,
+        monitor: Arc<FeedMonitor>,
+        dedupe: Option<Dedupe>,
+        metrics: Metrics,
+    ) -> Feeds {
+        Feeds {
+            inner,
+            connector: connector.to_owned(),
+            monitor,
+            dedupe,
+            metrics,
+            no_label: Arc::from(""),
+        }
+    }
+
+    fn feed_of(&self, m: &Message) -> Arc<str> {
+        m.source_label
+            .clone()
+            .unwrap_or_else(|| self.no_label.clone())
+    }
+
+    /// Tells the monitor what a confirmed send did, feed by feed, in batch order.
+    fn record(&self, batch: &[Message], verdicts: Option<&[Verdict]>) {
+        let mut per_feed: Vec<(Arc<str>, Vec<i64>, u64, u64)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let feed = self.feed_of(m);
+            let at = match per_feed.iter().position(|(f, ..)| *f == feed) {
+                Some(at) => at,
+                None => {
+                    per_feed.push((feed, Vec::new(), 0, 0));
+                    per_feed.len() - 1
+                }
+            };
+            let entry = &mut per_feed[at];
+            match verdicts.map_or(Verdict::Publish, |v| v[i]) {
+                Verdict::Publish => entry.1.push(m.sequence),
+                Verdict::Duplicate => entry.2 += 1,
+                Verdict::ConflictPublished => {
+                    entry.1.push(m.sequence);
+                    entry.3 += 1;
+                }
+                Verdict::ConflictSkipped => entry.3 += 1,
+            }
+        }
+        for (feed, published, duplicates, conflicts) in per_feed {
+            self.monitor
+                .record(&feed, &published, duplicates, conflicts);
+        }
+    }
+
+    async fn send_deduplicated(
+        &self,
+        dedupe: &Dedupe,
+        batch: &[Message],
+    ) -> Result<SendReport, SinkError> {
+        // Which events are checked: those of tracked feeds (the cap bounds the store's feeds).
+        let mut admitted: Vec<(Arc<str>, bool)> = Vec::new();
+        let mut checked = Vec::with_capacity(batch.len());
+        for m in batch {
+            let feed = self.feed_of(m);
+            let ok = match admitted.iter().find(|(f, _)| *f == feed) {
+                Some((_, ok)) => *ok,
+                None => {
+                    let ok = self.monitor.admit(&feed);
+                    admitted.push((feed, ok));
+                    ok
+                }
+            };
+            checked.push(ok);
+        }
+        // Distinct keys; `first[i]` is the index of the first event with event i's key.
+        let mut first_of: HashMap<Key, usize> = HashMap::new();
+        let mut first = vec![usize::MAX; batch.len()];
+        for (i, m) in batch.iter().enumerate().filter(|(i, _)| checked[*i]) {
+            first[i] = *first_of.entry((self.feed_of(m), m.sequence)).or_insert(i);
+        }
+        let keys: Vec<Key> = first_of.into_keys().collect();
+        let _claim = dedupe.claim(keys).await;
+
+        let identities: Vec<Identity> = batch.iter().map(identity).collect();
+        let mut delivered: HashMap<Key, Identity> = HashMap::new();
+        let lookups = by_feed(
+            (batch.iter().enumerate())
+                .filter(|(i, _)| first[*i] == *i)
+                .map(|(_, m)| (self.feed_of(m), m.sequence)),
+        );
+        for (feed, sequences) in &lookups {
+            match dedupe.store.seen(feed, sequences).await {
+                Ok(found) => {
+                    delivered.extend(found.into_iter().map(|(s, id)| ((feed.clone(), s), id)))
+                }
+                Err(e) => {
+                    self.metrics.dedupe_store_error(&self.connector, "lookup");
+                    tracing::warn!(connector = %self.connector, error = %e, "dedupe store lookup failed; publishing unchecked");
+                }
+            }
+        }
+
+        let mut verdicts = vec![Verdict::Publish; batch.len()];
+        for (i, m) in batch.iter().enumerate().filter(|(i, _)| checked[*i]) {
+            let known = if first[i] == i {
+                delivered.get(&(self.feed_of(m), m.sequence)).copied()
+            } else {
+                Some(identities[first[i]])
+            };
+            verdicts[i] = match known {
+                None => Verdict::Publish,
+                Some(id) if id == identities[i] => Verdict::Duplicate,
+                Some(_) => {
+                    tracing::warn!(connector = %self.connector, feed = %self.feed_of(m), sequence = m.sequence, policy = ?dedupe.on_conflict, "sequence already delivered for another record");
+                    match dedupe.on_conflict {
+                        OnConflict::Publish => Verdict::ConflictPublished,
+                        OnConflict::Skip => Verdict::ConflictSkipped,
+                        OnConflict::Reject => {
+                            self.monitor.record(&self.feed_of(m), &[], 0, 1);
+                            return Err(SinkError::Rejected {
+                                index: i,
+                                field: Some("EntityEventSequence"),
+                                detail: format!(
+                                    "EntityEventSequence {} was already delivered for another ResourceName or ResourceRecordKey",
+                                    m.sequence
+                                ),
+                                kind: RejectKind::Conflict,
+                            });
+                        }
+                    }
+                }
+            };
+        }
+
+        let publish = |v: &Verdict| matches!(v, Verdict::Publish | Verdict::ConflictPublished);
+        let sent: Vec<usize> = (0..batch.len())
+            .filter(|&i| publish(&verdicts[i]))
+            .collect();
+        if sent.len() == batch.len() {
+            self.inner.send(batch).await?;
+        } else if !sent.is_empty() {
+            let subset: Vec<Message> = sent.iter().map(|&i| batch[i].clone()).collect();
+            self.inner.send(&subset).await.map_err(|e| match e {
+                SinkError::Rejected {
+                    index,
+                    field,
+                    detail,
+                    kind,
+                } => SinkError::Rejected {
+                    index: sent.get(index).copied().unwrap_or(index),
+                    field,
+                    detail,
+                    kind,
+                },
+                other => other,
+            })?;
+        }
+
+        // Delivered: remember what was published (the claim still holds, so no other send
+        // looks these sequences up before they are marked).
+        let marks = by_feed(
+            (sent.iter().filter(|&&i| checked[i]))
+                .map(|&i| (self.feed_of(&batch[i]), (batch[i].sequence, identities[i]))),
+        );
+        for (feed, events) in &marks {
+            if let Err(e) = dedupe.store.mark(feed, events).await {
+                self.metrics.dedupe_store_error(&self.connector, "mark");
+                tracing::warn!(connector = %self.connector, error = %e, events = events.len(), "dedupe store write failed; these events may be published again if resent");
+            }
+        }
+        self.record(batch, Some(&verdicts));
+        let count = |wanted: Verdict| verdicts.iter().filter(|v| **v == wanted).count();
+        Ok(SendReport {
+            duplicates: count(Verdict::Duplicate),
+            conflicts: count(Verdict::ConflictPublished) + count(Verdict::ConflictSkipped),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for Feeds {
+    async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+        self.send_report(batch).await.map(|_| ())
+    }
+
+    async fn send_report(&self, batch: &[Message]) -> Result<SendReport, SinkError> {
+        if batch.is_empty() {
+            return self.inner.send(batch).await.map(|()| SendReport::default());
+        }
+        match &self.dedupe {
+            Some(dedupe) => self.send_deduplicated(dedupe, batch).await,
+            None => {
+                self.inner.send(batch).await?;
+                self.record(batch, None);
+                Ok(SendReport::default())
+            }
+        }
+    }
+
+    async fn ready(&self) -> Result<(), SinkError> {
+        self.inner.ready().await
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.inner.flush(timeout).await
+    }
+
+    fn batch_hint(&self) -> BatchHint {
+        self.inner.batch_hint()
+    }
+}
+
+#[cfg(test)]
+#[path = "layer_tests.rs"]
+mod tests;

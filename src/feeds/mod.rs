@@ -1,0 +1,136 @@
+//! Feeds: the producer streams inside a connector, and what the bridge knows about their
+//! sequences.
+//!
+//! A feed is (connector, `EntityEventSource` label or none). RCP-27 makes
+//! `EntityEventSequence` monotonic and immutable per producer, with gaps, and delivery here is
+//! at-least-once, so duplicates arrive (producer retries after 429 / 503 / timeouts,
+//! rebalances, crashes). Every connector's sink is wrapped in the [`Feeds`] layer, which tracks
+//! each feed's sequence ([`monitor`]) and, with `[dedupe]`, acknowledges an event its feed
+//! already delivered without publishing it again ([`layer`], [`store`]).
+
+mod config;
+mod layer;
+pub mod monitor;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use config::default_max_tracked_feeds;
+pub use config::{
+    validate_max_tracked_feeds, DedupeConfig, DedupeStoreConfig, OnConflict,
+    DEFAULT_MAX_TRACKED_FEEDS,
+};
+pub use layer::{identity, Dedupe, Feeds};
+pub use monitor::{ConnectorFeeds, FeedMonitor, FeedView};
+pub use store::{EmbeddedSeen, SeenStore, SeenStoreError, Window};
+
+use crate::connector::Sink;
+use crate::metrics::Metrics;
+
+/// A connector's sink wrapped in the feeds layer, and what the admin view needs of it.
+pub struct Wrapped {
+    /// The layer, to be used as the connector's sink.
+    pub sink: Arc<dyn Sink>,
+    /// The connector's feeds.
+    pub monitor: Arc<FeedMonitor>,
+    /// Whether duplicates are suppressed.
+    pub dedupe: bool,
+}
+
+/// The embedded store's file of `connector` under `data_dir`.
+pub fn embedded_store_path(data_dir: &Path, connector: &str) -> std::path::PathBuf {
+    data_dir.join("dedupe").join(format!("{connector}.db"))
+}
+
+/// Wraps `inner`, the sink of `connector`: opens the dedupe store when `dedupe` is set and
+/// resumes each remembered feed's high-water mark from it.
+pub async fn wrap(
+    connector: &str,
+    dedupe: Option<&DedupeConfig>,
+    max_tracked_feeds: usize,
+    data_dir: &Path,
+    inner: Arc<dyn Sink>,
+    metrics: Metrics,
+) -> Result<Wrapped, SeenStoreError> {
+    let monitor = Arc::new(FeedMonitor::new(
+        connector,
+        max_tracked_feeds,
+        metrics.clone(),
+    ));
+    let dedupe = match dedupe {
+        None => None,
+        Some(config) => {
+            let window = Window {
+                events: config.window_events,
+                max_age: (config.window_age_hours > 0)
+                    .then(|| Duration::from_secs(config.window_age_hours * 3_600)),
+            };
+            let store: Arc<dyn SeenStore> = match &config.store {
+                DedupeStoreConfig::Embedded => Arc::new(EmbeddedSeen::open(
+                    &embedded_store_path(data_dir, connector),
+                    window,
+                )?),
+            };
+            for (feed, high_water_mark) in store.high_water_marks().await? {
+                monitor.resume(&feed, high_water_mark);
+            }
+            Some(Dedupe::new(store, config.on_conflict))
+        }
+    };
+    let enabled = dedupe.is_some();
+    let sink = Arc::new(Feeds::new(
+        connector,
+        inner,
+        monitor.clone(),
+        dedupe,
+        metrics,
+    ));
+    Ok(Wrapped {
+        sink,
+        monitor,
+        dedupe: enabled,
+    })
+}
+
+/// Longest event id (AMQP's `message_id` is a short string of at most 255 bytes).
+const MAX_EVENT_ID_BYTES: usize = 255;
+
+/// The downstream idempotency key of an event, unique per connector and feed:
+/// `<connector>/<EntityEventSource>/<EntityEventSequence>`, with an empty middle part for
+/// events without a label (`quickstart//1101`; a label is never empty) and `sha256-<32 hex>`
+/// of the label when the id would pass 255 bytes. Connector names hold no `/`, and the
+/// sequence follows the last `/`, so the parts read back unambiguously. Carried as the AMQP
+/// `message_id` and the Kafka header `message_id`.
+pub fn event_id(connector: &str, source_label: Option<&str>, sequence: i64) -> String {
+    let label = source_label.unwrap_or("");
+    let id = format!("{connector}/{label}/{sequence}");
+    if id.len() <= MAX_EVENT_ID_BYTES {
+        return id;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(label.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{connector}/sha256-{hex}/{sequence}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_id;
+
+    #[test]
+    fn event_ids_are_unique_per_connector_and_feed_and_bounded() {
+        assert_eq!(
+            event_id("mls", Some("IDX Feed 123"), 1101),
+            "mls/IDX Feed 123/1101"
+        );
+        assert_eq!(event_id("mls", None, 7), "mls//7");
+        assert_ne!(event_id("a", None, 7), event_id("b", None, 7));
+        assert_ne!(event_id("a", None, 7), event_id("a", Some("default"), 7));
+        let long = "x".repeat(300);
+        let id = event_id("mls", Some(&long), 42);
+        assert!(id.len() <= 255 && id.starts_with("mls/sha256-") && id.ends_with("/42"));
+        assert_eq!(id, event_id("mls", Some(&long), 42), "deterministic");
+    }
+}
