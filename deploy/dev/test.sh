@@ -5,6 +5,8 @@
 #   - a Kafka-protocol broker on 127.0.0.1:9092: tansu (installed with `cargo install` when
 #     absent; the first build takes ~12 minutes on 2 cores), in-memory storage;
 #   - RabbitMQ on 127.0.0.1:5672 (guest/guest): Debian's rabbitmq-server when absent;
+#   - PostgreSQL on 127.0.0.1:5432 (the shared dedupe store's tests): Debian's postgresql when
+#     absent, with a database `test` and the password `postgres` for the role `postgres`;
 #   - promtool (checks Prometheus config, alert rules and /metrics): Debian's prometheus package
 #     when absent (only the tool is used; the server the package may start is stopped).
 # Then waits until both answer, checks formatting (`cargo fmt --check`) and lints (`cargo clippy
@@ -16,12 +18,14 @@ cd "$(dirname "$0")/../.."
 TANSU_VERSION=0.6.0
 KAFKA_PORT=9092
 AMQP_PORT=5672
+PG_PORT=5432
 LOG_DIR=${ENTITY_BRIDGE_TEST_LOGS:-${TMPDIR:-/tmp}/entity-bridge-test}
 mkdir -p "$LOG_DIR"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 tansu_pid=""
 started_rabbitmq=""
+started_postgres=""
 
 say() { printf '[test.sh] %s\n' "$*" >&2; }
 
@@ -44,6 +48,11 @@ cleanup() {
     say "stopping tansu (pid $tansu_pid)"
     kill "$tansu_pid" 2>/dev/null || true
     wait "$tansu_pid" 2>/dev/null || true
+  fi
+  if [ -n "$started_postgres" ]; then
+    say "stopping the PostgreSQL this script started"
+    # shellcheck disable=SC2086 # "<version> <cluster>" are two arguments
+    as_root pg_ctlcluster --skip-systemctl-redirect $started_postgres stop >/dev/null 2>&1 || true
   fi
   if [ -n "$started_rabbitmq" ]; then
     say "stopping the RabbitMQ this script started"
@@ -89,6 +98,32 @@ ensure_rabbitmq() {
   wait_port RabbitMQ "$AMQP_PORT" 120
 }
 
+ensure_postgres() {
+  if port_open "$PG_PORT"; then
+    say "using the PostgreSQL already on 127.0.0.1:$PG_PORT"
+    return
+  fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    say "installing postgresql (Debian package)"
+    as_root apt-get update -qq >"$LOG_DIR/apt.log" 2>&1
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+      >>"$LOG_DIR/apt.log" 2>&1 || { tail -40 "$LOG_DIR/apt.log"; exit 1; }
+  fi
+  local cluster
+  cluster=$(pg_lsclusters -h 2>/dev/null | awk 'NR == 1 { print $1 " " $2 }')
+  if [ -z "$cluster" ]; then
+    as_root pg_createcluster "$(ls /usr/lib/postgresql | sort -V | tail -1)" main >"$LOG_DIR/postgres.log" 2>&1
+    cluster=$(pg_lsclusters -h | awk 'NR == 1 { print $1 " " $2 }')
+  fi
+  say "starting PostgreSQL ($cluster)"
+  # shellcheck disable=SC2086 # "<version> <cluster>" are two arguments
+  as_root pg_ctlcluster --skip-systemctl-redirect $cluster start >>"$LOG_DIR/postgres.log" 2>&1
+  started_postgres=$cluster
+  wait_port PostgreSQL "$PG_PORT" 60
+  as_root su postgres -c "psql -q -c \"ALTER ROLE postgres PASSWORD 'postgres'\"" >>"$LOG_DIR/postgres.log" 2>&1
+  as_root su postgres -c "createdb test" >>"$LOG_DIR/postgres.log" 2>&1 || true
+}
+
 ensure_promtool() {
   if command -v promtool >/dev/null 2>&1; then
     say "using $(promtool --version 2>&1 | head -1)"
@@ -110,10 +145,12 @@ ensure_promtool() {
 
 ensure_kafka
 ensure_rabbitmq
+ensure_postgres
 ensure_promtool
 
 export ENTITY_BRIDGE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export ENTITY_BRIDGE_TEST_AMQP="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
+export ENTITY_BRIDGE_TEST_POSTGRES="postgres://postgres:postgres@127.0.0.1:$PG_PORT/test"
 if [ "$#" -eq 0 ]; then
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     say "installing rustfmt and clippy (rustup components)"

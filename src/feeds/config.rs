@@ -27,16 +27,24 @@ pub struct DedupeConfig {
     /// logged at WARN.
     #[serde(default)]
     pub on_conflict: OnConflict,
+    /// With a shared store: how long a send waits while another process publishes some of its
+    /// sequences before it is refused as overloaded (a push gets 429 + `Retry-After`; a pull
+    /// batch is retried).
+    #[serde(default = "default_max_claim_wait_ms")]
+    pub max_claim_wait_ms: u64,
 }
 
 /// Where delivered sequences are remembered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum DedupeStoreConfig {
     /// A SQLite file under `data_dir` (`dedupe/<connector>.db`): survives restarts, seen by
     /// this process only.
     #[default]
     Embedded,
+    /// A PostgreSQL table shared by every replica of the connector (several bridge processes
+    /// behind one load balancer).
+    Postgres(super::postgres::PostgresStoreConfig),
 }
 
 /// The `on_conflict` policy.
@@ -67,6 +75,10 @@ fn default_window_events() -> u64 {
     1_000_000
 }
 
+fn default_max_claim_wait_ms() -> u64 {
+    10_000
+}
+
 fn default_window_age_hours() -> u64 {
     168
 }
@@ -82,6 +94,7 @@ impl Default for DedupeConfig {
             window_events: default_window_events(),
             window_age_hours: default_window_age_hours(),
             on_conflict: OnConflict::default(),
+            max_claim_wait_ms: default_max_claim_wait_ms(),
         }
     }
 }
@@ -99,6 +112,15 @@ impl DedupeConfig {
             return Err((
                 "window_age_hours".into(),
                 format!("must be at most {MAX_WINDOW_AGE_HOURS} (0 = no age limit)"),
+            ));
+        }
+        if let DedupeStoreConfig::Postgres(p) = &self.store {
+            p.validate().map_err(|(k, d)| (format!("store.{k}"), d))?;
+        }
+        if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&self.max_claim_wait_ms) {
+            return Err((
+                "max_claim_wait_ms".into(),
+                "must be between 1 and 86400000 (one day)".into(),
             ));
         }
         Ok(())

@@ -14,84 +14,23 @@
 //! 4. Only after the sink said `Ok`, **mark** them delivered. A failed send marks nothing (the
 //!    events stay unseen and are published on the retry); a failed mark or lookup costs
 //!    duplicates, never events (counted in `entity_bridge_dedupe_store_errors_total`).
-//! 5. Release the claim (also when the caller goes away mid-send: the guard's `Drop`).
+//! 5. Release the claims (also when the caller goes away mid-send: the guards' `Drop`).
+//!
+//! The claims and the store round are in [`super::dedupe`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use super::config::OnConflict;
+use super::dedupe::{Dedupe, Key};
 use super::monitor::FeedMonitor;
-use super::store::{Identity, SeenStore};
+use super::store::Identity;
 use crate::connector::{BatchHint, Message, RejectKind, SendReport, Sink, SinkError};
 use crate::metrics::Metrics;
-
-/// Duplicate suppression: the store and the policy.
-pub struct Dedupe {
-    store: Arc<dyn SeenStore>,
-    on_conflict: OnConflict,
-    claims: Arc<Mutex<Claims>>,
-}
-
-type Key = (Arc<str>, i64);
-type Claims = HashMap<Key, CancellationToken>;
-
-impl Dedupe {
-    /// Suppression over `store`, handling conflicts by `on_conflict`.
-    pub fn new(store: Arc<dyn SeenStore>, on_conflict: OnConflict) -> Dedupe {
-        Dedupe {
-            store,
-            on_conflict,
-            claims: Arc::default(),
-        }
-    }
-
-    /// Claims `keys` (distinct), waiting while another send holds any of them.
-    async fn claim(&self, keys: Vec<Key>) -> Claim {
-        loop {
-            let busy: Vec<CancellationToken> = {
-                let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-                let busy: Vec<_> = keys.iter().filter_map(|k| claims.get(k).cloned()).collect();
-                if busy.is_empty() {
-                    let settled = CancellationToken::new();
-                    for key in &keys {
-                        claims.insert(key.clone(), settled.clone());
-                    }
-                    return Claim {
-                        claims: self.claims.clone(),
-                        keys,
-                        settled,
-                    };
-                }
-                busy
-            };
-            for other in busy {
-                other.cancelled().await;
-            }
-        }
-    }
-}
-
-/// Pairs a send is publishing; released (and waiters woken) when dropped.
-struct Claim {
-    claims: Arc<Mutex<Claims>>,
-    keys: Vec<Key>,
-    settled: CancellationToken,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        for key in &self.keys {
-            claims.remove(key);
-        }
-        self.settled.cancel();
-    }
-}
 
 /// An event's identity: the first 8 bytes of SHA-256 over `ResourceName`, NUL,
 /// `ResourceRecordKey` (stable across processes and versions, unlike `std`'s hasher).
@@ -221,26 +160,16 @@ impl Feeds {
             first[i] = *first_of.entry((self.feed_of(m), m.sequence)).or_insert(i);
         }
         let keys: Vec<Key> = first_of.into_keys().collect();
-        let _claim = dedupe.claim(keys).await;
+        let _local = dedupe.claim_local(keys).await;
 
         let identities: Vec<Identity> = batch.iter().map(identity).collect();
-        let mut delivered: HashMap<Key, Identity> = HashMap::new();
         let lookups = by_feed(
             (batch.iter().enumerate())
                 .filter(|(i, _)| first[*i] == *i)
-                .map(|(_, m)| (self.feed_of(m), m.sequence)),
+                .map(|(i, m)| (self.feed_of(m), (m.sequence, identities[i]))),
         );
-        for (feed, sequences) in &lookups {
-            match dedupe.store.seen(feed, sequences).await {
-                Ok(found) => {
-                    delivered.extend(found.into_iter().map(|(s, id)| ((feed.clone(), s), id)))
-                }
-                Err(e) => {
-                    self.metrics.dedupe_store_error(&self.connector, "lookup");
-                    tracing::warn!(connector = %self.connector, error = %e, "dedupe store lookup failed; publishing unchecked");
-                }
-            }
-        }
+        let mut stored = (dedupe.claim_stored(&lookups, &self.connector, &self.metrics)).await?;
+        let delivered = std::mem::take(&mut stored.delivered);
 
         let mut verdicts = vec![Verdict::Publish; batch.len()];
         for (i, m) in batch.iter().enumerate().filter(|(i, _)| checked[*i]) {
@@ -259,6 +188,7 @@ impl Feeds {
                         OnConflict::Skip => Verdict::ConflictSkipped,
                         OnConflict::Reject => {
                             self.monitor.record(&self.feed_of(m), &[], 0, 1);
+                            stored.release(&self.connector, &self.metrics).await;
                             return Err(SinkError::Rejected {
                                 index: i,
                                 field: Some("EntityEventSequence"),
@@ -278,9 +208,11 @@ impl Feeds {
         let sent: Vec<usize> = (0..batch.len())
             .filter(|&i| publish(&verdicts[i]))
             .collect();
-        if sent.len() == batch.len() {
-            self.inner.send(batch).await?;
-        } else if !sent.is_empty() {
+        let result = if sent.len() == batch.len() {
+            self.inner.send(batch).await
+        } else if sent.is_empty() {
+            Ok(())
+        } else {
             let subset: Vec<Message> = sent.iter().map(|&i| batch[i].clone()).collect();
             self.inner.send(&subset).await.map_err(|e| match e {
                 SinkError::Rejected {
@@ -295,21 +227,21 @@ impl Feeds {
                     kind,
                 },
                 other => other,
-            })?;
+            })
+        };
+        if let Err(e) = result {
+            // Not delivered: nothing is marked, and other sends may publish these now.
+            stored.release(&self.connector, &self.metrics).await;
+            return Err(e);
         }
 
-        // Delivered: remember what was published (the claim still holds, so no other send
+        // Delivered: remember what was published (the claims still hold, so no other send
         // looks these sequences up before they are marked).
         let marks = by_feed(
             (sent.iter().filter(|&&i| checked[i]))
                 .map(|&i| (self.feed_of(&batch[i]), (batch[i].sequence, identities[i]))),
         );
-        for (feed, events) in &marks {
-            if let Err(e) = dedupe.store.mark(feed, events).await {
-                self.metrics.dedupe_store_error(&self.connector, "mark");
-                tracing::warn!(connector = %self.connector, error = %e, events = events.len(), "dedupe store write failed; these events may be published again if resent");
-            }
-        }
+        stored.mark(&marks, &self.connector, &self.metrics).await;
         self.record(batch, Some(&verdicts));
         let count = |wanted: Verdict| verdicts.iter().filter(|v| **v == wanted).count();
         Ok(SendReport {

@@ -9,8 +9,10 @@
 //! already delivered without publishing it again ([`layer`], [`store`]).
 
 mod config;
+mod dedupe;
 mod layer;
 pub mod monitor;
+mod postgres;
 pub mod store;
 
 use std::path::Path;
@@ -22,9 +24,11 @@ pub use config::{
     validate_max_tracked_feeds, DedupeConfig, DedupeStoreConfig, OnConflict,
     DEFAULT_MAX_TRACKED_FEEDS,
 };
-pub use layer::{identity, Dedupe, Feeds};
+pub use dedupe::Dedupe;
+pub use layer::{identity, Feeds};
 pub use monitor::{ConnectorFeeds, FeedMonitor, FeedView};
-pub use store::{EmbeddedSeen, SeenStore, SeenStoreError, Window};
+pub use postgres::{PostgresSeen, PostgresStoreConfig};
+pub use store::{Claimed, EmbeddedSeen, SeenStore, SeenStoreError, Window};
 
 use crate::connector::Sink;
 use crate::metrics::Metrics;
@@ -72,11 +76,28 @@ pub async fn wrap(
                     &embedded_store_path(data_dir, connector),
                     window,
                 )?),
+                DedupeStoreConfig::Postgres(p) => {
+                    Arc::new(PostgresSeen::open(p, connector, window)?)
+                }
             };
-            for (feed, high_water_mark) in store.high_water_marks().await? {
-                monitor.resume(&feed, high_water_mark);
+            match store.high_water_marks().await {
+                Ok(marks) => {
+                    for (feed, high_water_mark) in marks {
+                        monitor.resume(&feed, high_water_mark);
+                    }
+                }
+                // A shared database that is down at start-up: suppression fails open until it
+                // answers (counted per lookup); the marks come back with the next events.
+                Err(e) => {
+                    metrics.dedupe_store_error(connector, "lookup");
+                    tracing::warn!(%connector, error = %e, "dedupe store unreachable at start-up; high-water marks start empty");
+                }
             }
-            Some(Dedupe::new(store, config.on_conflict))
+            Some(Dedupe::new(
+                store,
+                config.on_conflict,
+                Duration::from_millis(config.max_claim_wait_ms),
+            ))
         }
     };
     let enabled = dedupe.is_some();

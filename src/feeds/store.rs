@@ -46,19 +46,36 @@ impl From<rusqlite::Error> for SeenStoreError {
     }
 }
 
+/// What [`SeenStore::claim`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Sequences the feed delivered within the window, with their identities.
+    pub delivered: HashMap<i64, Identity>,
+    /// Sequences another process is publishing right now (a shared store only): the caller
+    /// releases what it claimed and tries again later.
+    pub busy: Vec<i64>,
+}
+
 /// Remembers, per feed, which sequences were delivered and with which identity. A feed is
 /// named by its `EntityEventSource` label (`""` for none); the store is the connector's own.
+///
+/// A store shared by several processes also arbitrates between them: [`SeenStore::claim`]
+/// reserves the sequences not delivered yet for the caller until it [`SeenStore::mark`]s them
+/// delivered or [`SeenStore::release`]s them, so two replicas never publish one sequence at
+/// the same time. The embedded store serves one process, whose sends the feeds layer already
+/// keeps apart, so it claims nothing.
 #[async_trait]
 pub trait SeenStore: Send + Sync {
-    /// The identities remembered for those of `sequences` that `feed` delivered within the
-    /// window.
-    async fn seen(
+    /// Looks `events` (sequence, identity) of `feed` up and claims those not delivered yet.
+    async fn claim(
         &self,
         feed: &str,
-        sequences: &[i64],
-    ) -> Result<HashMap<i64, Identity>, SeenStoreError>;
-    /// Remembers delivered events of `feed`.
+        events: &[(i64, Identity)],
+    ) -> Result<Claimed, SeenStoreError>;
+    /// Remembers delivered events of `feed` (and ends their claims).
     async fn mark(&self, feed: &str, events: &[(i64, Identity)]) -> Result<(), SeenStoreError>;
+    /// Gives up claims of `feed` whose send failed: the sequences stay undelivered.
+    async fn release(&self, feed: &str, sequences: &[i64]) -> Result<(), SeenStoreError>;
     /// Each remembered feed's highest delivered sequence (the monitor resumes from them).
     async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError>;
 }
@@ -178,13 +195,13 @@ impl Inner {
 
 #[async_trait]
 impl SeenStore for EmbeddedSeen {
-    async fn seen(
+    async fn claim(
         &self,
         feed: &str,
-        sequences: &[i64],
-    ) -> Result<HashMap<i64, Identity>, SeenStoreError> {
+        events: &[(i64, Identity)],
+    ) -> Result<Claimed, SeenStoreError> {
         let feed = feed.to_owned();
-        let sequences = sequences.to_vec();
+        let sequences: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
         self.blocking(move |inner| {
             let oldest = inner.window.max_age.map_or(i64::MIN, |age| {
                 now_ms().saturating_sub(age.as_millis() as i64)
@@ -193,16 +210,19 @@ impl SeenStore for EmbeddedSeen {
                 "SELECT identity FROM seen
                  WHERE feed = ?1 AND sequence = ?2 AND marked_at_ms >= ?3",
             )?;
-            let mut found = HashMap::new();
+            let mut delivered = HashMap::new();
             for sequence in sequences {
                 let identity: Option<i64> = stmt
                     .query_row(params![feed, sequence, oldest], |r| r.get(0))
                     .optional()?;
                 if let Some(identity) = identity {
-                    found.insert(sequence, identity);
+                    delivered.insert(sequence, identity);
                 }
             }
-            Ok(found)
+            Ok(Claimed {
+                delivered,
+                busy: Vec::new(),
+            })
         })
         .await
     }
@@ -233,6 +253,11 @@ impl SeenStore for EmbeddedSeen {
             Ok(())
         })
         .await
+    }
+
+    async fn release(&self, _: &str, _: &[i64]) -> Result<(), SeenStoreError> {
+        // Nothing was claimed in the file (one process: the layer's own claims suffice).
+        Ok(())
     }
 
     async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError> {
@@ -267,10 +292,11 @@ mod tests {
         store.mark("IDX", &[(2, 99)]).await.unwrap();
         drop(store);
         let store = EmbeddedSeen::open(&path, window(100)).unwrap();
-        let seen = store.seen("", &[1, 2, 3]).await.unwrap();
-        assert_eq!(seen, HashMap::from([(1, 11), (2, 22)]));
-        let seen = store.seen("IDX", &[1, 2]).await.unwrap();
-        assert_eq!(seen, HashMap::from([(2, 99)]), "feeds are apart");
+        let seen = store.claim("", &[(1, 0), (2, 0), (3, 0)]).await.unwrap();
+        assert_eq!(seen.delivered, HashMap::from([(1, 11), (2, 22)]));
+        assert!(seen.busy.is_empty());
+        let seen = store.claim("IDX", &[(1, 0), (2, 0)]).await.unwrap();
+        assert_eq!(seen.delivered, HashMap::from([(2, 99)]), "feeds are apart");
         let mut hwm = store.high_water_marks().await.unwrap();
         hwm.sort();
         assert_eq!(hwm, vec![("".into(), 2), ("IDX".into(), 2)]);
@@ -285,8 +311,8 @@ mod tests {
             store.mark("f", &events).await.unwrap();
         }
         store.mark("other", &[(1, 1)]).await.unwrap();
-        let all: Vec<i64> = (1..=5_000).collect();
-        let seen = store.seen("f", &all).await.unwrap();
+        let all: Vec<(i64, Identity)> = (1..=5_000).map(|s| (s, 1)).collect();
+        let seen = store.claim("f", &all).await.unwrap().delivered;
         assert!(seen.len() >= 100, "at least the window is kept");
         assert!(
             seen.len() <= 100 + PRUNE_EVERY as usize,
@@ -294,7 +320,7 @@ mod tests {
             seen.len()
         );
         assert!(seen.contains_key(&5_000) && !seen.contains_key(&1));
-        let other = store.seen("other", &[1]).await.unwrap();
+        let other = store.claim("other", &[(1, 1)]).await.unwrap().delivered;
         assert_eq!(other.len(), 1, "another feed's window is its own");
     }
 }

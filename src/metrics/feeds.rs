@@ -83,7 +83,7 @@ impl FeedMetrics {
             ),
             store_errors: counter(
                 "entity_bridge_dedupe_store_errors_total",
-                "Failed reads (lookup) and writes (mark) of a connector's dedupe store; events are then published unchecked (duplicates possible, never loss).",
+                "Failed operations of a connector's dedupe store: lookup (events then published unchecked), mark (delivered events not remembered), release (claims left to expire). Duplicates possible, never loss.",
                 &["connector", "outcome"],
             ),
         }

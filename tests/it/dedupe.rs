@@ -30,8 +30,9 @@ async fn post_feed(bridge: &TestBridge, body: &str) -> serde_json::Value {
     r.json().await.unwrap()
 }
 
-/// Every record of `topic`, read until `quiet` passes without a new one after `expected`.
-async fn records(topic: String, expected: usize) -> Vec<i64> {
+/// The sequences of every record of `topic`: read until `expected` arrived, then 5 s more
+/// (a duplicate would show up there).
+pub(crate) async fn records(topic: String, expected: usize) -> Vec<i64> {
     let seen = tokio::task::spawn_blocking(move || {
         let enough = consume_until(&[&topic], Duration::from_secs(30), |s| s.len() >= expected);
         // Keep reading a little: a duplicate would show up here.

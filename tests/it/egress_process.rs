@@ -18,13 +18,13 @@ const SHORT_SESSION: &str =
 const CLIENT_BASIC: &str = "YnJpZGdlLWNsaWVudDpjcy03ZjNhOWMxZTViLXNlY3JldA==";
 
 /// The `entity-bridge` binary running one connector, its output captured line by line.
-struct BridgeProcess {
+pub(crate) struct BridgeProcess {
     child: Child,
     output: Arc<Mutex<Vec<String>>>,
 }
 
 impl BridgeProcess {
-    fn spawn(dir: &Path, connector_toml: &str, env: &[(&str, &str)]) -> BridgeProcess {
+    pub(crate) fn spawn(dir: &Path, connector_toml: &str, env: &[(&str, &str)]) -> BridgeProcess {
         std::fs::write(
             dir.join("bridge.toml"),
             "shutdown_timeout_ms = 10000\n[http]\nlisten_addr = \"127.0.0.1:0\"\n[admin]\nlisten_addr = \"127.0.0.1:0\"\n",
@@ -87,9 +87,51 @@ impl BridgeProcess {
         }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }
+
+    /// Waits for the start-up line and returns the `(webhook, admin)` addresses it names.
+    pub(crate) async fn addresses(&self) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let started = (self.output.lock().unwrap().iter())
+                .find(|l| l.contains("entity-bridge started"))
+                .cloned();
+            if let Some(line) = started {
+                let line = strip_ansi(&line);
+                let field = |name: &str| {
+                    let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
+                    Some(rest.split_whitespace().next()?.to_owned())
+                };
+                return (field("webhook_addr").unwrap(), field("admin_addr").unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge did not start:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `line` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for BridgeProcess {

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod contract;
 mod dedupe;
+mod dedupe_postgres;
 mod deploy;
 mod egress;
 mod egress_dead_letter;

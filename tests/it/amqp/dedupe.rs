@@ -34,6 +34,7 @@ async fn a_push_answered_503_leaves_its_events_unseen_and_the_retry_publishes_th
         rabbit.url_line
     );
     let bridge = TestBridge::start("", &sink).await;
+    wait_ready(&bridge, 200).await; // connected, topology declared
     let refused = bridge.post(&push(1..=5)).await;
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));

@@ -9,8 +9,9 @@ use serde_json::Value;
 use super::{catalog, check_expr, metric_names, promtool, read, repo, yaml};
 
 /// The alerts the issue asks for (dead letters, push 5xx / 429, consumer lag, ingress 429 /
-/// 503, not ready) plus the ones added beside them.
-const ALERTS: [&str; 12] = [
+/// 503, not ready; feeds: stalled, regressions, duplicate storms) plus the ones added beside
+/// them.
+const ALERTS: [&str; 17] = [
     "EntityBridgeDown",
     "EntityBridgeSinkNotReady",
     "EntityBridgeConnectorStopped",
@@ -23,6 +24,11 @@ const ALERTS: [&str; 12] = [
     "EntityBridgeDeadLetters",
     "EntityBridgeConsumerLag",
     "EntityBridgeEmbeddedCursorLag",
+    "EntityBridgeFeedStalled",
+    "EntityBridgeFeedRegressions",
+    "EntityBridgeDuplicateStorm",
+    "EntityBridgeFeedConflicts",
+    "EntityBridgeDedupeStoreErrors",
 ];
 
 #[test]
@@ -96,6 +102,24 @@ fn alert_rules_use_real_metrics_and_have_runbooks() {
     assert_eq!(names, BTreeSet::from(ALERTS));
 }
 
+#[test]
+fn every_alert_fires_in_a_promtool_case() {
+    let cases = yaml("deploy/prometheus/alerts.test.yml");
+    let firing: BTreeSet<&str> = cases["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|case| case["alert_rule_test"].as_array().unwrap())
+        .filter(|check| {
+            check["exp_alerts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .map(|check| check["alertname"].as_str().unwrap())
+        .collect();
+    assert_eq!(firing, BTreeSet::from(ALERTS), "alerts.test.yml");
+}
+
 /// Every PromQL expression of the dashboard (targets and variable queries), variables resolved.
 fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
     let mut exprs = Vec::new();
@@ -136,6 +160,13 @@ fn grafana_dashboard_queries_real_metrics_and_valid_promql() {
         "entity_bridge_push_throttled_total",
         "entity_bridge_dead_lettered_events_total",
         "entity_bridge_consumer_lag",
+        "entity_bridge_feed_high_water_mark",
+        "entity_bridge_feed_last_event_timestamp_seconds",
+        "entity_bridge_feed_events_total",
+        "entity_bridge_feed_duplicates_total",
+        "entity_bridge_feed_regressions_total",
+        "entity_bridge_feed_conflicts_total",
+        "entity_bridge_feed_gap_sequences_total",
     ] {
         assert!(used.contains(want), "dashboard does not show {want}");
     }

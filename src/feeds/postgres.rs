@@ -1,0 +1,403 @@
+//! The shared dedupe store: one PostgreSQL table that every replica of a connector uses, so a
+//! duplicate that lands on another replica behind the load balancer is still recognised.
+//!
+//! One row per (connector, feed, sequence): `state` 0 while a replica publishes it (a claim
+//! held by `owner`, a random id per process), 1 once delivered, with the event's identity.
+//! A claim older than `claim_lease_ms` (its replica crashed mid-send) may be taken over, and a
+//! delivered row older than `window_age_hours` counts as forgotten. Every statement is bounded
+//! (`statement_timeout_ms`, plus a client-side timeout for a database that stopped answering),
+//! and the pool bounds connections (`pool_size`). Pruning works as in the embedded store.
+//!
+//! Connections are plain TCP (`NoTls`): run the database on a private network, or reach it
+//! through a TLS-terminating sidecar (security.md).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+
+use super::store::{Claimed, Identity, SeenStore, SeenStoreError, Window};
+use crate::secret::SecretRef;
+
+/// `[dedupe.store] type = "postgres"`: a table shared by every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresStoreConfig {
+    /// The connection string, by reference (`{ env = "…" }` / `{ file = "…" }`), e.g.
+    /// `postgres://bridge:secret@db:5432/bridge` or `host=db user=bridge dbname=bridge`. It
+    /// usually holds a password, so it is never written inline.
+    pub url: SecretRef,
+    /// The table (created with its index when missing). Letters, digits and `_`.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Connections in this process's pool (each send uses one at a time).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Time to open a connection (and to wait for a free one in the pool).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time limit of every statement (server side, and the client gives up after it too).
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// How long a replica's claim on sequences it is publishing holds; after it, another
+    /// replica may take them over (the first one crashed). Keep it above the sink's longest
+    /// send (e.g. Kafka `delivery_timeout_ms`).
+    #[serde(default = "default_claim_lease_ms")]
+    pub claim_lease_ms: u64,
+}
+
+fn default_table() -> String {
+    "entity_bridge_seen".into()
+}
+fn default_pool_size() -> usize {
+    8
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_statement_timeout_ms() -> u64 {
+    5_000
+}
+fn default_claim_lease_ms() -> u64 {
+    120_000
+}
+
+impl PostgresStoreConfig {
+    /// Semantic checks; `Err((key, detail))`, the key relative to `[dedupe.store]`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let valid_table = !self.table.is_empty()
+            && self.table.len() <= 48
+            && (self.table.bytes())
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !self.table.as_bytes()[0].is_ascii_digit();
+        if !valid_table {
+            return Err(("table".into(), "must match [a-z_][a-z0-9_]{0,47}".into()));
+        }
+        if !(1..=256).contains(&self.pool_size) {
+            return Err(("pool_size".into(), "must be between 1 and 256".into()));
+        }
+        for (key, ms) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("claim_lease_ms", self.claim_lease_ms),
+        ] {
+            if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&ms) {
+                return Err((
+                    key.into(),
+                    "must be between 1 and 86400000 (one day)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Marks of one feed between two count prunes.
+const PRUNE_EVERY: u64 = 1_024;
+/// Longest time between two age prunes.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The PostgreSQL store of one connector.
+pub struct PostgresSeen {
+    pool: Pool,
+    connector: String,
+    table: String,
+    owner: i64,
+    window: Window,
+    lease: Duration,
+    timeout: Duration,
+    schema: OnceCell<()>,
+    prune: Mutex<PruneState>,
+}
+
+struct PruneState {
+    marks: HashMap<String, u64>,
+    last_age_prune: Instant,
+}
+
+fn store_error(e: impl std::fmt::Display) -> SeenStoreError {
+    SeenStoreError::Store(e.to_string())
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl PostgresSeen {
+    /// Builds the pool (no connection yet: the table is created on first use, so a database
+    /// that is down at start-up delays suppression, not the bridge).
+    pub fn open(
+        config: &PostgresStoreConfig,
+        connector: &str,
+        window: Window,
+    ) -> Result<PostgresSeen, SeenStoreError> {
+        let open_error = |reason: String| SeenStoreError::Open {
+            path: format!("postgres table {}", config.table).into(),
+            reason,
+        };
+        let url = config
+            .url
+            .resolve()
+            .map_err(|e| open_error(e.to_string()))?;
+        let mut pg: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            // The parser's message may quote the string; say only that it is malformed.
+            .map_err(|_| {
+                open_error(
+                    "the connection string is not a valid PostgreSQL URL or key=value string"
+                        .into(),
+                )
+            })?;
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        pg.connect_timeout(connect_timeout);
+        pg.application_name("entity-bridge");
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.statement_timeout_ms
+        ));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .build()
+            .map_err(|e| open_error(e.to_string()))?;
+        let mut owner = [0u8; 8];
+        getrandom::fill(&mut owner).map_err(|e| open_error(e.to_string()))?;
+        Ok(PostgresSeen {
+            pool,
+            connector: connector.to_owned(),
+            table: config.table.clone(),
+            owner: i64::from_le_bytes(owner),
+            window,
+            lease: Duration::from_millis(config.claim_lease_ms),
+            timeout: connect_timeout + Duration::from_millis(config.statement_timeout_ms),
+            schema: OnceCell::new(),
+            prune: Mutex::new(PruneState {
+                marks: HashMap::new(),
+                last_age_prune: Instant::now(),
+            }),
+        })
+    }
+
+    /// A pooled connection with the table in place; the whole call is bounded by `timeout`.
+    async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, SeenStoreError> {
+        let attempt = async {
+            let client = self.pool.get().await.map_err(store_error)?;
+            self.schema
+                .get_or_try_init(|| self.create_table(&client))
+                .await?;
+            work(&client).await.map_err(store_error)
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(store_error("the dedupe database did not answer in time")))
+    }
+
+    async fn create_table(&self, client: &deadpool_postgres::Client) -> Result<(), SeenStoreError> {
+        let t = &self.table;
+        // Replicas starting together would race on CREATE … IF NOT EXISTS: serialize them.
+        let sql = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('entity_bridge_schema:{t}'));
+             CREATE TABLE IF NOT EXISTS {t} (
+                 connector TEXT NOT NULL,
+                 feed TEXT NOT NULL,
+                 sequence BIGINT NOT NULL,
+                 identity BIGINT NOT NULL,
+                 state SMALLINT NOT NULL,
+                 owner BIGINT NOT NULL,
+                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 PRIMARY KEY (connector, feed, sequence)
+             );
+             CREATE INDEX IF NOT EXISTS {t}_by_age ON {t} (connector, updated_at);
+             COMMIT;"
+        );
+        client.batch_execute(&sql).await.map_err(store_error)
+    }
+
+    fn age_ms(&self) -> i64 {
+        self.window.max_age.map_or(0, millis)
+    }
+
+    async fn prune(&self, feed: &str, marked: u64) -> Result<(), SeenStoreError> {
+        let (count_due, age_due) = {
+            let mut p = self.prune.lock().unwrap_or_else(|e| e.into_inner());
+            let count = p.marks.entry(feed.to_owned()).or_default();
+            *count += marked;
+            let count_due = *count >= PRUNE_EVERY;
+            if count_due {
+                *count = 0;
+            }
+            let age_due = p.last_age_prune.elapsed() >= PRUNE_INTERVAL;
+            if age_due {
+                p.last_age_prune = Instant::now();
+            }
+            (count_due, age_due)
+        };
+        let t = &self.table;
+        if count_due {
+            let skip = i64::try_from(self.window.events).unwrap_or(i64::MAX) - 1;
+            let sql = format!(
+                "DELETE FROM {t} WHERE connector = $1 AND feed = $2 AND state = 1 AND sequence < (
+                     SELECT sequence FROM {t} WHERE connector = $1 AND feed = $2 AND state = 1
+                     ORDER BY sequence DESC OFFSET $3 LIMIT 1)"
+            );
+            self.run(async |c| c.execute(&sql, &[&self.connector, &feed, &skip]).await)
+                .await?;
+        }
+        if age_due {
+            // Forgotten marks, and claims long past their lease (their replica is gone).
+            let sql = format!(
+                "DELETE FROM {t} WHERE connector = $1 AND (
+                     (state = 1 AND $2::bigint > 0 AND updated_at < now() - $2::bigint * interval '1 millisecond')
+                  OR (state = 0 AND updated_at < now() - $3::bigint * interval '1 millisecond'))"
+            );
+            let (age, lease) = (self.age_ms(), millis(self.lease));
+            self.run(async |c| c.execute(&sql, &[&self.connector, &age, &lease]).await)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SeenStore for PostgresSeen {
+    async fn claim(
+        &self,
+        feed: &str,
+        events: &[(i64, Identity)],
+    ) -> Result<Claimed, SeenStoreError> {
+        let t = &self.table;
+        let sequences: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
+        let identities: Vec<i64> = events.iter().map(|(_, i)| *i).collect();
+        let (lease, age) = (millis(self.lease), self.age_ms());
+        // Claim what nobody holds; take over expired claims and forgotten marks.
+        let claim = format!(
+            "INSERT INTO {t} AS s (connector, feed, sequence, identity, state, owner, updated_at)
+             SELECT $1, $2, e.sequence, e.identity, 0, $5, now()
+             FROM unnest($3::bigint[], $4::bigint[]) AS e(sequence, identity)
+             ON CONFLICT (connector, feed, sequence) DO UPDATE
+             SET identity = EXCLUDED.identity, state = 0, owner = EXCLUDED.owner, updated_at = now()
+             WHERE (s.state = 0 AND s.updated_at < now() - $6::bigint * interval '1 millisecond')
+                OR (s.state = 1 AND $7::bigint > 0 AND s.updated_at < now() - $7::bigint * interval '1 millisecond')"
+        );
+        let read = format!(
+            "SELECT sequence, identity, state, owner FROM {t}
+             WHERE connector = $1 AND feed = $2 AND sequence = ANY($3)"
+        );
+        let rows = self
+            .run(async |c| {
+                c.execute(
+                    &claim,
+                    &[
+                        &self.connector,
+                        &feed,
+                        &sequences,
+                        &identities,
+                        &self.owner,
+                        &lease,
+                        &age,
+                    ],
+                )
+                .await?;
+                c.query(&read, &[&self.connector, &feed, &sequences]).await
+            })
+            .await?;
+        let mut claimed = Claimed::default();
+        let mut mine = std::collections::HashSet::new();
+        for row in rows {
+            let (sequence, identity, state, owner): (i64, i64, i16, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            match (state, owner == self.owner) {
+                (1, _) => {
+                    claimed.delivered.insert(sequence, identity);
+                }
+                (_, true) => {
+                    mine.insert(sequence);
+                }
+                (_, false) => claimed.busy.push(sequence),
+            }
+        }
+        // A row that vanished between the two statements was released by its publisher:
+        // not ours, not delivered — look again.
+        for s in &sequences {
+            if !mine.contains(s) && !claimed.delivered.contains_key(s) && !claimed.busy.contains(s)
+            {
+                claimed.busy.push(*s);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn mark(&self, feed: &str, events: &[(i64, Identity)]) -> Result<(), SeenStoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let t = &self.table;
+        let sequences: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
+        let identities: Vec<i64> = events.iter().map(|(_, i)| *i).collect();
+        let sql = format!(
+            "INSERT INTO {t} (connector, feed, sequence, identity, state, owner, updated_at)
+             SELECT $1, $2, e.sequence, e.identity, 1, $5, now()
+             FROM unnest($3::bigint[], $4::bigint[]) AS e(sequence, identity)
+             ON CONFLICT (connector, feed, sequence) DO UPDATE
+             SET identity = EXCLUDED.identity, state = 1, owner = EXCLUDED.owner, updated_at = now()"
+        );
+        self.run(async |c| {
+            c.execute(
+                &sql,
+                &[&self.connector, &feed, &sequences, &identities, &self.owner],
+            )
+            .await
+        })
+        .await?;
+        self.prune(feed, events.len() as u64).await
+    }
+
+    async fn release(&self, feed: &str, sequences: &[i64]) -> Result<(), SeenStoreError> {
+        if sequences.is_empty() {
+            return Ok(());
+        }
+        let t = &self.table;
+        let sql = format!(
+            "DELETE FROM {t} WHERE connector = $1 AND feed = $2 AND sequence = ANY($3)
+             AND owner = $4 AND state = 0"
+        );
+        let sequences = sequences.to_vec();
+        self.run(async |c| {
+            c.execute(&sql, &[&self.connector, &feed, &sequences, &self.owner])
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError> {
+        let t = &self.table;
+        let sql = format!(
+            "SELECT feed, MAX(sequence) FROM {t} WHERE connector = $1 AND state = 1 GROUP BY feed"
+        );
+        let rows = self
+            .run(async |c| c.query(&sql, &[&self.connector]).await)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
