@@ -168,12 +168,7 @@ impl StoredClaim {
 
     /// Marks `marks` delivered (the sink confirmed them), which also ends their claims. A
     /// failed mark is counted: those events may be published again if resent.
-    pub(super) async fn mark(
-        mut self,
-        marks: &ByFeed,
-        connector: &str,
-        metrics: &Metrics,
-    ) {
+    pub(super) async fn mark(mut self, marks: &ByFeed, connector: &str, metrics: &Metrics) {
         self.claimed.clear();
         for (feed, events) in marks {
             if let Err(e) = self.store.mark(feed, events).await {

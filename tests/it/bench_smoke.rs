@@ -33,6 +33,8 @@ async fn every_benchmark_scenario_runs_on_tiny_sizes() {
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
     for scenario in [
         "ingress → kafka",
+        "ingress → kafka, dedupe off",
+        "ingress → kafka, dedupe on",
         "ingress → amqp",
         "ingress → embedded",
         "ingress parse",

@@ -63,6 +63,12 @@ pub fn bodies(batches: &[Vec<Event>]) -> Vec<(Bytes, u64, u64)> {
 
 /// Writes a bridge config dir with one webhook connector `bench` and the given sink.
 pub fn write_config(dir: &Path, sink_toml: &str) {
+    write_connectors(dir, &[("bench", sink_toml)]);
+}
+
+/// Writes a bridge config dir with webhook connectors `(name, sink and further tables)`, each
+/// at `/webhooks/<name>`.
+pub fn write_connectors(dir: &Path, connectors: &[(&str, &str)]) {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     std::fs::write(
         dir.join("bridge.toml"),
@@ -73,17 +79,25 @@ pub fn write_config(dir: &Path, sink_toml: &str) {
     )
     .unwrap();
     std::fs::create_dir_all(dir.join("connectors")).unwrap();
-    let connector = format!(
-        "[source]\ntype = \"webhook\"\npath = \"/webhooks/bench\"\ntokens = [{{ file = {:?} }}]\n\
-         max_body_bytes = 67108864\nmax_in_flight_bytes = 1073741824\n\n[sink]\n{sink_toml}\n",
-        dir.join("token").display().to_string()
-    );
-    std::fs::write(dir.join("connectors/bench.toml"), connector).unwrap();
+    for (name, sink_toml) in connectors {
+        let connector = format!(
+            "[source]\ntype = \"webhook\"\npath = \"/webhooks/{name}\"\ntokens = [{{ file = {:?} }}]\n\
+             max_body_bytes = 67108864\nmax_in_flight_bytes = 1073741824\n\n[sink]\n{sink_toml}\n",
+            dir.join("token").display().to_string()
+        );
+        std::fs::write(dir.join(format!("connectors/{name}.toml")), connector).unwrap();
+    }
 }
 
-/// Posts every body with `concurrency` producers; retries a body answered 429/503. Bodies are
-/// shared `Bytes`, so the generator never copies a body.
-pub async fn post_all(url: &str, bodies: &[(Bytes, u64, u64)], concurrency: usize) -> Figures {
+/// Posts every body with `concurrency` producers (with `EntityEventSource: label` when given);
+/// retries a body answered 429/503. Bodies are shared `Bytes`, so the generator never copies a
+/// body.
+pub async fn post_all(
+    url: &str,
+    bodies: &[(Bytes, u64, u64)],
+    concurrency: usize,
+    label: Option<&str>,
+) -> Figures {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -92,6 +106,7 @@ pub async fn post_all(url: &str, bodies: &[(Bytes, u64, u64)], concurrency: usiz
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
+        let label = label.map(str::to_owned);
         async move {
             let mut latencies = Vec::new();
             loop {
@@ -101,10 +116,14 @@ pub async fn post_all(url: &str, bodies: &[(Bytes, u64, u64)], concurrency: usiz
                 };
                 loop {
                     let t = Instant::now();
-                    let response = client
+                    let mut request = client
                         .post(&url)
                         .bearer_auth(TOKEN)
-                        .header("content-type", "application/json")
+                        .header("content-type", "application/json");
+                    if let Some(label) = &label {
+                        request = request.header("EntityEventSource", label);
+                    }
+                    let response = request
                         .body(body.clone())
                         .send()
                         .await
@@ -134,6 +153,23 @@ pub async fn post_all(url: &str, bodies: &[(Bytes, u64, u64)], concurrency: usiz
     }
 }
 
+/// Creates the `<prefix>.Property` / `<prefix>.Media` topics and returns a Kafka sink writing
+/// to them.
+pub async fn kafka_sink(opts: &Opts, prefix: &str) -> String {
+    for resource in ["Property", "Media"] {
+        kafka_ceiling::create_topic(
+            &opts.kafka,
+            &format!("{prefix}.{resource}"),
+            opts.partitions,
+        )
+        .await;
+    }
+    format!(
+        "type = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic_template = \"{prefix}.{{ResourceName}}\"\ncreate_topics = false\n",
+        opts.kafka
+    )
+}
+
 /// Runs one ingress scenario.
 pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let batches = batches(opts);
@@ -143,20 +179,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let dir = crate::ScratchDir::new(&run_id);
     let prefix = format!("bench-{run_id}");
     let sink = match bus {
-        Bus::Kafka => {
-            for resource in ["Property", "Media"] {
-                kafka_ceiling::create_topic(
-                    &opts.kafka,
-                    &format!("{prefix}.{resource}"),
-                    opts.partitions,
-                )
-                .await;
-            }
-            format!(
-                "type = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic_template = \"{prefix}.{{ResourceName}}\"\ncreate_topics = false\n",
-                opts.kafka
-            )
-        }
+        Bus::Kafka => kafka_sink(opts, &prefix).await,
         Bus::Amqp => {
             let (_c, channel) = amqp_ceiling::channel(&opts.amqp).await;
             amqp_ceiling::declare(&channel, &prefix, &prefix).await;
@@ -171,7 +194,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let url = format!("http://{}/webhooks/bench", child.webhook_addr);
     let ceiling = Ceiling::setup(bus, opts, &prefix, dir.path()).await;
     // Warm-up on both sides: connections, metadata, producer ids.
-    post_all(&url, &bodies[..1], 1).await;
+    post_all(&url, &bodies[..1], 1, None).await;
     ceiling.run(&messages[..1], 1).await;
 
     // Rounds alternate bridge and ceiling, so both see the broker in the same state (tansu's
@@ -183,7 +206,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
     let (mut broker_cpu_bridge, mut broker_cpu_ceiling) = (0.0, 0.0);
     for _ in 0..opts.rounds.max(1) {
         let (b0, g0, k0) = (child.cpu_seconds(), cpu_seconds(None), broker_cpu());
-        bridge_rounds.push(post_all(&url, &bodies, opts.concurrency).await);
+        bridge_rounds.push(post_all(&url, &bodies, opts.concurrency, None).await);
         bridge_cpu += child.cpu_seconds() - b0;
         loadgen_cpu += cpu_seconds(None) - g0;
         let (c0, k1) = (cpu_seconds(None), broker_cpu());
@@ -236,7 +259,7 @@ pub async fn run(bus: Bus, opts: &Opts) -> Row {
 
 impl Bus {
     /// The command name of the local broker process (its CPU is reported when it runs here).
-    fn broker_comm(self) -> Option<&'static str> {
+    pub(crate) fn broker_comm(self) -> Option<&'static str> {
         match self {
             Bus::Kafka => Some("tansu"),
             Bus::Amqp => Some("beam.smp"),
@@ -248,7 +271,7 @@ impl Bus {
 /// The ceiling side of an ingress scenario: the broker's own client, set up once and run once
 /// per round with the same batches and concurrency as the HTTP producers.
 #[allow(clippy::large_enum_variant)] // one value per scenario; its size does not matter
-enum Ceiling {
+pub(crate) enum Ceiling {
     Kafka {
         producer: rdkafka::producer::FutureProducer,
         topics: kafka_ceiling::Topics,
@@ -265,7 +288,7 @@ enum Ceiling {
 }
 
 impl Ceiling {
-    async fn setup(bus: Bus, opts: &Opts, prefix: &str, dir: &Path) -> Self {
+    pub(crate) async fn setup(bus: Bus, opts: &Opts, prefix: &str, dir: &Path) -> Self {
         match bus {
             Bus::Kafka => {
                 // The same topic layout as the bridge's `{ResourceName}` template.
@@ -296,7 +319,7 @@ impl Ceiling {
     }
 
     /// Sends `messages` (the scenario's batches, or the first of them for the warm-up).
-    async fn run(&self, messages: &[Vec<Message>], concurrency: usize) -> Figures {
+    pub(crate) async fn run(&self, messages: &[Vec<Message>], concurrency: usize) -> Figures {
         match self {
             Ceiling::Kafka { producer, topics } => {
                 kafka_ceiling::produce(producer, topics, messages, concurrency).await
@@ -308,7 +331,7 @@ impl Ceiling {
         }
     }
 
-    async fn teardown(self) {
+    pub(crate) async fn teardown(self) {
         if let Ceiling::Amqp {
             channel,
             exchange,
@@ -368,6 +391,6 @@ async fn store_ceiling(
 }
 
 /// CPU microseconds per event.
-fn per_event(cpu_seconds: f64, events: u64) -> f64 {
+pub(crate) fn per_event(cpu_seconds: f64, events: u64) -> f64 {
     cpu_seconds * 1e6 / events.max(1) as f64
 }

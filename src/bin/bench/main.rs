@@ -12,6 +12,7 @@
 
 mod amqp_ceiling;
 mod child;
+mod dedupe;
 mod egress;
 mod gen;
 mod ingress;
@@ -28,6 +29,8 @@ use clap::{Parser, ValueEnum};
 pub enum Scenario {
     /// N concurrent HTTP producers → webhook → Kafka; ceiling: rdkafka producer (acks=all).
     IngressKafka,
+    /// Ingress → Kafka with and without `[dedupe]` in the same run; ceiling: rdkafka producer.
+    IngressKafkaDedupe,
     /// N concurrent HTTP producers → webhook → RabbitMQ; ceiling: lapin with publisher confirms.
     IngressAmqp,
     /// N concurrent HTTP producers → webhook → embedded log; ceiling: the log's own append.
@@ -154,16 +157,19 @@ fn main() {
         eprintln!("running {s:?} …");
         let row = runtime.block_on(async {
             match s {
-                Scenario::IngressKafka => ingress::run(ingress::Bus::Kafka, &opts).await,
-                Scenario::IngressAmqp => ingress::run(ingress::Bus::Amqp, &opts).await,
-                Scenario::IngressEmbedded => ingress::run(ingress::Bus::Embedded, &opts).await,
-                Scenario::EgressKafka => egress::run(&opts).await,
-                Scenario::EgressBacklog => egress::backlog(&opts).await,
-                Scenario::IngressParse => parse::run(&opts),
+                Scenario::IngressKafka => vec![ingress::run(ingress::Bus::Kafka, &opts).await],
+                Scenario::IngressKafkaDedupe => dedupe::run(&opts).await,
+                Scenario::IngressAmqp => vec![ingress::run(ingress::Bus::Amqp, &opts).await],
+                Scenario::IngressEmbedded => {
+                    vec![ingress::run(ingress::Bus::Embedded, &opts).await]
+                }
+                Scenario::EgressKafka => vec![egress::run(&opts).await],
+                Scenario::EgressBacklog => vec![egress::backlog(&opts).await],
+                Scenario::IngressParse => vec![parse::run(&opts)],
                 Scenario::All => unreachable!(),
             }
         });
-        rows.push(row);
+        rows.extend(row);
     }
     stats::print_table(&rows);
 }

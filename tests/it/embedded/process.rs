@@ -124,7 +124,10 @@ async fn default_run_as_a_new_user() {
     let r = post(&url, &token, SEED_PAYLOAD).await;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["accepted"], 2);
+    assert_eq!(body, serde_json::json!({"accepted": 2, "duplicates": 0}));
+    // The shipped quickstart suppresses duplicates: the same push again stores nothing.
+    let again: serde_json::Value = post(&url, &token, SEED_PAYLOAD).await.json().await.unwrap();
+    assert_eq!(again, serde_json::json!({"accepted": 2, "duplicates": 2}));
 
     let (status, body) = get_json(
         &format!("http://127.0.0.1:{http}/EntityEvent"),
