@@ -160,7 +160,7 @@ impl Feeds {
             first[i] = *first_of.entry((self.feed_of(m), m.sequence)).or_insert(i);
         }
         let keys: Vec<Key> = first_of.into_keys().collect();
-        let _local = dedupe.claim_local(keys).await;
+        let _local = dedupe.claim_local(keys).await?;
 
         let identities: Vec<Identity> = batch.iter().map(identity).collect();
         let lookups = by_feed(
@@ -221,7 +221,8 @@ impl Feeds {
                     detail,
                     kind,
                 } => SinkError::Rejected {
-                    index: sent.get(index).copied().unwrap_or(index),
+                    // Out of range: no event named, the caller isolates by halving.
+                    index: sent.get(index).copied().unwrap_or(batch.len()),
                     field,
                     detail,
                     kind,
@@ -237,11 +238,19 @@ impl Feeds {
 
         // Delivered: remember what was published (the claims still hold, so no other send
         // looks these sequences up before they are marked).
-        let marks = by_feed(
+        let mut marks = by_feed(
             (sent.iter().filter(|&&i| checked[i]))
                 .map(|&i| (self.feed_of(&batch[i]), (batch[i].sequence, identities[i]))),
         );
-        stored.mark(&marks, &self.connector, &self.metrics).await;
+        for (_, events) in &mut marks {
+            // A sequence published twice (a conflict inside the batch) is remembered once, with
+            // its last record: one row may be written once per statement.
+            events.reverse();
+            let mut seen = std::collections::HashSet::new();
+            events.retain(|(sequence, _)| seen.insert(*sequence));
+            events.reverse();
+        }
+        (dedupe.mark(stored, &marks, &self.connector, &self.metrics)).await;
         self.record(batch, Some(&verdicts));
         let count = |wanted: Verdict| verdicts.iter().filter(|v| **v == wanted).count();
         Ok(SendReport {

@@ -15,6 +15,8 @@ struct Recording {
     published: Mutex<Vec<(Option<String>, i64)>>,
     down: std::sync::atomic::AtomicBool,
     delay: Duration,
+    /// Refuse `Bad` events without naming them (index out of range).
+    unnamed: bool,
 }
 
 #[async_trait]
@@ -28,7 +30,7 @@ impl Sink for Recording {
         }
         if let Some(index) = batch.iter().position(|m| m.resource_name == "Bad") {
             return Err(SinkError::Rejected {
-                index,
+                index: if self.unnamed { usize::MAX } else { index },
                 field: Some("ResourceName"),
                 detail: "bad".into(),
                 kind: RejectKind::Unroutable,
@@ -162,6 +164,59 @@ async fn a_rejection_names_the_event_in_the_batch_as_sent_by_the_caller() {
         "{error:?}"
     );
     assert_eq!(sink.sequences(), vec![1, 2, 3]);
+    // Nothing of the refused send was marked: fixed and sent again, 4..=6 are published.
+    batch[4].resource_name = "Property".into();
+    let report = w.sink.send_report(&batch).await.unwrap();
+    assert_eq!(report.duplicates, 3);
+    assert_eq!(sink.sequences(), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_rejection_that_names_no_event_stays_unnamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Recording {
+        unnamed: true,
+        ..Recording::default()
+    });
+    let w = layer(dir.path(), sink.clone(), on()).await;
+    w.sink.send(&events(1..=2)).await.unwrap();
+    let mut batch = events(1..=4);
+    batch[3].resource_name = "Bad".into();
+    let error = w.sink.send(&batch).await.unwrap_err();
+    // Out of range for the caller too, so it isolates by halving instead of blaming event 3.
+    assert!(
+        matches!(error, SinkError::Rejected { index: 4, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_waits_at_most_max_claim_wait_for_another_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Recording {
+        delay: Duration::from_secs(30),
+        ..Recording::default()
+    });
+    let config = DedupeConfig {
+        max_claim_wait_ms: 1_000,
+        ..DedupeConfig::default()
+    };
+    let w = layer(dir.path(), sink.clone(), Some(config)).await;
+    let first_batch = events(1..=5);
+    let slow = w.sink.send(&first_batch);
+    let waiting = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = tokio::time::Instant::now();
+        let result = w.sink.send(&events(5..=6)).await;
+        (result, started.elapsed())
+    };
+    let (first, (second, waited)) = tokio::join!(slow, waiting);
+    first.unwrap();
+    assert!(
+        matches!(second, Err(SinkError::Overloaded { .. })),
+        "{second:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
 }
 
 async fn conflict(on_conflict: OnConflict) -> (Result<SendReport, SinkError>, Vec<i64>, Wrapped) {

@@ -89,7 +89,6 @@ pub async fn wrap(
                 // A shared database that is down at start-up: suppression fails open until it
                 // answers (counted per lookup); the marks come back with the next events.
                 Err(e) => {
-                    metrics.dedupe_store_error(connector, "lookup");
                     tracing::warn!(%connector, error = %e, "dedupe store unreachable at start-up; high-water marks start empty");
                 }
             }

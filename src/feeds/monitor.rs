@@ -33,6 +33,27 @@ pub struct FeedMonitor {
 struct Tracked {
     feeds: HashMap<Arc<str>, FeedState>,
     other: FeedCounts,
+    /// Whether the cap was reported (once per process).
+    capped: bool,
+}
+
+impl Tracked {
+    /// Admits `feed` if the cap leaves room; says so once when it does not.
+    fn admit(&mut self, feed: &str, max: usize, connector: &str, metrics: &Metrics) -> bool {
+        if self.feeds.contains_key(feed) {
+            return true;
+        }
+        if self.feeds.len() >= max {
+            if !self.capped {
+                self.capped = true;
+                tracing::warn!(%connector, max_tracked_feeds = max, "feed cap reached: events of further EntityEventSource labels are published unchecked and counted as feed _other");
+            }
+            return false;
+        }
+        self.feeds.insert(Arc::from(feed), FeedState::default());
+        metrics.feeds_tracked(connector, self.feeds.len());
+        true
+    }
 }
 
 #[derive(Default, Clone)]
@@ -101,16 +122,7 @@ impl FeedMonitor {
     /// Whether `feed` (`""` for no label) is tracked: it already is, or the cap leaves room and
     /// it is admitted now.
     pub fn admit(&self, feed: &str) -> bool {
-        let mut t = self.lock();
-        if t.feeds.contains_key(feed) {
-            return true;
-        }
-        if t.feeds.len() >= self.max_tracked {
-            return false;
-        }
-        t.feeds.insert(Arc::from(feed), FeedState::default());
-        self.metrics.feeds_tracked(&self.connector, t.feeds.len());
-        true
+        (self.lock()).admit(feed, self.max_tracked, &self.connector, &self.metrics)
     }
 
     /// Resumes a feed from its store (start-up): admits it and sets its high-water mark.
@@ -121,10 +133,15 @@ impl FeedMonitor {
         let mut t = self.lock();
         if let Some(state) = t.feeds.get_mut(feed) {
             state.high_water_mark = Some(high_water_mark);
-            let label = label(feed);
             let counts = FeedCounts::default();
-            self.metrics
-                .feed_observed(&self.connector, label, counts, Some(high_water_mark), None);
+            let label = label(feed);
+            self.metrics.feed_observed(
+                &self.connector,
+                &label,
+                counts,
+                Some(high_water_mark),
+                None,
+            );
         }
     }
 
@@ -133,10 +150,7 @@ impl FeedMonitor {
     pub fn record(&self, feed: &str, published: &[i64], duplicates: u64, conflicts: u64) {
         let now = SystemTime::now();
         let mut t = self.lock();
-        if !t.feeds.contains_key(feed) && t.feeds.len() < self.max_tracked {
-            t.feeds.insert(Arc::from(feed), FeedState::default());
-            self.metrics.feeds_tracked(&self.connector, t.feeds.len());
-        }
+        t.admit(feed, self.max_tracked, &self.connector, &self.metrics);
         let Some(state) = t.feeds.get_mut(feed) else {
             t.other.events += published.len() as u64;
             t.other.duplicates += duplicates;
@@ -180,7 +194,7 @@ impl FeedMonitor {
         totals.gap_sequences += counts.gap_sequences;
         self.metrics.feed_observed(
             &self.connector,
-            label(feed),
+            &label(feed),
             counts,
             state.high_water_mark,
             state.last_event.map(unix),
@@ -216,12 +230,16 @@ impl FeedMonitor {
     }
 }
 
-/// The `feed` label of a tracked feed.
-fn label(feed: &str) -> &str {
+/// The `feed` label of a tracked feed: its `EntityEventSource` label, `_none` without one. A
+/// label starting with `_` gets one more (`_other` → `__other`), so no producer can write into
+/// the series of `_none` or `_other`.
+fn label(feed: &str) -> std::borrow::Cow<'_, str> {
     if feed.is_empty() {
-        NO_LABEL
+        NO_LABEL.into()
+    } else if feed.starts_with('_') {
+        format!("_{feed}").into()
     } else {
-        feed
+        feed.into()
     }
 }
 
@@ -285,6 +303,27 @@ mod tests {
         assert!(
             !text.contains("feed=\"b\""),
             "no series for an untracked feed"
+        );
+    }
+
+    #[test]
+    fn a_producer_label_cannot_write_into_the_reserved_series() {
+        let metrics = Metrics::new();
+        let m = FeedMonitor::new("c", 8, metrics.clone());
+        m.record("_other", &[5], 0, 0);
+        m.record("_none", &[6], 0, 0);
+        let text = metrics.encode();
+        let hwm = |feed: &str, v: i64| {
+            format!("entity_bridge_feed_high_water_mark{{connector=\"c\",feed=\"{feed}\"}} {v}")
+        };
+        assert!(text.contains(&hwm("__other", 5)), "{text}");
+        assert!(text.contains(&hwm("__none", 6)), "{text}");
+        assert!(!text.contains("feed=\"_other\""), "{text}");
+        let view = m.view(false);
+        assert_eq!(
+            view.feeds[0].source.as_deref(),
+            Some("_none"),
+            "shown as sent"
         );
     }
 }

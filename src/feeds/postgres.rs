@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
-use super::store::{Claimed, Identity, SeenStore, SeenStoreError, Window};
+use super::store::{
+    prune_every, Claimed, Identity, SeenStore, SeenStoreError, Window, PRUNE_INTERVAL,
+};
 use crate::secret::SecretRef;
 
 /// `[dedupe.store] type = "postgres"`: a table shared by every replica.
@@ -97,11 +99,6 @@ impl PostgresStoreConfig {
     }
 }
 
-/// Marks of one feed between two count prunes.
-const PRUNE_EVERY: u64 = 1_024;
-/// Longest time between two age prunes.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-
 /// The PostgreSQL store of one connector.
 pub struct PostgresSeen {
     pool: Pool,
@@ -165,7 +162,9 @@ impl PostgresSeen {
             pg,
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A connection given back mid-statement (a client-side timeout) or inside a
+                // failed transaction fails the check and is replaced, never reused half-done.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -211,12 +210,23 @@ impl PostgresSeen {
             .unwrap_or_else(|_| Err(store_error("the dedupe database did not answer in time")))
     }
 
+    /// Creates the table and its index unless the table exists: a role that may only read and
+    /// write an existing table (no CREATE right on the schema) works as well.
     async fn create_table(&self, client: &deadpool_postgres::Client) -> Result<(), SeenStoreError> {
         let t = &self.table;
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[t])
+            .await
+            .map_err(store_error)?
+            .get(0);
+        if exists {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await.map_err(store_error)?;
+        let tx = client.transaction().await.map_err(store_error)?;
         // Replicas starting together would race on CREATE … IF NOT EXISTS: serialize them.
         let sql = format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(hashtext('entity_bridge_schema:{t}'));
+            "SELECT pg_advisory_xact_lock(hashtext('entity_bridge_schema:{t}'));
              CREATE TABLE IF NOT EXISTS {t} (
                  connector TEXT NOT NULL,
                  feed TEXT NOT NULL,
@@ -227,10 +237,11 @@ impl PostgresSeen {
                  updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                  PRIMARY KEY (connector, feed, sequence)
              );
-             CREATE INDEX IF NOT EXISTS {t}_by_age ON {t} (connector, updated_at);
-             COMMIT;"
+             CREATE INDEX IF NOT EXISTS {t}_by_age ON {t} (connector, updated_at);"
         );
-        client.batch_execute(&sql).await.map_err(store_error)
+        tx.batch_execute(&sql).await.map_err(store_error)?;
+        // Dropped without commit (an error above), the transaction rolls back.
+        tx.commit().await.map_err(store_error)
     }
 
     fn age_ms(&self) -> i64 {
@@ -242,7 +253,7 @@ impl PostgresSeen {
             let mut p = self.prune.lock().unwrap_or_else(|e| e.into_inner());
             let count = p.marks.entry(feed.to_owned()).or_default();
             *count += marked;
-            let count_due = *count >= PRUNE_EVERY;
+            let count_due = *count >= prune_every(self.window.events);
             if count_due {
                 *count = 0;
             }
@@ -278,6 +289,17 @@ impl PostgresSeen {
     }
 }
 
+/// `events` as the two array parameters, sorted by sequence with one entry per sequence (the
+/// last one's identity): replicas then lock rows in the same order (no deadlock between two
+/// claims), and no statement writes one row twice.
+fn columns(events: &[(i64, Identity)]) -> (Vec<i64>, Vec<i64>) {
+    let mut sorted: Vec<(i64, Identity)> = events.to_vec();
+    sorted.reverse();
+    sorted.sort_by_key(|(s, _)| *s); // stable: the last copy of a sequence comes first
+    sorted.dedup_by_key(|(s, _)| *s);
+    sorted.into_iter().unzip()
+}
+
 #[async_trait]
 impl SeenStore for PostgresSeen {
     async fn claim(
@@ -286,8 +308,7 @@ impl SeenStore for PostgresSeen {
         events: &[(i64, Identity)],
     ) -> Result<Claimed, SeenStoreError> {
         let t = &self.table;
-        let sequences: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
-        let identities: Vec<i64> = events.iter().map(|(_, i)| *i).collect();
+        let (sequences, identities) = columns(events);
         let (lease, age) = (millis(self.lease), self.age_ms());
         // Claim what nobody holds; take over expired claims and forgotten marks.
         let claim = format!(
@@ -352,8 +373,7 @@ impl SeenStore for PostgresSeen {
             return Ok(());
         }
         let t = &self.table;
-        let sequences: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
-        let identities: Vec<i64> = events.iter().map(|(_, i)| *i).collect();
+        let (sequences, identities) = columns(events);
         let sql = format!(
             "INSERT INTO {t} (connector, feed, sequence, identity, state, owner, updated_at)
              SELECT $1, $2, e.sequence, e.identity, 1, $5, now()
@@ -369,7 +389,11 @@ impl SeenStore for PostgresSeen {
             .await
         })
         .await?;
-        self.prune(feed, events.len() as u64).await
+        if let Err(e) = self.prune(feed, events.len() as u64).await {
+            // The marks are committed; pruning is tried again at the next interval.
+            tracing::warn!(connector = %self.connector, error = %e, "dedupe store prune failed");
+        }
+        Ok(())
     }
 
     async fn release(&self, feed: &str, sequences: &[i64]) -> Result<(), SeenStoreError> {
@@ -381,7 +405,8 @@ impl SeenStore for PostgresSeen {
             "DELETE FROM {t} WHERE connector = $1 AND feed = $2 AND sequence = ANY($3)
              AND owner = $4 AND state = 0"
         );
-        let sequences = sequences.to_vec();
+        let mut sequences = sequences.to_vec();
+        sequences.sort_unstable();
         self.run(async |c| {
             c.execute(&sql, &[&self.connector, &feed, &sequences, &self.owner])
                 .await

@@ -8,9 +8,9 @@
 //! never events, and spares an fsync per push.
 //!
 //! The window is bounded two ways, both per feed: the newest `window_events` sequences, and
-//! (when set) nothing older than `window_age_hours`. Pruning runs inside `mark` every
-//! [`PRUNE_EVERY`] marks of a feed or once a minute, so disk use stays flat however long a feed
-//! runs.
+//! (when set) nothing older than `window_age_hours`. Pruning runs after a `mark` every
+//! [`prune_every`] marks of a feed or once a minute, so disk use stays flat however long a feed
+//! runs; a failed prune is logged and tried again later (the marks are committed).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,10 +80,14 @@ pub trait SeenStore: Send + Sync {
     async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError>;
 }
 
-/// Marks of one feed between two count prunes.
-const PRUNE_EVERY: u64 = 1_024;
+/// Marks of one feed between two count prunes: an eighth of the window (at least 16, at most
+/// 131 072), so the prune's walk down the window costs about eight index entries per mark and a
+/// feed holds at most `window_events` plus this many rows.
+pub fn prune_every(window_events: u64) -> u64 {
+    (window_events / 8).clamp(16, 131_072)
+}
 /// Longest time between two age prunes.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The window a store keeps.
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +174,7 @@ impl Inner {
     fn prune(&mut self, feed: &str, marked: u64) -> rusqlite::Result<()> {
         let count = self.marks_since_prune.entry(feed.to_owned()).or_default();
         *count += marked;
-        if *count >= PRUNE_EVERY {
+        if *count >= prune_every(self.window.events) {
             *count = 0;
             // Keep the newest `events` sequences of the feed: delete below the one at that rank.
             let keep = i64::try_from(self.window.events).unwrap_or(i64::MAX);
@@ -249,7 +253,9 @@ impl SeenStore for EmbeddedSeen {
                 }
             }
             tx.commit()?;
-            inner.prune(&feed, events.len() as u64)?;
+            if let Err(e) = inner.prune(&feed, events.len() as u64) {
+                tracing::warn!(error = %e, "dedupe store prune failed; tried again later");
+            }
             Ok(())
         })
         .await
@@ -315,7 +321,7 @@ mod tests {
         let seen = store.claim("f", &all).await.unwrap().delivered;
         assert!(seen.len() >= 100, "at least the window is kept");
         assert!(
-            seen.len() <= 100 + PRUNE_EVERY as usize,
+            seen.len() <= 100 + prune_every(100) as usize,
             "at most the window plus one prune interval: {}",
             seen.len()
         );

@@ -83,7 +83,7 @@ impl FeedMetrics {
             ),
             store_errors: counter(
                 "entity_bridge_dedupe_store_errors_total",
-                "Failed operations of a connector's dedupe store: lookup (events then published unchecked), mark (delivered events not remembered), release (claims left to expire). Duplicates possible, never loss.",
+                "Failed operations of a connector's dedupe store: lookup (events then published unchecked), mark (delivered events not remembered), release (claims left to expire), and bypassed (a send that skipped the store for 5 s after a failure). Duplicates possible, never loss.",
                 &["connector", "outcome"],
             ),
         }
@@ -146,7 +146,8 @@ impl Metrics {
             .set(tracked);
     }
 
-    /// Counts a failed dedupe store operation (`lookup` or `mark`).
+    /// Counts a failed dedupe store operation (`lookup`, `mark`, `release`), or a send that
+    /// bypassed the store after a failure (`bypassed`).
     pub fn dedupe_store_error(&self, connector: &str, outcome: &str) {
         self.0
             .feeds

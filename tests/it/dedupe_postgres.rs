@@ -63,8 +63,12 @@ impl Table {
     }
 
     fn store(&self, lease_ms: u64) -> Arc<dyn SeenStore> {
+        self.store_with(lease_ms, 1_000)
+    }
+
+    fn store_with(&self, lease_ms: u64, window_events: u64) -> Arc<dyn SeenStore> {
         let window = Window {
-            events: 1_000,
+            events: window_events,
             max_age: None,
         };
         Arc::new(PostgresSeen::open(&self.config(lease_ms), "it", window).unwrap())
@@ -127,6 +131,112 @@ async fn a_crashed_replicas_claim_is_taken_over_after_its_lease() {
     assert!(
         taken.busy.is_empty(),
         "the expired claim is taken over: {taken:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_sequence_twice_in_a_mark_is_remembered_with_its_last_record() {
+    let table = Table::new().await;
+    let store = table.store(60_000);
+    store.claim("", &[(5, 1), (5, 2)]).await.unwrap();
+    // A conflict inside one batch under on_conflict = "publish": both copies were published.
+    store.mark("", &[(5, 1), (6, 1), (5, 2)]).await.unwrap();
+    let seen = store.claim("", &[(5, 0), (6, 0)]).await.unwrap();
+    assert_eq!(seen.delivered.get(&5), Some(&2), "{seen:?}");
+    assert_eq!(seen.delivered.get(&6), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_window_keeps_each_feed_bounded() {
+    let table = Table::new().await;
+    let store = table.store_with(60_000, 40); // pruned every 16 marks
+    for chunk in (1..=400i64).collect::<Vec<_>>().chunks(10) {
+        let events: Vec<(i64, i64)> = chunk.iter().map(|&s| (s, 1)).collect();
+        store.claim("f", &events).await.unwrap();
+        store.mark("f", &events).await.unwrap();
+    }
+    let all: Vec<(i64, i64)> = (1..=400).map(|s| (s, 1)).collect();
+    let seen = store.claim("f", &all).await.unwrap();
+    let remembered = seen.delivered.len();
+    assert!(
+        (40..=40 + 16).contains(&remembered),
+        "the newest 40 plus at most one prune interval: {remembered}"
+    );
+    assert!(seen.delivered.contains_key(&400) && !seen.delivered.contains_key(&1));
+    let sequences: Vec<i64> = (1..=400).collect();
+    store.release("f", &sequences).await.unwrap();
+}
+
+/// Sends through the feeds layer with a sink that takes `delay` per batch.
+struct Slow(Duration);
+
+#[async_trait::async_trait]
+impl entity_bridge::connector::Sink for Slow {
+    async fn send(
+        &self,
+        _: &[entity_bridge::connector::Message],
+    ) -> Result<(), entity_bridge::connector::SinkError> {
+        tokio::time::sleep(self.0).await;
+        Ok(())
+    }
+    async fn ready(&self) -> Result<(), entity_bridge::connector::SinkError> {
+        Ok(())
+    }
+    async fn flush(&self, _: Duration) -> Result<(), entity_bridge::connector::SinkError> {
+        Ok(())
+    }
+}
+
+fn message(sequence: i64) -> entity_bridge::connector::Message {
+    entity_bridge::connector::Message {
+        sequence,
+        resource_name: "Property".into(),
+        record_key: format!("K{sequence}"),
+        source_label: None,
+        payload: bytes::Bytes::from_static(b"{}"),
+        origin: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_dropped_mid_flight_releases_its_claims_at_once() {
+    let table = Table::new().await;
+    let toml = format!(
+        "max_claim_wait_ms = 20000\n[store]\ntype = \"postgres\"\nurl = {}\ntable = \"{}\"\n",
+        table.url_ref(),
+        table.name
+    );
+    let config: entity_bridge::feeds::DedupeConfig = toml::from_str(&toml).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layer = |delay| {
+        let (config, dir) = (config.clone(), dir.path().to_owned());
+        async move {
+            let sink = Arc::new(Slow(delay));
+            let metrics = entity_bridge::metrics::Metrics::new();
+            entity_bridge::feeds::wrap("it", Some(&config), 64, &dir, sink, metrics)
+                .await
+                .unwrap()
+        }
+    };
+    let (stuck, other) = (
+        layer(Duration::from_secs(600)).await,
+        layer(Duration::ZERO).await,
+    );
+    let batch: Vec<_> = (1..=5).map(message).collect();
+    let in_flight = {
+        let (sink, batch) = (stuck.sink.clone(), batch.clone());
+        tokio::spawn(async move { sink.send(&batch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // claimed, now inside the sink
+    in_flight.abort(); // e.g. the producer hung up
+    let _ = in_flight.await;
+    let started = std::time::Instant::now();
+    let report = other.sink.send_report(&batch).await.unwrap();
+    assert_eq!(report.duplicates, 0, "never delivered: published here");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "claims released at once, not after their lease: {:?}",
+        started.elapsed()
     );
 }
 
