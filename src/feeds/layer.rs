@@ -11,10 +11,12 @@
 //!    (`on_conflict`). A sequence repeated inside the batch is judged against its first copy.
 //! 3. **Send** the rest to the sink, in order. A sink's `Rejected { index }` is mapped back to
 //!    the event's place in the original batch.
-//! 4. Only after the sink said `Ok`, **mark** them delivered. A failed send marks nothing (the
-//!    events stay unseen and are published on the retry); a failed mark or lookup costs
-//!    duplicates, never events (counted in `entity_bridge_dedupe_store_errors_total`).
-//! 5. Release the claims (also when the caller goes away mid-send: the guards' `Drop`).
+//! 4. Only after the sink said `Ok`, **mark** them delivered — in the background, after the
+//!    send was answered, while the claims still hold. A failed send marks nothing (the events
+//!    stay unseen and are published on the retry); a failed mark or lookup costs duplicates,
+//!    never events (counted in `entity_bridge_dedupe_store_errors_total`).
+//! 5. Release the claims once marked (also when the caller goes away mid-send: the guards'
+//!    `Drop`).
 //!
 //! The claims and the store round are in [`super::dedupe`].
 
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
 
 use super::config::OnConflict;
 use super::dedupe::{Dedupe, Key};
@@ -63,9 +66,11 @@ pub struct Feeds {
     inner: Arc<dyn Sink>,
     connector: String,
     monitor: Arc<FeedMonitor>,
-    dedupe: Option<Dedupe>,
+    dedupe: Option<Arc<Dedupe>>,
     metrics: Metrics,
     no_label: Arc<str>,
+    /// Marks being written after their sends were answered.
+    marking: TaskTracker,
 }
 
 /// What was decided for one event of a batch.
@@ -92,9 +97,10 @@ impl Feeds {
             inner,
             connector: connector.to_owned(),
             monitor,
-            dedupe,
+            dedupe: dedupe.map(Arc::new),
             metrics,
             no_label: Arc::from(""),
+            marking: TaskTracker::new(),
         }
     }
 
@@ -135,7 +141,7 @@ impl Feeds {
 
     async fn send_deduplicated(
         &self,
-        dedupe: &Dedupe,
+        dedupe: &Arc<Dedupe>,
         batch: &[Message],
     ) -> Result<SendReport, SinkError> {
         // Which events are checked: those of tracked feeds (the cap bounds the store's feeds).
@@ -160,7 +166,7 @@ impl Feeds {
             first[i] = *first_of.entry((self.feed_of(m), m.sequence)).or_insert(i);
         }
         let keys: Vec<Key> = first_of.into_keys().collect();
-        let _local = dedupe.claim_local(keys).await?;
+        let local = dedupe.claim_local(keys).await?;
 
         let identities: Vec<Identity> = batch.iter().map(identity).collect();
         let lookups = by_feed(
@@ -250,7 +256,16 @@ impl Feeds {
             events.retain(|(sequence, _)| seen.insert(*sequence));
             events.reverse();
         }
-        (dedupe.mark(stored, &marks, &self.connector, &self.metrics)).await;
+        // Marked after the answer, off the push's latency: the claims stay held until the
+        // marks are written, so any send of these sequences meanwhile waits and then sees them
+        // delivered. A crash before the write costs duplicates, never events; `flush` (shutdown)
+        // waits for what is still being written.
+        let (dedupe, connector, metrics) =
+            (dedupe.clone(), self.connector.clone(), self.metrics.clone());
+        self.marking.spawn(async move {
+            dedupe.mark(stored, &marks, &connector, &metrics).await;
+            drop(local);
+        });
         self.record(batch, Some(&verdicts));
         let count = |wanted: Verdict| verdicts.iter().filter(|v| **v == wanted).count();
         Ok(SendReport {
@@ -285,6 +300,14 @@ impl Sink for Feeds {
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        // Delivered events still being marked: wait for them, within the shutdown budget.
+        self.marking.close();
+        if tokio::time::timeout(timeout, self.marking.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(connector = %self.connector, "dedupe marks still being written at shutdown; those events may be published again if resent");
+        }
         self.inner.flush(timeout).await
     }
 

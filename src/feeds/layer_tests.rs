@@ -286,6 +286,8 @@ async fn delivered_sequences_and_high_water_marks_survive_a_restart() {
     {
         let w = layer(dir.path(), sink.clone(), on()).await;
         w.sink.send(&events(1..=10)).await.unwrap();
+        // Shutdown waits for the marks written after the answer.
+        w.sink.flush(Duration::from_secs(5)).await.unwrap();
     }
     let w = layer(dir.path(), sink.clone(), on()).await;
     assert_eq!(w.monitor.view(true).feeds[0].high_water_mark, Some(10));

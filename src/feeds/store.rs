@@ -210,17 +210,39 @@ impl SeenStore for EmbeddedSeen {
             let oldest = inner.window.max_age.map_or(i64::MIN, |age| {
                 now_ms().saturating_sub(age.as_millis() as i64)
             });
-            let mut stmt = inner.conn.prepare_cached(
-                "SELECT identity FROM seen
-                 WHERE feed = ?1 AND sequence = ?2 AND marked_at_ms >= ?3",
-            )?;
             let mut delivered = HashMap::new();
-            for sequence in sequences {
-                let identity: Option<i64> = stmt
-                    .query_row(params![feed, sequence, oldest], |r| r.get(0))
-                    .optional()?;
-                if let Some(identity) = identity {
-                    delivered.insert(sequence, identity);
+            let (Some(&low), Some(&high)) = (sequences.iter().min(), sequences.iter().max()) else {
+                return Ok(Claimed::default());
+            };
+            // A batch's sequences are usually one dense run: one range scan instead of a look-up
+            // per event. Sparse ones (a range far wider than the batch) are looked up one by one.
+            if (high - low) as u128 <= 4 * sequences.len() as u128 {
+                let mut stmt = inner.conn.prepare_cached(
+                    "SELECT sequence, identity FROM seen
+                     WHERE feed = ?1 AND sequence BETWEEN ?2 AND ?3 AND marked_at_ms >= ?4",
+                )?;
+                let wanted: std::collections::HashSet<i64> = sequences.iter().copied().collect();
+                let rows = stmt.query_map(params![feed, low, high, oldest], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (sequence, identity) = row?;
+                    if wanted.contains(&sequence) {
+                        delivered.insert(sequence, identity);
+                    }
+                }
+            } else {
+                let mut stmt = inner.conn.prepare_cached(
+                    "SELECT identity FROM seen
+                     WHERE feed = ?1 AND sequence = ?2 AND marked_at_ms >= ?3",
+                )?;
+                for sequence in sequences {
+                    let identity: Option<i64> = stmt
+                        .query_row(params![feed, sequence, oldest], |r| r.get(0))
+                        .optional()?;
+                    if let Some(identity) = identity {
+                        delivered.insert(sequence, identity);
+                    }
                 }
             }
             Ok(Claimed {
