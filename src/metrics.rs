@@ -20,7 +20,7 @@ pub use connectors::CONNECTOR_STATES;
 pub use feeds::FeedCounts;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Registry, TextEncoder,
 };
 
 /// Distinct `resource` label values kept before new ones are folded into `other`.
@@ -100,20 +100,9 @@ impl Metrics {
     pub fn new() -> Self {
         // Records every family as it is registered (see `catalog`).
         let registry = catalog::Recording::default();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| registry.counter(name, help, labels);
+        let gauge = |name: &str, help: &str, labels: &[&str]| registry.gauge(name, help, labels);
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             let h = HistogramVec::new(opts, labels).expect("valid metric");

@@ -408,7 +408,10 @@ mod tests {
         let other = store.claim("other", &[(1, 1)]).await.unwrap().delivered;
         assert_eq!(other.len(), 1, "another feed's window is its own");
         let rows: i64 = store
-            .blocking(|i| Ok(i.conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?))
+            .blocking(|i| {
+                Ok(i.conn
+                    .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?)
+            })
             .await
             .unwrap();
         assert!(rows < 30, "one row per marked batch, pruned: {rows}");
@@ -431,7 +434,10 @@ mod tests {
             seen,
             HashMap::from([(1, 10), (2, 21), (50_000, 11), (9_000_000_000, 12)])
         );
-        assert_eq!(store.high_water_marks().await.unwrap(), vec![("f".into(), 9_000_000_000)]);
+        assert_eq!(
+            store.high_water_marks().await.unwrap(),
+            vec![("f".into(), 9_000_000_000)]
+        );
     }
 
     #[test]
@@ -439,6 +445,9 @@ mod tests {
         let cut = runs(&[(5, 1), (1, 1), (5, 2), (1 + RUN_GAP + 10, 3)]);
         assert_eq!(cut, vec![vec![(1, 1), (5, 2)], vec![(1 + RUN_GAP + 10, 3)]]);
         let blob = encode(&cut[0]);
-        assert_eq!((find(&blob, 5), find(&blob, 1), find(&blob, 3)), (Some(2), Some(1), None));
+        assert_eq!(
+            (find(&blob, 5), find(&blob, 1), find(&blob, 3)),
+            (Some(2), Some(1), None)
+        );
     }
 }

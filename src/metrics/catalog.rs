@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
-use prometheus::Registry;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// One registered metric family.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,21 @@ impl Recording {
         self.registry.register(collector)?;
         self.seen.lock().expect("catalog lock").extend(infos);
         Ok(())
+    }
+
+    /// Registers a counter family (names and labels are constants of the code, so an invalid
+    /// or repeated one is a bug caught by every test that builds `Metrics`).
+    pub(super) fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+
+    /// Registers a gauge family (see [`Recording::counter`]).
+    pub(super) fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.register(Box::new(g.clone())).expect("unique metric");
+        g
     }
 
     /// The families recorded so far, sorted by name.

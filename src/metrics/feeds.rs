@@ -5,7 +5,7 @@
 //! capped per connector by `max_tracked_feeds`; events of further feeds are counted under
 //! `_other` and have no sequence gauges.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
 use super::catalog::Recording;
 use super::Metrics;
@@ -25,20 +25,9 @@ pub(super) struct FeedMetrics {
 
 impl FeedMetrics {
     pub(super) fn register(registry: &Recording) -> FeedMetrics {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| registry.counter(name, help, labels);
+        let gauge = |name: &str, help: &str, labels: &[&str]| registry.gauge(name, help, labels);
         let feed = &["connector", "feed"];
         FeedMetrics {
             events: counter(

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::common::*;
 use crate::embedded::Setup;
 
-fn push(sequences: impl Iterator<Item = i64>) -> String {
+/// A multi-valued push of Property events with `sequences` (keys cycle over seven records).
+pub(crate) fn push(sequences: impl Iterator<Item = i64>) -> String {
     let events: Vec<String> = sequences
         .map(|s| {
             format!(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use entity_bridge::feeds::{PostgresSeen, PostgresStoreConfig, SeenStore, Window};
 
 use crate::common::*;
+use crate::dedupe::push;
 use crate::egress_process::BridgeProcess;
 
 /// PostgreSQL for tests (`deploy/dev/test.sh` makes sure one runs there; trust auth).
@@ -250,18 +251,6 @@ fn connector(table: &Table, prefix: &str, token_file: &str) -> String {
         table.url_ref(),
         table.name
     )
-}
-
-fn push(range: std::ops::RangeInclusive<i64>) -> String {
-    let events: Vec<String> = range
-        .map(|s| {
-            format!(
-                r#"{{"EntityEventSequence": {s}, "ResourceName": "Property", "ResourceRecordKey": "K{}"}}"#,
-                s % 5
-            )
-        })
-        .collect();
-    format!(r#"{{"value": [{}]}}"#, events.join(","))
 }
 
 async fn post(addr: &str, body: String) -> serde_json::Value {

@@ -5,18 +5,11 @@ use lapin::types::FieldTable;
 use rdkafka::message::Message as _;
 
 use super::*;
+use crate::dedupe::push;
 
 fn event(sequence: i64) -> String {
     format!(
         r#"{{"EntityEventSequence": {sequence}, "ResourceName": "Property", "ResourceRecordKey": "K{sequence}"}}"#
-    )
-}
-
-fn push(sequences: std::ops::RangeInclusive<i64>) -> String {
-    let events: Vec<String> = sequences.map(event).collect();
-    format!(
-        r#"{{"@reso.context": "urn:reso:metadata:2.0:resource:entityevent", "value": [{}]}}"#,
-        events.join(",")
     )
 }
 
