@@ -107,6 +107,14 @@ impl TestBridge {
     }
 
     async fn launch(dir: tempfile::TempDir, connector: &str, http_extra: &str) -> TestBridge {
+        // `ENTITY_BRIDGE_TEST_LOG=debug` (a tracing filter) shows the bridges' logs in test
+        // output, to debug a failing test.
+        if let Ok(filter) = std::env::var("ENTITY_BRIDGE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         std::fs::write(
             dir.path().join("bridge.toml"),
             format!(

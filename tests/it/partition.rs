@@ -256,12 +256,19 @@ async fn the_kafka_source_resumes_after_a_network_partition() {
     let bootstrap = broker.proxy.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     let receiver = crate::receiver::Receiver::accepting().await;
-    let egress = Egress::new("it-part-egress", &receiver.url, &dir);
+    let mut egress = Egress::new("it-part-egress", &receiver.url, &dir);
     create_topic_on(&bootstrap, &egress.topic, 1).await;
     let first: Vec<_> = (1..=3)
         .map(|s| ("k".to_owned(), s, event("k", s, 4)))
         .collect();
     produce_on(&bootstrap, &egress.topic, &first, None).await;
+    // The group session outlasts the partition. With a session shorter than the cut, the
+    // member expires and rejoins after it; tansu 0.6 then sometimes keeps the expired member
+    // as the group's leader (every JoinGroup names it, every SyncGroup answers "rebalance in
+    // progress", seen in librdkafka's `cgrp` debug log), so no member is ever assigned again.
+    // That is a defect of the test broker (Apache Kafka evicts the member), not a bridge
+    // behaviour to assert here.
+    egress.source_extra = "[source.librdkafka]\n\"session.timeout.ms\" = \"45000\"".into();
     let toml = egress.toml().replace(&kafka(), &bootstrap);
     let bridge = TestBridge::start_connector(&toml).await;
     receiver.wait_delivered(3, Duration::from_secs(60)).await;
