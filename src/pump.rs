@@ -192,9 +192,7 @@ impl Pump {
                     return Err(SourceError::Fatal(e.to_string()));
                 }
             };
-            if outcome != Outcome::Retry {
-                backoff.reset();
-            }
+            let handed_back = outcome == Outcome::Retry;
             match &outcome {
                 Outcome::Delivered => self.metrics.pump_events(&name, "delivered", count),
                 // Handed back at shutdown: each retry in place was counted already.
@@ -208,9 +206,20 @@ impl Pump {
                 }
             }
             // The publish metrics are the sink layer's (`layers::Observed`), not the pump's.
-            if let Err(e) = self.source.settle(batch, outcome).await {
-                // Unsettled deliveries come back after the source reconnects: at-least-once.
-                tracing::warn!(connector = %name, error = %e, "could not settle batch; it will be redelivered");
+            match self.source.settle(batch, outcome).await {
+                Ok(()) if !handed_back => backoff.reset(),
+                Ok(()) => {}
+                Err(e) => {
+                    // Unsettled deliveries come back after the source reconnects: at-least-once.
+                    // Backed off like a failing source, so a settle that keeps failing (its
+                    // dead-letter destination down) does not spin on the same batch.
+                    self.health.failed(Part::Source, &e);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(connector = %name, error = %e, ?delay, "could not settle batch; it will be redelivered");
+                    if !pause(delay, &cancel).await {
+                        break;
+                    }
+                }
             }
         }
         self.source.close().await

@@ -247,3 +247,63 @@ async fn shutdown_during_a_retry_hands_the_batch_back() {
     run.await.unwrap().unwrap();
     assert_eq!(*settled.lock().unwrap(), vec![Outcome::Retry]);
 }
+
+/// A source whose batches can never be settled (its dead-letter destination is down): it
+/// hands out the same batch again at once, and counts how often.
+struct NeverSettles {
+    taken: Arc<Mutex<usize>>,
+}
+
+#[async_trait]
+impl Source for NeverSettles {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        let mut taken = self.taken.lock().unwrap();
+        *taken += 1;
+        // Ends a pump that spins, so that the test fails instead of hanging.
+        if *taken > 1000 {
+            return Ok(None);
+        }
+        Ok(Some(SourceBatch {
+            messages: vec![message(1, "k", "Property")],
+            receipts: vec![1],
+        }))
+    }
+    async fn settle(&mut self, _: SourceBatch, _: Outcome) -> Result<(), SourceError> {
+        Err(SourceError::Unavailable(
+            "dead-letter destination down".into(),
+        ))
+    }
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Regression: a settle that failed was followed by the next batch at once, so a poll source
+/// whose dead letter was down asked its producer for the same page every 25 ms.
+#[tokio::test(start_paused = true)]
+async fn a_failing_settle_backs_off_instead_of_spinning() {
+    let taken = Arc::new(Mutex::new(0));
+    let pump = Pump {
+        connector: "t".into(),
+        source: Box::new(NeverSettles {
+            taken: taken.clone(),
+        }),
+        sink: Arc::new(Refusing {
+            named: true,
+            delivered: Mutex::new(Vec::new()),
+            sends: Mutex::new(0),
+        }),
+        retry: RetryConfig::default(),
+        metrics: Metrics::new(),
+        health: Health::new("t", crate::runtime::Readiness::Gate, Metrics::new()),
+    };
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pump.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    let taken = *taken.lock().unwrap();
+    // Full-jitter exponential backoff from the default minimum: a handful of tries, not
+    // thousands.
+    assert!((2..=30).contains(&taken), "{taken} batches taken in 10 s");
+}
