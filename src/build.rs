@@ -32,6 +32,8 @@ pub struct BuildContext {
     /// The sink's dead-letter destination, for a source without one of its own (a Kafka
     /// source feeding a webhook sink dead-letters where the sink does).
     pub sink_dead_letter: Option<DeadLetterConfig>,
+    /// `data_dir`: where sources keep local state (a poll source's checkpoint).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Why a part could not be built. The cause names the key or the client that failed.

@@ -36,6 +36,7 @@ pub mod kafka;
 pub mod layers;
 pub mod metrics;
 pub mod outbound;
+pub mod poll;
 pub mod pump;
 pub mod push;
 pub mod resources;

@@ -11,6 +11,7 @@
 mod catalog;
 mod connectors;
 mod feeds;
+mod poll;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,7 @@ struct Inner {
     embedded: EmbeddedMetrics,
     connectors: connectors::ConnectorMetrics,
     feeds: feeds::FeedMetrics,
+    poll: poll::PollMetrics,
 }
 
 /// The embedded log: its size, retention, cursors and the replay resource.
@@ -235,9 +237,11 @@ impl Metrics {
             ),
         };
         let feeds = feeds::FeedMetrics::register(&registry);
+        let poll = poll::PollMetrics::register(&registry);
         let inner = Inner {
             connectors,
             feeds,
+            poll,
             push,
             amqp,
             embedded,

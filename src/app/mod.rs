@@ -126,6 +126,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             shutdown_timeout,
             retry: connector.retry.clone(),
             sink_dead_letter: connector.sink.dead_letter().cloned(),
+            data_dir: config.data_dir.clone(),
         };
         let sink = (connector.sink.builder().build_sink(&build).await).map_err(|source| {
             AppError::Build {

@@ -27,6 +27,7 @@ use crate::feeds::DedupeConfig;
 use crate::http::WebhookSourceConfig;
 use crate::kafka::KafkaSinkConfig;
 use crate::kafka::KafkaSourceConfig;
+use crate::poll::{EventsPollConfig, ResoPollConfig};
 use crate::push::PushSinkConfig;
 use crate::retry::RetryConfig;
 use crate::runtime::Readiness;
@@ -232,6 +233,10 @@ pub enum SourceConfig {
     Embedded(EmbeddedSourceConfig),
     /// Kafka topics, consumed in a consumer group (egress).
     Kafka(KafkaSourceConfig),
+    /// A producer's RESO `EntityEvent` resource, polled after a durable checkpoint.
+    ResoPoll(ResoPollConfig),
+    /// A producer's "events after sequence id" API, polled and mapped to EntityEvents.
+    EventsPoll(EventsPollConfig),
 }
 
 impl SourceConfig {
@@ -243,6 +248,8 @@ impl SourceConfig {
             SourceConfig::Amqp(a) => Some(a),
             SourceConfig::Embedded(e) => Some(e),
             SourceConfig::Kafka(k) => Some(k),
+            SourceConfig::ResoPoll(p) => Some(p),
+            SourceConfig::EventsPoll(p) => Some(p),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Config, ConfigError, SinkConfig, SourceConfig};
+use crate::poll::{EventsPollConfig, ResoPollConfig};
 
 /// `public_base_url`: an absolute http(s) URL without query, fragment or credentials.
 fn check_public_base_url(base: &str) -> Result<(), String> {
@@ -42,8 +43,11 @@ impl Config {
                 SinkConfig::Embedded(_) => {}
                 SinkConfig::Webhook(p) => **p = p.masked(),
             }
-            if let SourceConfig::Kafka(k) = &mut connector.source {
-                *k = k.masked();
+            match &mut connector.source {
+                SourceConfig::Kafka(k) => *k = k.masked(),
+                SourceConfig::ResoPoll(ResoPollConfig(p))
+                | SourceConfig::EventsPoll(EventsPollConfig(p)) => *p = p.masked(),
+                _ => {}
             }
         }
         copy
@@ -133,13 +137,16 @@ impl Config {
                 SourceConfig::Kafka(k) => {
                     k.validate()
                         .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
-                    let sink_has_one = matches!(connector.sink, SinkConfig::Webhook(_));
-                    if k.dead_letter.is_none() && !sink_has_one {
-                        return Err(invalid(
-                            "source.dead_letter",
-                            "is required unless the sink is a webhook sink (whose dead_letter is used)".into(),
-                        ));
-                    }
+                    dead_letter_required(k.dead_letter.is_some(), &connector.sink)
+                        .map_err(|(k, d)| invalid(&k, d))?;
+                }
+                SourceConfig::ResoPoll(ResoPollConfig(p))
+                | SourceConfig::EventsPoll(EventsPollConfig(p)) => {
+                    let reso = matches!(connector.source, SourceConfig::ResoPoll(_));
+                    p.validate(reso)
+                        .map_err(|(k, d)| invalid(&format!("source.{k}"), d))?;
+                    dead_letter_required(p.dead_letter.is_some(), &connector.sink)
+                        .map_err(|(k, d)| invalid(&k, d))?;
                 }
             }
             match &connector.sink {
@@ -176,6 +183,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A source that dead-letters needs a destination: its own, or its webhook sink's.
+fn dead_letter_required(own: bool, sink: &SinkConfig) -> Result<(), (String, String)> {
+    if own || matches!(sink, SinkConfig::Webhook(_)) {
+        return Ok(());
+    }
+    Err((
+        "source.dead_letter".into(),
+        "is required unless the sink is a webhook sink (whose dead_letter is used)".into(),
+    ))
 }
 
 #[cfg(test)]

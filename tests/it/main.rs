@@ -19,6 +19,8 @@ mod kafka_ingress;
 mod openapi;
 mod order;
 mod partition;
+mod poll;
+mod producer;
 mod proxy;
 mod receiver;
 mod supervision;

@@ -1,0 +1,360 @@
+//! Poll sources against a real local producer ([`crate::producer`]): a RESO `EntityEvent`
+//! resource into Kafka (OAuth2, `@odata.nextLink`, 429 + `Retry-After`, a page that breaks off
+//! halfway, an invalid event dead-lettered alone), an events-after-sequence API into RabbitMQ
+//! (mapping, unknown types, deletes, full and short pages), and a restart in the middle of a
+//! feed into the embedded log (nothing lost, nothing twice).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use serde_json::{json, Value};
+
+use crate::amqp::Rabbit;
+use crate::common::*;
+use crate::embedded::Setup;
+use crate::producer::{Misbehave, Producer};
+use crate::receiver::OAuthPeer;
+
+const CLIENT_SECRET: &str = "cs-7f3a9c1e5b-secret";
+/// base64 of `bridge-client:cs-7f3a9c1e5b-secret`.
+const CLIENT_BASIC: &str = "YnJpZGdlLWNsaWVudDpjcy03ZjNhOWMxZTViLXNlY3JldA==";
+
+/// Waits until `series` in the bridge's metrics reaches `value`.
+async fn wait_metric_at_least(admin: &str, series: &str, value: f64, timeout: Duration) -> f64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let now = metric(&text, series).unwrap_or(0.0);
+        if now >= value {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {now}, expected at least {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reso_poll_into_kafka_pages_politely_and_dead_letters_only_the_bad_event() {
+    require_kafka();
+    let peer = Arc::new(OAuthPeer {
+        issued: Mutex::new(Vec::new()),
+        revoked: Mutex::new(Vec::new()),
+        lifetimes: vec![Duration::from_secs(3600)],
+        client_basic: CLIENT_BASIC.into(),
+    });
+    let (token_url, _token_task) = peer.start_token_endpoint().await;
+    let producer = Producer::start(3, Some(peer.clone())).await;
+    producer.add_reso(1..=4);
+    // Sequence 5 lacks its ResourceRecordKey: dead-lettered alone.
+    producer
+        .state
+        .events
+        .lock()
+        .unwrap()
+        .push(json!({"EntityEventSequence": 5, "ResourceName": "Property"}));
+    producer.add_reso(6..=8);
+    // The first request is throttled for a second; the second page breaks off halfway.
+    producer.script(&[
+        Misbehave::Throttle(1),
+        Misbehave::Pass,
+        Misbehave::BreakHalfway,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+    let prefix = unique("it-poll");
+    let dlq = unique("it-poll-dlq");
+    let bridge = TestBridge::start_connector(&format!(
+        r#"
+[source]
+type = "reso_poll"
+url = "{base}/odata/EntityEvent"
+page_size = 100
+idle_interval_ms = 200
+auth = {{ type = "oauth2", token_url = "{token_url}", client_id = "bridge-client", client_secret = {{ file = {secret:?} }} }}
+[source.limits]
+requests_per_second = 50
+[source.dead_letter]
+type = "kafka"
+bootstrap_servers = "{kafka}"
+topic = "{dlq}"
+
+[sink]
+{sink}
+"#,
+        base = producer.base,
+        secret = secret.display().to_string(),
+        kafka = kafka(),
+        sink = TestBridge::kafka_sink(&prefix, "").trim_start(),
+    ))
+    .await;
+    let series = "entity_bridge_poll_checkpoint{connector=\"it\"}";
+    wait_metric_at_least(&bridge.admin, series, 8.0, Duration::from_secs(30)).await;
+
+    let topic = format!("{prefix}.Property");
+    let seen = tokio::task::spawn_blocking(move || consume_n(&[&topic], 7))
+        .await
+        .unwrap();
+    let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in &seen {
+        let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        by_key
+            .entry(key)
+            .or_default()
+            .push(event["EntityEventSequence"].as_i64().unwrap());
+    }
+    let expected: BTreeMap<String, Vec<i64>> = [
+        ("K0".to_owned(), vec![3, 6]),
+        ("K1".to_owned(), vec![1, 4, 7]),
+        ("K2".to_owned(), vec![2, 8]),
+    ]
+    .into();
+    assert_eq!(by_key, expected, "every valid event once, in order per key");
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 1))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "dead_letter_reason").as_deref(),
+        Some("unparseable")
+    );
+    let reason = header(&dead[0], "dead_letter_detail").unwrap();
+    assert!(reason.contains("/ResourceRecordKey"), "{reason}");
+
+    let requests = producer.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.2).collect();
+    assert_eq!(statuses[0], 429, "{requests:?}");
+    // Retry-After: 1 was honoured before asking again.
+    assert!(
+        requests[1].0 - requests[0].0 >= Duration::from_millis(950),
+        "{requests:?}"
+    );
+    assert!(
+        requests[1].1.contains("$filter=EntityEventSequence gt 0"),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.1.contains("$skiptoken=3")),
+        "nextLink followed: {requests:?}"
+    );
+    assert_eq!(
+        peer.issued.lock().unwrap().len(),
+        1,
+        "one token for the whole feed"
+    );
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "entity_bridge_producer_requests_total{connector=\"it\",role=\"poll\",status=\"429\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(&metrics, "entity_bridge_producer_requests_total{connector=\"it\",role=\"poll\",status=\"error\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "the broken page was counted and retried"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "entity_bridge_poll_events_total{connector=\"it\",outcome=\"invalid\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(bridge.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_poll_into_rabbitmq_maps_events_passes_new_types_and_marks_deletes() {
+    let mut rabbit = Rabbit::new().await;
+    let exchange = rabbit.exchange("it-poll-x");
+    let queue = rabbit.queue("it-poll-q");
+    let dead_exchange = rabbit.exchange("it-poll-dlx");
+    let producer = Producer::start(100, None).await;
+    {
+        let mut events = producer.state.api_events.lock().unwrap();
+        let mut add = |seq: i64, kind: &str, id: &str, resource: Value| {
+            events.push(json!({
+                "id": format!("e{seq}"), "sequenceId": seq, "eventType": kind,
+                "resourceType": kind.split('/').next().unwrap(), "resourceId": id,
+                "resource": resource, "previousValues": {"title": "before"},
+                "createdAt": "2020-11-27T12:30:02.000Z",
+            }));
+        };
+        add(
+            101,
+            "listing/created",
+            "L1",
+            json!({"id": "L1", "title": "Bike"}),
+        );
+        add(
+            102,
+            "listing/updated",
+            "L1",
+            json!({"id": "L1", "title": "Red bike"}),
+        );
+        add(105, "shipment/created", "S1", json!({"id": "S1"}));
+        add(106, "listing/deleted", "L1", Value::Null);
+        add(109, "user/created", "U1", json!({"id": "U1"}));
+    }
+    let dead_letter_url = format!(
+        "{} }}",
+        rabbit
+            .url_line
+            .replacen("url_file = ", "url = { file = ", 1)
+    );
+    let bridge = TestBridge::start_connector(&format!(
+        r#"
+[source]
+type = "events_poll"
+url = "{base}/events/query"
+page_size = 2
+idle_interval_ms = 60000
+start = 100
+[source.limits]
+requests_per_second = 50
+[source.dead_letter]
+type = "amqp"
+{dead_letter_url}
+exchange = "{dead_exchange}"
+
+[sink]
+type = "amqp"
+{url_line}
+exchange = "{exchange}"
+routing_key_template = "flex.{{ResourceName}}"
+resource_names = "any"
+[[sink.topology.queues]]
+name = "{queue}"
+[[sink.topology.bindings]]
+queue = "{queue}"
+exchange = "{exchange}"
+routing_key = "flex.#"
+"#,
+        base = producer.base,
+        url_line = rabbit.url_line,
+    ))
+    .await;
+    rabbit.wait_ready_count(&queue, 5).await;
+    let mut got = Vec::new();
+    while let Some(m) = rabbit.get(&queue).await {
+        got.push(serde_json::from_slice::<Value>(&m.delivery.data).unwrap());
+    }
+    let sequences: Vec<i64> = got
+        .iter()
+        .map(|e| e["EntityEventSequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences, vec![101, 102, 105, 106, 109]);
+    assert_eq!(got[1]["ResourceName"], "listing");
+    assert_eq!(got[1]["ResourceRecordKey"], "L1");
+    assert_eq!(got[1]["EntityEventType"], "listing/updated");
+    assert_eq!(got[1]["Data"]["title"], "Red bike");
+    assert_eq!(
+        got[1]["@EntityBridge.OriginalEvent"]["previousValues"]["title"], "before",
+        "the producer's event is kept whole"
+    );
+    assert_eq!(
+        got[2]["EntityEventType"], "shipment/created",
+        "a type nobody listed passes"
+    );
+    assert_eq!(got[3]["@EntityBridge.Deleted"], true);
+    assert!(got[3].get("Data").is_none());
+
+    // Pages of 2, 2 and 1: the short page means caught up, so no request for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let requests = producer.requests();
+    let queries: Vec<&str> = requests.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        queries,
+        vec![
+            "/events/query?startAfterSequenceId=100&perPage=2",
+            "/events/query?startAfterSequenceId=102&perPage=2",
+            "/events/query?startAfterSequenceId=106&perPage=2",
+        ]
+    );
+    assert!(bridge.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_in_the_middle_of_a_feed_resumes_from_the_checkpoint() {
+    require_kafka();
+    let producer = Producer::start(5, None).await;
+    producer.add_reso(1..=40);
+    let setup = Setup::new(&[]);
+    let connector = format!(
+        r#"
+[source]
+type = "reso_poll"
+url = "{base}/odata/EntityEvent"
+page_size = 5
+idle_interval_ms = 200
+[source.limits]
+requests_per_second = 4
+[source.dead_letter]
+type = "kafka"
+bootstrap_servers = "{kafka}"
+topic = "{dlq}"
+
+[sink]
+type = "embedded"
+replay_tokens = [{{ file = {token:?} }}]
+"#,
+        base = producer.base,
+        kafka = kafka(),
+        dlq = unique("it-poll-restart-dlq"),
+        token = setup.path("token").display().to_string(),
+    );
+    setup.write_connector("feed", &connector);
+    let series = "entity_bridge_poll_checkpoint{connector=\"feed\"}";
+    let bridge = setup.start().await;
+    let reached = wait_metric_at_least(&bridge.admin, series, 10.0, Duration::from_secs(30)).await;
+    assert!(
+        reached < 40.0,
+        "stopped in the middle of the feed ({reached})"
+    );
+    bridge.stop().await;
+    let stored: Value = serde_json::from_slice(
+        &std::fs::read(setup.path("data/poll/feed.checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = stored["sequence"].as_i64().unwrap();
+    assert!((10..40).contains(&checkpoint), "{stored}");
+
+    let first_requests = producer.requests().len();
+    let bridge = setup.start().await;
+    wait_metric_at_least(&bridge.admin, series, 40.0, Duration::from_secs(60)).await;
+    let resumed = &producer.requests()[first_requests];
+    assert!(
+        resumed
+            .1
+            .contains(&format!("EntityEventSequence gt {checkpoint}")),
+        "resumed after the checkpoint: {resumed:?}"
+    );
+    let (status, body) = bridge.replay("?$count=true&$top=100").await;
+    assert_eq!(status, 200);
+    let sequences: Vec<i64> = body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["EntityEventSequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        sequences,
+        (1..=40).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+    bridge.stop().await;
+}
