@@ -11,7 +11,7 @@ use super::{catalog, check_expr, metric_names, promtool, read, repo, yaml};
 /// The alerts the issue asks for (dead letters, push 5xx / 429, consumer lag, ingress 429 /
 /// 503, not ready; feeds: stalled, regressions, duplicate storms) plus the ones added beside
 /// them.
-const ALERTS: [&str; 17] = [
+const ALERTS: [&str; 18] = [
     "EntityBridgeDown",
     "EntityBridgeSinkNotReady",
     "EntityBridgeConnectorStopped",
@@ -24,6 +24,7 @@ const ALERTS: [&str; 17] = [
     "EntityBridgeDeadLetters",
     "EntityBridgeConsumerLag",
     "EntityBridgeEmbeddedCursorLag",
+    "EntityBridgePollFailing",
     "EntityBridgeFeedStalled",
     "EntityBridgeFeedRegressions",
     "EntityBridgeDuplicateStorm",
