@@ -26,6 +26,10 @@ pub struct Message {
     pub payload: Bytes,
     /// Where a pull source read the message (dead-letter headers, logs); `None` for pushes.
     pub origin: Option<Origin>,
+    /// The record is gone (an events API's deleted resource, or a record hydration found
+    /// deleted): the payload carries `"@EntityBridge.Deleted": true` and no `Data`, and sinks
+    /// with a delete form of their own write that (the Kafka sink: a tombstone, by default).
+    pub delete: bool,
 }
 
 /// Where a pull source read a message.
@@ -52,6 +56,8 @@ pub enum RejectKind {
     /// Its feed already delivered its `EntityEventSequence` for another record, and the
     /// connector's `[dedupe] on_conflict` is `reject` (found before anything was sent).
     Conflict,
+    /// Its record could not be fetched for `[hydrate]` (found before anything was sent).
+    Unfetchable,
 }
 
 /// A sink's failure, classified by what the caller should do about it.
@@ -304,6 +310,7 @@ mod tests {
 
     fn message(resource: &str) -> Message {
         Message {
+            delete: false,
             sequence: 1,
             resource_name: resource.into(),
             record_key: "k".into(),

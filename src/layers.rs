@@ -104,6 +104,7 @@ mod tests {
 
     fn message(resource: &str) -> Message {
         Message {
+            delete: false,
             sequence: 1,
             resource_name: resource.into(),
             record_key: "k".into(),

@@ -32,6 +32,7 @@ pub mod embedded;
 pub mod event;
 pub mod feeds;
 pub mod http;
+pub mod hydrate;
 pub mod kafka;
 pub mod layers;
 pub mod metrics;

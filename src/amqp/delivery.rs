@@ -40,6 +40,7 @@ pub fn to_message(
         event.raw
     };
     Ok(Message {
+        delete: false,
         sequence: event.sequence,
         resource_name: event.resource_name,
         record_key: event.record_key,

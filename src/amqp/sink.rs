@@ -350,6 +350,7 @@ mod tests {
     #[test]
     fn properties_are_persistent_json_with_headers() {
         let m = Message {
+            delete: false,
             sequence: 1101,
             resource_name: "Property".into(),
             record_key: "235021".into(),

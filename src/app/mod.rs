@@ -29,6 +29,7 @@ use crate::connector::Sink;
 use crate::feeds;
 use crate::http::admin::{self, AdminState, ConnectorReadiness, FeedsOf};
 use crate::http::{webhook_router, WebhookConnector};
+use crate::hydrate::Hydrate;
 use crate::layers::Observed;
 use crate::metrics::Metrics;
 use crate::runtime::{supervise, Health, Run};
@@ -136,6 +137,31 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         })?;
         // Publish metrics are the layer's: recorded once per send, whatever the sink.
         let sink: Arc<dyn Sink> = Arc::new(Observed::new(name, sink, metrics.clone()));
+        // Inside the feeds layer: a duplicate is suppressed before its record is fetched.
+        let sink: Arc<dyn Sink> = match &connector.hydrate {
+            Some(h) => {
+                // A webhook producer retries a 503; a pull source dead-letters what fails.
+                let refuse = !matches!(connector.source, SourceConfig::Webhook(_));
+                let layer = Hydrate::new(
+                    name,
+                    h,
+                    sink,
+                    connector.retry.clone(),
+                    pump_stop.clone(),
+                    refuse,
+                    metrics.clone(),
+                )
+                .map_err(|e| AppError::Build {
+                    connector: name.clone(),
+                    source: crate::build::BuildError {
+                        part: "hydrate",
+                        source: Box::new(e),
+                    },
+                })?;
+                Arc::new(layer)
+            }
+            None => sink,
+        };
         // Outermost: feeds see only confirmed sends, and suppressed duplicates never reach the
         // publish metrics.
         let wrapped = feeds::wrap(

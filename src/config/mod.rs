@@ -219,6 +219,10 @@ pub struct ConnectorConfig {
     /// feed `_other`. Bounds memory and metric series whatever labels producers send.
     #[serde(default = "crate::feeds::default_max_tracked_feeds")]
     pub max_tracked_feeds: usize,
+    /// Record hydration (`[hydrate]`): events without `Data` get their record fetched from the
+    /// producer's API before they are published. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydrate: Option<crate::hydrate::HydrateConfig>,
 }
 
 /// A connector's source, chosen by `type`.

@@ -112,6 +112,11 @@ impl Config {
                     .validate()
                     .map_err(|(k, d)| invalid(&format!("dedupe.{k}"), d))?;
             }
+            if let Some(hydrate) = &connector.hydrate {
+                hydrate
+                    .validate()
+                    .map_err(|(k, d)| invalid(&format!("hydrate.{k}"), d))?;
+            }
             crate::feeds::validate_max_tracked_feeds(connector.max_tracked_feeds)
                 .map_err(|d| invalid("max_tracked_feeds", d))?;
             match &connector.source {

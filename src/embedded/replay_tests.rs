@@ -28,6 +28,7 @@ async fn replay(dir: &std::path::Path, events: usize, timeout: Duration, slots: 
     let log = Log::open(&dir.join("replay.db")).unwrap();
     let batch: Vec<crate::connector::Message> = (1..=events as i64)
         .map(|i| crate::connector::Message {
+            delete: false,
             sequence: i,
             resource_name: "Property".into(),
             record_key: format!("K{i}"),

@@ -111,6 +111,7 @@ impl Source for EmbeddedSource {
                 for e in events {
                     batch.receipts.push(e.position as u64);
                     batch.messages.push(Message {
+                        delete: false,
                         sequence: e.sequence,
                         resource_name: e.resource_name,
                         record_key: e.record_key,

@@ -17,6 +17,7 @@ fn message(sequence: i64, payload_bytes: usize) -> Message {
     );
     let pad = "x".repeat(payload_bytes.saturating_sub(head.len() + 2));
     Message {
+        delete: false,
         sequence,
         resource_name: "Property".into(),
         record_key: format!("k{}", sequence % 7),

@@ -65,6 +65,7 @@ impl Recording {
 
 fn event(sequence: i64, label: Option<&str>) -> Message {
     Message {
+        delete: false,
         sequence,
         resource_name: "Property".into(),
         record_key: format!("k{sequence}"),

@@ -234,6 +234,11 @@ impl WebhookConnector {
                     RejectKind::Conflict => {
                         (StatusCode::CONFLICT, "conflict", "nothing was published")
                     }
+                    RejectKind::Unfetchable => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unfetchable",
+                        "nothing was published",
+                    ),
                     // Found only once the batch was with the broker: say so, never "nothing".
                     RejectKind::RefusedBySink => (
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -329,6 +334,7 @@ fn to_messages(payload: Payload, source_label: Option<Arc<str>>) -> Vec<Message>
         .events
         .into_iter()
         .map(|e| Message {
+            delete: false,
             sequence: e.sequence,
             resource_name: e.resource_name,
             record_key: e.record_key,

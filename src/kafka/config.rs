@@ -61,6 +61,12 @@ pub struct KafkaSinkConfig {
     /// distinct topics derived; a push that would derive another is refused with 400.
     #[serde(default = "default_max_derived_topics")]
     pub max_derived_topics: usize,
+    /// How a deleted record (an events API's deleted resource, a record hydration found gone)
+    /// is written: `tombstone` (key = ResourceRecordKey, no value, the usual headers: compacted
+    /// topics drop the record; the Kafka source reads it back as a delete) or `event` (the
+    /// delete-marked event as the value).
+    #[serde(default)]
+    pub deletes: Deletes,
     /// Create missing topics through the Kafka admin API on first use. Turn off for clusters
     /// that forbid it; a missing topic then fails pushes with 503 after `delivery_timeout_ms`.
     #[serde(default = "default_true")]
@@ -100,6 +106,17 @@ pub enum UnknownResource {
     Reject,
 }
 
+/// How the Kafka sink writes a deleted record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deletes {
+    /// A record with the key and no value.
+    #[default]
+    Tombstone,
+    /// The delete-marked event as the value.
+    Event,
+}
+
 impl Default for KafkaSinkConfig {
     fn default() -> Self {
         KafkaSinkConfig {
@@ -112,6 +129,7 @@ impl Default for KafkaSinkConfig {
             extra_resource_names: Vec::new(),
             max_resource_names: default_max_resource_names(),
             max_derived_topics: default_max_derived_topics(),
+            deletes: Deletes::default(),
             create_topics: true,
             topic_partitions: default_partitions(),
             topic_replication_factor: None,

@@ -12,7 +12,9 @@ mod source;
 mod source_config;
 pub mod topics;
 
-pub use config::{replication, KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS};
+pub use config::{
+    replication, Deletes, KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS,
+};
 pub use dead_letter::{KafkaDeadLetter, KafkaDeadLetterConfig};
 pub use healing::{Healing, Kind};
 pub use record::{parse_record, PoisonRecord, RecordView};

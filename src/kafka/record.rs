@@ -75,7 +75,9 @@ fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, Str
     if record.unreadable_header {
         return Err("a header key is not UTF-8".into());
     }
-    let payload = record.payload.ok_or("record has no value")?;
+    let Some(payload) = record.payload else {
+        return tombstone(record);
+    };
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err("value is not a JSON object".into());
@@ -139,6 +141,42 @@ fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, Str
     ))
 }
 
+/// A record without value: a tombstone the Kafka sink wrote for a deleted record (key =
+/// ResourceRecordKey, headers `EntityEventSequence` and `ResourceName`), read back as the
+/// delete-marked event it stands for. Without those headers it is no EntityEvent.
+fn tombstone(record: &RecordView<'_>) -> Result<Fields, String> {
+    let sequence = record
+        .header("EntityEventSequence")
+        .and_then(|h| h.trim().parse::<i64>().ok())
+        .filter(|s| *s > 0)
+        .ok_or("record has no value (and is no tombstone of the bridge's: no EntityEventSequence header)")?;
+    let resource_name = record
+        .header("ResourceName")
+        .filter(|r| short_name(r) && crate::resources::well_formed(r))
+        .ok_or("record has no value (and is no tombstone of the bridge's: no valid ResourceName header)")?;
+    let record_key = match record.key.map(std::str::from_utf8) {
+        Some(Ok(k)) if short_name(k) => k,
+        _ => return Err("tombstone without a valid record key".into()),
+    };
+    let payload = serde_json::json!({
+        "EntityEventSequence": sequence,
+        "ResourceName": resource_name,
+        "ResourceRecordKey": record_key,
+        crate::poll::events::DELETED_ANNOTATION: true,
+    });
+    let label = record
+        .header("EntityEventSource")
+        .filter(|l| short_name(l))
+        .map(Arc::from);
+    Ok((
+        sequence,
+        resource_name.to_owned(),
+        record_key.to_owned(),
+        label,
+        Bytes::from(payload.to_string()),
+    ))
+}
+
 /// Turns a record into a message, or into a poison record to dead-letter.
 pub fn parse_record(
     record: &RecordView<'_>,
@@ -147,6 +185,7 @@ pub fn parse_record(
 ) -> Result<Message, Box<PoisonRecord>> {
     match parse_fields(record, max_depth) {
         Ok((sequence, resource_name, record_key, source_label, payload)) => Ok(Message {
+            delete: record.payload.is_none(),
             sequence,
             resource_name,
             record_key,
@@ -268,7 +307,32 @@ mod tests {
             assert_eq!(&poison.payload[..], *payload);
         }
         let empty = parse_record(&RecordView::default(), origin(), DEPTH).unwrap_err();
-        assert_eq!(empty.reason, "record has no value");
+        assert!(empty.reason.starts_with("record has no value"), "{empty:?}");
+    }
+
+    #[test]
+    fn the_bridges_tombstones_read_back_as_deletes() {
+        let view = RecordView {
+            key: Some(b"L1"),
+            payload: None,
+            headers: vec![
+                ("EntityEventSequence", b"12"),
+                ("ResourceName", b"Property"),
+            ],
+            unreadable_header: false,
+        };
+        let m = parse_record(&view, origin(), DEPTH).unwrap();
+        assert!(m.delete);
+        assert_eq!((m.sequence, m.record_key.as_str()), (12, "L1"));
+        let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(event["@EntityBridge.Deleted"], true);
+        assert_eq!(event["ResourceName"], "Property");
+        // Someone else's tombstone (no headers) is no EntityEvent.
+        let foreign = RecordView {
+            headers: vec![],
+            ..view
+        };
+        assert!(parse_record(&foreign, origin(), DEPTH).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-use super::config::KafkaSinkConfig;
+use super::config::{Deletes, KafkaSinkConfig};
 use super::delivery::{Batch, SinkContext};
 use super::healing::{Healing, Kind};
 use super::topics::TopicRouter;
@@ -315,8 +315,13 @@ impl KafkaSink {
         for (index, (message, topic)) in batch.iter().zip(topics).enumerate() {
             let record = BaseRecord::with_opaque_to(topic, reports.report(index))
                 .key(message.record_key.as_bytes())
-                .payload(&message.payload[..])
                 .headers(headers(&self.connector, message));
+            let tombstone = message.delete && self.config.deletes == Deletes::Tombstone;
+            let record = if tombstone {
+                record
+            } else {
+                record.payload(&message.payload[..])
+            };
             match producer.send(record) {
                 Ok(()) => {}
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -13,6 +13,7 @@ pub(super) struct PollMetrics {
     events: IntCounterVec,
     checkpoint: IntGaugeVec,
     last_page: IntGaugeVec,
+    hydration: IntCounterVec,
 }
 
 impl PollMetrics {
@@ -37,6 +38,11 @@ impl PollMetrics {
                 "entity_bridge_poll_last_page_timestamp_seconds",
                 "Unix time of the last page a poll source read successfully (empty pages included).",
                 &["connector"],
+            ),
+            hydration: registry.counter(
+                "entity_bridge_hydration_total",
+                "Events without Data whose record [hydrate] fetched, by connector and outcome (fetched: Data filled in; gone: the record is deleted, the event became a delete; failed: not fetched after max_attempts or refused for good: dead-lettered by pull sources, 503 to a webhook push).",
+                &["connector", "outcome"],
             ),
         }
     }
@@ -70,6 +76,15 @@ impl Metrics {
         m.last_page
             .with_label_values(&[connector])
             .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `n` hydration outcomes (`fetched`, `gone`, `failed`).
+    pub fn hydration(&self, connector: &str, outcome: &str, n: u64) {
+        self.0
+            .poll
+            .hydration
+            .with_label_values(&[connector, outcome])
+            .inc_by(n);
     }
 
     /// Sets a poll source's checkpoint.

@@ -38,13 +38,22 @@ pub enum GetError {
     /// 404 or 410: what was asked for does not exist (any more).
     #[error("producer answered HTTP {0}: not found")]
     Gone(u16),
-    /// Any other 4xx (or 3xx, 501): asking again will not help.
-    #[error("producer answered HTTP {0}")]
-    Refused(u16),
+    /// Any other 4xx (or 3xx, 501): asking again will not help. The start of the answer's
+    /// body (at most [`REFUSAL_BODY_BYTES`]) says why, e.g. a RESO 400 "no longer available".
+    #[error("producer answered HTTP {status}")]
+    Refused {
+        /// The status.
+        status: u16,
+        /// The start of the body.
+        body: Bytes,
+    },
     /// The answer was larger than allowed.
     #[error("the answer exceeds {0} bytes")]
     TooLarge(usize),
 }
+
+/// Most bytes of a refusal's body kept (to recognise a "no longer available" answer).
+pub const REFUSAL_BODY_BYTES: usize = 4096;
 
 /// A successful answer's body.
 pub struct Answer {
@@ -192,7 +201,16 @@ impl GetClient {
                 Verdict::Poison if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) => {
                     return Err(GetError::Gone(status.as_u16()))
                 }
-                Verdict::Poison => return Err(GetError::Refused(status.as_u16())),
+                Verdict::Poison => {
+                    let body = read_capped(response, REFUSAL_BODY_BYTES)
+                        .await
+                        .map(|c| c.bytes)
+                        .unwrap_or_default();
+                    return Err(GetError::Refused {
+                        status: status.as_u16(),
+                        body,
+                    });
+                }
             }
         }
     }

@@ -74,8 +74,15 @@ fn allowed(allow: &[String], event_type: Option<&str>) -> bool {
     })
 }
 
-/// One producer event mapped: its sequence, its type and the EntityEvent's bytes.
-type Mapped = (i64, Option<String>, Vec<u8>);
+/// One producer event mapped.
+struct Mapped {
+    sequence: i64,
+    event_type: Option<String>,
+    /// The EntityEvent's bytes.
+    built: Vec<u8>,
+    /// Its resource is `null`: the record is deleted.
+    deleted: bool,
+}
 /// Why an event cannot be mapped, with its sequence when that much was readable.
 type Unmappable = (Option<i64>, String);
 
@@ -133,7 +140,12 @@ fn map_event(event: &RawValue, m: &EventMapping) -> Result<Mapped, Unmappable> {
         out.extend_from_slice(event.get().as_bytes());
     }
     out.push(b'}');
-    Ok((sequence, event_type, out))
+    Ok(Mapped {
+        sequence,
+        event_type,
+        built: out,
+        deleted: data.is_none(),
+    })
 }
 
 /// Parses a page of an events API; events at or below `after` are skipped.
@@ -156,15 +168,18 @@ pub fn parse_events_page(
     let mut page = Page::default();
     for event in events {
         match map_event(event, m) {
-            Ok((sequence, event_type, built)) => {
-                if !allowed(&m.event_types, event_type.as_deref()) {
+            Ok(mapped) => {
+                if !allowed(&m.event_types, mapped.event_type.as_deref()) {
                     page.received += 1;
-                    page.saw(sequence);
+                    page.saw(mapped.sequence);
                     page.skipped += 1;
                     continue;
                 }
-                let invalid_before = page.invalid.len();
-                page.add_event(&built, after, opts, topic);
+                let (invalid_before, published_before) = (page.invalid.len(), page.messages.len());
+                page.add_event(&mapped.built, after, opts, topic);
+                if let Some(published) = page.messages.get_mut(published_before) {
+                    published.delete = mapped.deleted;
+                }
                 // Report the producer's own event, not the mapped one.
                 if let Some(bad) = page.invalid.get_mut(invalid_before) {
                     bad.raw = bytes::Bytes::copy_from_slice(event.get().as_bytes());
@@ -227,6 +242,7 @@ mod tests {
         );
         let deleted: serde_json::Value = serde_json::from_slice(&page.messages[1].payload).unwrap();
         assert_eq!(deleted[DELETED_ANNOTATION], true);
+        assert!(page.messages[1].delete && !page.messages[0].delete);
         assert!(deleted.get("Data").is_none());
         assert_eq!(
             page.messages[1].sequence, 12,

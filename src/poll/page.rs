@@ -87,6 +87,7 @@ impl Page {
                     return;
                 }
                 self.messages.push(Message {
+                    delete: false,
                     sequence: event.sequence,
                     resource_name: event.resource_name,
                     record_key: event.record_key,

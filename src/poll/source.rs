@@ -242,7 +242,7 @@ impl PollSource {
         };
         let answer = match self.p.client.get(&url).await {
             Ok(answer) => answer,
-            Err(GetError::Gone(_) | GetError::Refused(_)) if following => {
+            Err(GetError::Gone(_) | GetError::Refused { .. }) if following => {
                 // An expired paging token: ask again by sequence.
                 tracing::warn!(connector = %self.p.connector, "the producer refused its own next link; paging by sequence instead");
                 self.next_link = None;

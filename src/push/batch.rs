@@ -117,6 +117,7 @@ mod tests {
             "x".repeat(pad)
         );
         Message {
+            delete: false,
             sequence: seq,
             resource_name: "Property".into(),
             record_key: format!("k{seq}"),

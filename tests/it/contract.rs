@@ -23,6 +23,7 @@ use crate::receiver::Receiver;
 fn message(sequence: i64, resource: &str) -> Message {
     let key = format!("C{sequence}");
     Message {
+        delete: false,
         sequence,
         resource_name: resource.into(),
         payload: Bytes::from(format!(

@@ -130,6 +130,7 @@ async fn the_embedded_log_keeps_per_key_order_through_a_retry() {
     let messages: Vec<Message> = interleaved()
         .into_iter()
         .map(|(key, sequence, raw)| Message {
+            delete: false,
             sequence,
             resource_name: "Property".into(),
             record_key: key,

@@ -358,3 +358,200 @@ replay_tokens = [{{ file = {token:?} }}]
     );
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hydration_fills_data_turns_gone_records_into_tombstones_and_dead_letters_failures() {
+    require_kafka();
+    let producer = Producer::start(100, None).await;
+    {
+        let mut events = producer.state.events.lock().unwrap();
+        let thin = |s: i64, key: &str| json!({"EntityEventSequence": s, "ResourceName": "Property", "ResourceRecordKey": key});
+        events.push(thin(1, "K1"));
+        events.push(thin(2, "K2"));
+        events.push(thin(3, "K1"));
+        // A URL a producer names elsewhere is never fetched: the template is used instead.
+        let mut foreign = thin(4, "K'5");
+        foreign["ResourceRecordUrl"] = json!("http://169.254.169.254/latest/meta-data");
+        events.push(foreign);
+        events.push(thin(5, "K9"));
+        events.push(json!({"EntityEventSequence": 6, "ResourceName": "Property",
+            "ResourceRecordKey": "K0", "Data": {"inline": true}}));
+    }
+    {
+        let mut records = producer.state.records.lock().unwrap();
+        records.insert(
+            "Property('K1')".into(),
+            json!({"ListingKey": "K1", "ListPrice": 1}),
+        );
+        records.insert(
+            "Property('K''5')".into(),
+            json!({"ListingKey": "K'5", "ListPrice": 5}),
+        );
+        records.insert("Property('K9')".into(), json!("fail"));
+    }
+    producer
+        .state
+        .record_script
+        .lock()
+        .unwrap()
+        .push_back(Misbehave::Throttle(1));
+    let prefix = unique("it-hydrate");
+    let dlq = unique("it-hydrate-dlq");
+    let bridge = TestBridge::start_connector(&format!(
+        r#"
+[source]
+type = "reso_poll"
+url = "{base}/odata/EntityEvent"
+idle_interval_ms = 60000
+[source.limits]
+requests_per_second = 50
+[source.dead_letter]
+type = "kafka"
+bootstrap_servers = "{kafka}"
+topic = "{dlq}"
+
+[sink]
+{sink}
+
+[retry]
+min_backoff_ms = 20
+max_backoff_ms = 100
+
+[hydrate]
+url_template = "{base}/odata/{{ResourceName}}('{{ResourceRecordKey}}')"
+max_attempts = 3
+[hydrate.limits]
+requests_per_second = 100
+"#,
+        base = producer.base,
+        kafka = kafka(),
+        sink = TestBridge::kafka_sink(&prefix, "").trim_start(),
+    ))
+    .await;
+    let series = "entity_bridge_poll_checkpoint{connector=\"it\"}";
+    wait_metric_at_least(&bridge.admin, series, 6.0, Duration::from_secs(30)).await;
+
+    let topic = format!("{prefix}.Property");
+    let seen = tokio::task::spawn_blocking(move || consume_n(&[&topic], 5))
+        .await
+        .unwrap();
+    let mut by_sequence = BTreeMap::new();
+    for m in &seen {
+        let sequence: i64 = header(m, "EntityEventSequence").unwrap().parse().unwrap();
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let value = m
+            .payload()
+            .map(|p| serde_json::from_slice::<Value>(p).unwrap());
+        by_sequence.insert(sequence, (key, value));
+    }
+    assert_eq!(
+        by_sequence.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 6],
+        "5 failed and was dead-lettered"
+    );
+    assert_eq!(by_sequence[&1].1.as_ref().unwrap()["Data"]["ListPrice"], 1);
+    assert_eq!(by_sequence[&3].1.as_ref().unwrap()["Data"]["ListPrice"], 1);
+    assert_eq!(by_sequence[&4].1.as_ref().unwrap()["Data"]["ListPrice"], 5);
+    assert_eq!(
+        by_sequence[&6].1.as_ref().unwrap()["Data"],
+        json!({"inline": true})
+    );
+    assert_eq!(
+        by_sequence[&2],
+        ("K2".to_owned(), None),
+        "a tombstone for the gone record"
+    );
+
+    let dead = tokio::task::spawn_blocking(move || consume_n(&[&dlq], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&dead[0], "EntityEventSequence").as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        header(&dead[0], "dead_letter_reason").as_deref(),
+        Some("rejected")
+    );
+
+    let asked = producer.state.record_requests.lock().unwrap().clone();
+    assert_eq!(asked[0].1, 429, "{asked:?}");
+    assert_eq!(
+        asked.iter().filter(|(e, _)| e == "Property('K9')").count(),
+        3,
+        "max_attempts: {asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .any(|(e, s)| e == "Property('K''5')" && *s == 200),
+        "{asked:?}"
+    );
+    let metrics = bridge.metrics().await;
+    // Counted per send: the pump sends the events around the failed one again, and they
+    // are hydrated again.
+    for (outcome, at_least) in [("fetched", 3.0), ("gone", 1.0), ("failed", 1.0)] {
+        let series =
+            format!("entity_bridge_hydration_total{{connector=\"it\",outcome=\"{outcome}\"}}");
+        let n = metric(&metrics, &series).unwrap_or(0.0);
+        assert!(n >= at_least, "{outcome}: {n}");
+    }
+    assert_eq!(
+        metric(&metrics, "entity_bridge_producer_requests_total{connector=\"it\",role=\"hydrate\",status=\"429\"}"),
+        Some(1.0)
+    );
+    assert!(bridge.stop().await);
+}
+
+/// Hydration on webhook ingress into the embedded log: thin pushes are stored with their
+/// records, a gone record as a delete-marked event, and a record that cannot be fetched makes
+/// the push a 503 (the producer retries it), with nothing of it stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn hydrated_pushes_into_the_embedded_log_store_records_and_deletes() {
+    let producer = Producer::start(100, None).await;
+    {
+        let mut records = producer.state.records.lock().unwrap();
+        records.insert(
+            "Property('A')".into(),
+            json!({"ListingKey": "A", "ListPrice": 7}),
+        );
+        records.insert("Property('F')".into(), json!("fail"));
+    }
+    let sink = format!(
+        "type = \"embedded\"\n\n[retry]\nmin_backoff_ms = 10\nmax_backoff_ms = 20\n\n\
+         [hydrate]\nurl_template = \"{}/odata/{{ResourceName}}('{{ResourceRecordKey}}')\"\nmax_attempts = 2\n",
+        producer.base
+    );
+    let bridge = TestBridge::start("", &sink).await;
+    let push = |events: &str| format!(r#"{{"value":[{events}]}}"#);
+    let r = bridge
+        .post(&push(
+            r#"{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"A"},
+               {"EntityEventSequence":2,"ResourceName":"Property","ResourceRecordKey":"B"}"#,
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = bridge
+        .post(&push(
+            r#"{"EntityEventSequence":3,"ResourceName":"Property","ResourceRecordKey":"F"}"#,
+        ))
+        .await;
+    assert_eq!(
+        r.status(),
+        503,
+        "a record that cannot be fetched: retry later"
+    );
+    let base = bridge.webhook.trim_end_matches("/webhooks/it");
+    let (status, body) = crate::embedded::get_json(
+        &format!("{base}/EntityEvent?$top=10"),
+        Some(crate::common::TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = body["value"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{body}");
+    assert_eq!(events[0]["Data"]["ListPrice"], 7);
+    assert_eq!(events[1]["@EntityBridge.Deleted"], true);
+    assert!(events[1].get("Data").is_none());
+    assert!(bridge.stop().await);
+}

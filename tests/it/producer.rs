@@ -43,6 +43,13 @@ pub struct ProducerState {
     pub requests: Mutex<Vec<(Instant, String, u16)>>,
     /// When set, requests need a bearer token this peer issued.
     pub oauth: Option<Arc<OAuthPeer>>,
+    /// Records by `Resource('key')`, served at `/odata/Resource('key')`; absent ones are 404,
+    /// and a record whose value is the string `"fail"` always answers 500.
+    pub records: Mutex<std::collections::HashMap<String, Value>>,
+    /// Scripted answers for the next record requests.
+    pub record_script: Mutex<VecDeque<Misbehave>>,
+    /// Every record request: what was asked and its status.
+    pub record_requests: Mutex<Vec<(String, u16)>>,
 }
 
 /// A running producer.
@@ -63,10 +70,14 @@ impl Producer {
             script: Mutex::default(),
             requests: Mutex::default(),
             oauth,
+            records: Mutex::default(),
+            record_script: Mutex::default(),
+            record_requests: Mutex::default(),
         });
         let app = Router::new()
             .route("/odata/EntityEvent", get(reso))
             .route("/events/query", get(events_api))
+            .route("/odata/{entity}", get(record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -235,4 +246,42 @@ fn serde_urlencoded(q: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// `GET /odata/Resource('key')`: one record.
+async fn record(
+    State(state): State<Arc<ProducerState>>,
+    axum::extract::Path(entity): axum::extract::Path<String>,
+) -> Response {
+    let log = |status: u16| {
+        state
+            .record_requests
+            .lock()
+            .unwrap()
+            .push((entity.clone(), status))
+    };
+    let scripted = state.record_script.lock().unwrap().pop_front();
+    if let Some(Misbehave::Throttle(seconds)) = scripted {
+        log(429);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", seconds.to_string())],
+        )
+            .into_response();
+    }
+    let found = state.records.lock().unwrap().get(&entity).cloned();
+    match found {
+        Some(Value::String(s)) if s == "fail" => {
+            log(500);
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Some(record) => {
+            log(200);
+            axum::Json(record).into_response()
+        }
+        None => {
+            log(404);
+            StatusCode::NOT_FOUND.into_response()
+        }
+    }
 }

@@ -347,6 +347,7 @@ async fn a_source_that_fails_for_good_is_rebuilt_and_nothing_is_lost() {
     use entity_bridge::connector::{Message, SourceError};
     let messages: Vec<Message> = (1..=30)
         .map(|s| Message {
+            delete: false,
             sequence: s,
             resource_name: "Property".into(),
             record_key: format!("k{}", s % 3),

@@ -355,6 +355,7 @@ pub fn messages(batches: &[Vec<Event>]) -> Vec<Vec<Message>> {
             b.iter()
                 .enumerate()
                 .map(|(n, e)| Message {
+                    delete: false,
                     sequence: (i * 1_000_000 + n + 1) as i64,
                     resource_name: e.resource.to_owned(),
                     record_key: e.key.clone(),

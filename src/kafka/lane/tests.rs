@@ -223,6 +223,7 @@ fn origin(offset: i64) -> Origin {
 fn event(offset: i64, bad: &[i64]) -> Item {
     let sequence = offset + 1;
     Item::Event(Message {
+        delete: false,
         sequence,
         resource_name: if bad.contains(&sequence) {
             "Bad"

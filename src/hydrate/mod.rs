@@ -1,0 +1,358 @@
+//! Record hydration: a sink layer that fetches the record of every event arriving without
+//! `Data` (RCP-28: consumers "pick up the corresponding records from provider APIs") and puts
+//! it into `Data` before the event is published, for any source and any sink.
+//!
+//! - **Where from**: the event's `ResourceRecordUrl` when it is on an allowed origin (never
+//!   anywhere a producer names: the bridge's token would travel there), else the configured
+//!   URL template. Through the shared producer client: auth, rate and concurrency limits,
+//!   `Retry-After`, gzip, capped answers.
+//! - **Order**: a batch's records are fetched concurrently (each distinct URL once) and the
+//!   batch is published in its own order, so per-key order holds; batches are not overlapped.
+//! - **Gone records** (404 / 410, a configured RESO 400 "no longer available") become deletes:
+//!   `"@EntityBridge.Deleted": true`, no `Data`, and [`Message::delete`] so that the Kafka sink
+//!   writes a tombstone.
+//! - **Failures** are retried `max_attempts` times with the connector's backoff; then the event
+//!   is refused: a pull source dead-letters it alone, a webhook push is answered 503 (the
+//!   producer retries it later). A record that can never be used (another 4xx, not JSON, too
+//!   large or deep, no allowed URL) is refused at once.
+
+mod config;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{origin_of, HydrateConfig, HydrateLimitsConfig};
+
+use crate::connector::{BatchHint, Message, RejectKind, SendReport, Sink, SinkError};
+use crate::metrics::Metrics;
+use crate::outbound::LimitsConfig;
+use crate::poll::client::{GetClient, GetClientBuildError, GetClientConfig, GetError};
+use crate::poll::events::DELETED_ANNOTATION;
+use crate::retry::{pause, wait_after, RetryConfig};
+
+/// What an event needs, read from its bytes.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "Data", default, deserialize_with = "present")]
+    data: bool,
+    #[serde(rename = "ResourceRecordUrl", default)]
+    url: Option<String>,
+    #[serde(rename = "@EntityBridge.Deleted", default)]
+    deleted: Option<bool>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// What fetching one record came to.
+#[derive(Debug, Clone)]
+enum Fetched {
+    /// The record's JSON.
+    Record(Bytes),
+    /// The record is gone.
+    Gone,
+    /// It cannot be had now; `lasting`: asking again cannot help.
+    Failed { reason: String, lasting: bool },
+}
+
+/// The hydration layer around a connector's sink.
+pub struct Hydrate {
+    inner: Arc<dyn Sink>,
+    connector: String,
+    client: GetClient,
+    config: HydrateConfig,
+    origins: Vec<String>,
+    retry: RetryConfig,
+    stop: CancellationToken,
+    metrics: Metrics,
+    /// Whether a record that keeps failing is refused (pull sources dead-letter it) or the
+    /// send answered unavailable (webhook pushes: 503, the producer retries).
+    refuse_failures: bool,
+}
+
+impl Hydrate {
+    /// Wraps `inner`. `refuse_failures`: see the module header.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        connector: &str,
+        config: &HydrateConfig,
+        inner: Arc<dyn Sink>,
+        retry: RetryConfig,
+        stop: CancellationToken,
+        refuse_failures: bool,
+        metrics: Metrics,
+    ) -> Result<Hydrate, GetClientBuildError> {
+        let client = GetClient::build(
+            GetClientConfig {
+                connector,
+                role: "hydrate",
+                auth: config.auth.as_ref(),
+                limits: LimitsConfig {
+                    requests_per_second: Some(config.limits.requests_per_second),
+                    events_per_second: None,
+                    max_concurrent_requests: config.limits.max_concurrent_requests,
+                },
+                max_retry_after: Duration::from_secs(config.limits.max_retry_after_seconds),
+                timeout: Duration::from_millis(config.request_timeout_ms),
+                max_body_bytes: config.max_record_bytes,
+            },
+            metrics.clone(),
+        )?;
+        Ok(Hydrate {
+            inner,
+            connector: connector.to_owned(),
+            client,
+            origins: config.allowed_origins(),
+            config: config.clone(),
+            retry,
+            stop,
+            metrics,
+            refuse_failures,
+        })
+    }
+
+    /// The URL of `m`'s record: its `ResourceRecordUrl` on an allowed origin, else the template.
+    fn url_of(&self, m: &Message, record_url: Option<&str>) -> Option<String> {
+        if let Some(url) = record_url {
+            if origin_of(url).is_some_and(|o| self.origins.contains(&o)) {
+                return Some(url.to_owned());
+            }
+        }
+        let template = self.config.url_template.as_ref()?;
+        let key: String =
+            form_urlencoded::byte_serialize(m.record_key.replace('\'', "''").as_bytes())
+                .collect::<String>()
+                .replace('+', "%20");
+        Some(
+            template
+                .replace("{ResourceName}", &m.resource_name)
+                .replace("{ResourceRecordKey}", &key),
+        )
+    }
+
+    /// Fetches one record, retrying what may pass.
+    async fn fetch(&self, url: &str) -> Fetched {
+        let mut backoff = self.retry.backoff();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (reason, after) = match self.client.get(url).await {
+                Ok(answer) => return self.check(answer.body),
+                Err(GetError::Gone(s)) if self.config.gone_statuses.contains(&s) => {
+                    return Fetched::Gone
+                }
+                Err(GetError::Refused { status, body }) if self.gone(status, &body) => {
+                    return Fetched::Gone
+                }
+                Err(e @ (GetError::Gone(_) | GetError::Refused { .. } | GetError::TooLarge(_))) => {
+                    return Fetched::Failed {
+                        reason: format!("record: {e}"),
+                        lasting: true,
+                    }
+                }
+                Err(GetError::Throttled { pause, .. }) => {
+                    (format!("record: throttled for {pause:?}"), Some(pause))
+                }
+                Err(e @ GetError::Retry(_)) => (format!("record: {e}"), None),
+            };
+            if attempt >= self.config.max_attempts {
+                return Fetched::Failed {
+                    reason: format!("{reason} (after {attempt} attempts)"),
+                    lasting: false,
+                };
+            }
+            if !pause(wait_after(&mut backoff, after), &self.stop).await {
+                return Fetched::Failed {
+                    reason: format!("{reason} (shutting down)"),
+                    lasting: false,
+                };
+            }
+        }
+    }
+
+    fn gone(&self, status: u16, body: &[u8]) -> bool {
+        if self.config.gone_statuses.contains(&status) {
+            return true;
+        }
+        status == 400
+            && self
+                .config
+                .gone_400_contains
+                .as_deref()
+                .is_some_and(|needle| {
+                    let body = String::from_utf8_lossy(body).to_lowercase();
+                    body.contains(&needle.to_lowercase())
+                })
+    }
+
+    /// A fetched body usable as `Data`: one JSON object, not too deep.
+    fn check(&self, body: Bytes) -> Fetched {
+        let lasting = |reason: &str| Fetched::Failed {
+            reason: format!("record: {reason}"),
+            lasting: true,
+        };
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return lasting("the answer is not a JSON object");
+        }
+        // The record sits one level inside the event.
+        if crate::event::deeper_than(&body, self.config.max_json_depth.saturating_sub(1)) {
+            return lasting("the record nests deeper than max_json_depth");
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return lasting("the answer is not valid JSON");
+        }
+        Fetched::Record(body)
+    }
+
+    /// The batch with records filled in, or why it cannot be published.
+    async fn hydrate(&self, batch: &[Message]) -> Result<Option<Vec<Message>>, SinkError> {
+        let mut wanted: Vec<(usize, String)> = Vec::new();
+        for (index, m) in batch.iter().enumerate() {
+            let Ok(probe) = serde_json::from_slice::<Probe>(&m.payload) else {
+                continue;
+            };
+            if probe.data || m.delete || probe.deleted == Some(true) {
+                continue;
+            }
+            let Some(url) = self.url_of(m, probe.url.as_deref()) else {
+                self.metrics.hydration(&self.connector, "failed", 1);
+                return Err(SinkError::Rejected {
+                    index,
+                    field: Some("ResourceRecordUrl"),
+                    detail: "has no Data, and its ResourceRecordUrl is missing or on an origin \
+                             the connector does not fetch from (record_url_origins)"
+                        .into(),
+                    kind: RejectKind::Unfetchable,
+                });
+            };
+            wanted.push((index, url));
+        }
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        let mut urls: Vec<String> = wanted.iter().map(|(_, u)| u.clone()).collect();
+        urls.sort_unstable();
+        urls.dedup();
+        let concurrency = self.config.limits.max_concurrent_requests;
+        let fetches = urls.into_iter().map(|url| async move {
+            let fetched = self.fetch(&url).await;
+            (url, fetched)
+        });
+        let fetched: HashMap<String, Fetched> = futures::stream::iter(fetches)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut out = batch.to_vec();
+        for (index, url) in &wanted {
+            let m = &mut out[*index];
+            match &fetched[url.as_str()] {
+                Fetched::Record(record) => {
+                    m.payload = with_member(&m.payload, "Data", record);
+                    self.metrics.hydration(&self.connector, "fetched", 1);
+                }
+                Fetched::Gone => {
+                    m.payload = with_member(&m.payload, DELETED_ANNOTATION, b"true");
+                    m.delete = true;
+                    self.metrics.hydration(&self.connector, "gone", 1);
+                }
+                Fetched::Failed { reason, lasting } => {
+                    self.metrics.hydration(&self.connector, "failed", 1);
+                    tracing::warn!(connector = %self.connector, sequence = m.sequence, %reason, "record could not be fetched");
+                    if *lasting || self.refuse_failures {
+                        return Err(SinkError::Rejected {
+                            index: *index,
+                            field: None,
+                            detail: reason.clone(),
+                            kind: RejectKind::Unfetchable,
+                        });
+                    }
+                    return Err(SinkError::Unavailable {
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// `event` (a JSON object's bytes) with `"name": value` added as its last member.
+fn with_member(event: &[u8], name: &str, value: &[u8]) -> Bytes {
+    let body = event.trim_ascii_end();
+    let body = body.strip_suffix(b"}").unwrap_or(body);
+    let empty = body.trim_ascii_end().ends_with(b"{");
+    let mut out = Vec::with_capacity(body.len() + name.len() + value.len() + 8);
+    out.extend_from_slice(body);
+    if !empty {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+#[async_trait]
+impl Sink for Hydrate {
+    async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
+        match self.hydrate(batch).await? {
+            Some(filled) => self.inner.send(&filled).await,
+            None => self.inner.send(batch).await,
+        }
+    }
+
+    async fn send_report(&self, batch: &[Message]) -> Result<SendReport, SinkError> {
+        match self.hydrate(batch).await? {
+            Some(filled) => self.inner.send_report(&filled).await,
+            None => self.inner.send_report(batch).await,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), SinkError> {
+        self.inner.ready().await
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.inner.flush(timeout).await
+    }
+
+    fn batch_hint(&self) -> BatchHint {
+        self.inner.batch_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_appended_byte_for_byte() {
+        let event =
+            br#"{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"a"}  "#;
+        let out = with_member(event, "Data", br#"{"ListPrice": 1.50}"#);
+        assert_eq!(
+            &out[..],
+            br#"{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"a","Data":{"ListPrice": 1.50}}"#
+        );
+        assert_eq!(&with_member(b"{ }", "x", b"1")[..], b"{ \"x\":1}");
+    }
+
+    #[test]
+    fn the_probe_sees_data_even_when_null() {
+        let p: Probe = serde_json::from_slice(br#"{"Data":null,"ResourceRecordUrl":"u"}"#).unwrap();
+        assert!(p.data);
+        let p: Probe = serde_json::from_slice(br#"{"EntityEventSequence":1}"#).unwrap();
+        assert!(!p.data && p.url.is_none());
+    }
+}
