@@ -11,6 +11,8 @@ use bytes::Bytes;
 use entity_bridge::embedded::odata::{parse_query, MAX_FILTER_DEPTH, MAX_FILTER_TERMS};
 use entity_bridge::event::{parse_payload, ParseOptions};
 use entity_bridge::outbound::answer::parse_retry_after;
+use entity_bridge::poll::events::parse_events_page;
+use entity_bridge::poll::{parse_reso_page, EventMapping, Page};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
@@ -213,8 +215,52 @@ fn event() -> impl Strategy<Value = GeneratedEvent> {
         })
 }
 
+/// What any page a poll source reads must satisfy: every event accounted for once, only
+/// events after the checkpoint published, each as one JSON object whose fields match.
+fn check_page(page: Result<Page, entity_bridge::poll::PageError>, after: i64) {
+    let Ok(page) = page else { return };
+    assert_eq!(
+        page.received,
+        page.messages.len() + page.invalid.len() + page.skipped,
+        "{page:?}"
+    );
+    for m in &page.messages {
+        assert!(m.sequence > after);
+        let event: Value = serde_json::from_slice(&m.payload).expect("a published event is JSON");
+        assert_eq!(event["EntityEventSequence"].as_i64(), Some(m.sequence));
+        assert_eq!(
+            event["ResourceName"].as_str(),
+            Some(m.resource_name.as_str())
+        );
+    }
+    if let Some(last) = page.last_sequence {
+        assert!(page.messages.iter().all(|m| m.sequence <= last));
+    }
+}
+
+fn poll_topic() -> std::sync::Arc<str> {
+    std::sync::Arc::from("https://x.example/EntityEvent")
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn poll_pages_mutated_never_panic(seed in 0usize..64, edits in edits(), after in 0i64..10, max_depth in 1usize..20) {
+        let opts = ParseOptions { max_depth, ..ParseOptions::default() };
+        let seeds = corpus("poll-page");
+        let body = mutate(&seeds[seed % seeds.len()], &edits);
+        check_page(parse_reso_page(&body, after, opts, &poll_topic()), after);
+        let seeds = corpus("events-page");
+        let body = mutate(&seeds[seed % seeds.len()], &edits);
+        check_page(parse_events_page(&body, after, &EventMapping::default(), opts, &poll_topic()), after);
+    }
+
+    #[test]
+    fn poll_pages_arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_page(parse_reso_page(&body, 0, ParseOptions::default(), &poll_topic()), 0);
+        check_page(parse_events_page(&body, 0, &EventMapping::default(), ParseOptions::default(), &poll_topic()), 0);
+    }
 
     #[test]
     fn payload_seeds_mutated_never_panic(seed in 0usize..64, edits in edits(), max_depth in 1usize..80) {

@@ -153,6 +153,14 @@ topic = "{dlq}"
         1,
         "one token for the whole feed"
     );
+    let gzipped = producer
+        .state
+        .gzipped_pages
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        gzipped >= 3,
+        "pages asked for and read gzip-compressed: {gzipped}"
+    );
     let metrics = bridge.metrics().await;
     assert_eq!(
         metric(

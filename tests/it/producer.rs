@@ -50,6 +50,8 @@ pub struct ProducerState {
     pub record_script: Mutex<VecDeque<Misbehave>>,
     /// Every record request: what was asked and its status.
     pub record_requests: Mutex<Vec<(String, u16)>>,
+    /// Pages sent gzip-compressed (the request accepted gzip).
+    pub gzipped_pages: std::sync::atomic::AtomicUsize,
 }
 
 /// A running producer.
@@ -73,6 +75,7 @@ impl Producer {
             records: Mutex::default(),
             record_script: Mutex::default(),
             record_requests: Mutex::default(),
+            gzipped_pages: Default::default(),
         });
         let app = Router::new()
             .route("/odata/EntityEvent", get(reso))
@@ -213,7 +216,27 @@ async fn reso(State(state): State<Arc<ProducerState>>, headers: HeaderMap, q: Pa
         // Relative, as many OData servers write it.
         body["@odata.nextLink"] = json!(format!("EntityEvent?$skiptoken={last}"));
     }
-    axum::Json(body).into_response()
+    let gzip = headers
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    if !gzip {
+        return axum::Json(body).into_response();
+    }
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(body.to_string().as_bytes()).unwrap();
+    state
+        .gzipped_pages
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (
+        [
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        encoder.finish().unwrap(),
+    )
+        .into_response()
 }
 
 async fn events_api(
