@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::outbound::config::check_url;
 use crate::outbound::AuthConfig;
 
 /// Record hydration of a connector: an event without `Data` gets its record fetched from the
@@ -20,6 +21,10 @@ pub struct HydrateConfig {
     /// refused. Default: the template's origin.
     #[serde(default)]
     pub record_url_origins: Vec<String>,
+    /// Allow plain `http://` record URLs and `auth.token_url` on hosts other than loopback:
+    /// the token then crosses the network in clear text (a private network only).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// How the bridge authenticates to the producer's API (the same table as `[sink.auth]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
@@ -127,6 +132,7 @@ impl HydrateConfig {
                     "must be an http(s) URL whose only placeholders are {ResourceName} and {ResourceRecordKey}",
                 );
             }
+            check_url("url_template", &probe, self.allow_insecure_http)?;
         }
         for o in &self.record_url_origins {
             if origin_of(o).is_none() {
@@ -135,6 +141,10 @@ impl HydrateConfig {
                     "must be http(s) origins, e.g. \"https://api.example.com\"",
                 );
             }
+            check_url("record_url_origins", o, self.allow_insecure_http)?;
+        }
+        if let Some(AuthConfig::Oauth2 { token_url, .. }) = &self.auth {
+            check_url("auth.token_url", token_url, self.allow_insecure_http)?;
         }
         if self.url_template.is_none() && self.record_url_origins.is_empty() {
             return err(
@@ -144,11 +154,11 @@ impl HydrateConfig {
         }
         let l = &self.limits;
         if !(l.requests_per_second.is_finite()
-            && (1.0 / 86_400.0..=10_000.0).contains(&l.requests_per_second))
+            && (1.0 / 86_400.0..=1_000_000.0).contains(&l.requests_per_second))
         {
             return err(
                 "limits.requests_per_second",
-                "must be between 0.0000116 and 10000",
+                "must be between 0.0000116 and 1000000",
             );
         }
         if !(1..=256).contains(&l.max_concurrent_requests) {

@@ -53,7 +53,8 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Most POSTs per second (spaced evenly, no burst); unset = unlimited.
+    /// Most POSTs per second (spaced evenly to the millisecond: above 1000/s, what one
+    /// millisecond allows may go at once); unset = unlimited.
     #[serde(default)]
     pub requests_per_second: Option<f64>,
     /// Most events per second summed over POSTs (a full batch may go at once); unset = unlimited.
@@ -79,4 +80,45 @@ fn default_grant_type() -> String {
 }
 fn default_max_concurrent_requests() -> usize {
     4
+}
+
+/// Whether `host` (as in a URL, IPv6 in brackets) names this machine: plain HTTP to it never
+/// crosses a network.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let d = host.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+    }
+}
+
+/// Checks an outbound URL. Never echoes it: it may hold credentials.
+pub fn check_url(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), (String, String)> {
+    let u = match reqwest::Url::parse(url) {
+        Ok(u) => u,
+        Err(e) => return Err((key.into(), format!("is not a URL: {e}"))),
+    };
+    let Some(host) = u.host_str() else {
+        return Err((key.into(), "must be an http:// or https:// URL".into()));
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err((
+            key.into(),
+            "must not carry credentials (user:password@); put them in `auth`".into(),
+        ));
+    }
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(host) => Ok(()),
+        "http" => Err((
+            key.into(),
+            "plain http:// sends the bearer token and client secret in clear text: use \
+             https://, or set allow_insecure_http = true for a private network"
+                .into(),
+        )),
+        _ => Err((key.into(), "must be an http:// or https:// URL".into())),
+    }
 }

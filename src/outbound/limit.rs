@@ -35,12 +35,21 @@ fn quota(per_second: f64, burst: NonZeroU32) -> Quota {
         .allow_burst(burst)
 }
 
+/// The request bucket's burst: what the rate allows in one millisecond, at least one. Waiting
+/// callers sleep on the tokio timer, which ticks in milliseconds: with a burst of one, a rate
+/// above a few thousand per second could never be reached (one cell per tick), so cells are
+/// spaced evenly at the timer's resolution instead.
+fn per_millisecond(per_second: f64) -> NonZeroU32 {
+    let cells = (per_second / 1000.0).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+    NonZeroU32::new(cells).unwrap_or(NonZeroU32::MIN)
+}
+
 impl Endpoint {
     /// Limits from config; `max_events` sizes the event bucket so a full batch can pass.
     pub fn new(limits: &LimitsConfig, max_events: usize) -> Self {
         let requests = limits
             .requests_per_second
-            .map(|r| RateLimiter::direct(quota(r, NonZeroU32::MIN)));
+            .map(|r| RateLimiter::direct(quota(r, per_millisecond(r))));
         let events = limits.events_per_second.map(|r| {
             // Just enough burst for one full batch: smooth, and a batch never waits forever.
             let burst = u32::try_from(max_events).unwrap_or(u32::MAX);
@@ -174,6 +183,18 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// Regression: with a burst of one cell, a caller woken by the millisecond timer found one
+    /// cell at most, so `requests_per_second = 10000` gave about 5000 (bench `hydrate`).
+    #[test]
+    fn the_request_bucket_holds_what_one_millisecond_allows() {
+        assert_eq!(per_millisecond(2.0).get(), 1);
+        assert_eq!(per_millisecond(1000.0).get(), 1);
+        assert_eq!(per_millisecond(1001.0).get(), 2);
+        assert_eq!(per_millisecond(10_000.0).get(), 10);
+        assert_eq!(per_millisecond(1e12).get(), 1_000_000_000);
+        assert_eq!(per_millisecond(f64::NAN).get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

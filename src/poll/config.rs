@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::dead_letter::DeadLetterConfig;
+use crate::outbound::config::check_url;
 use crate::outbound::AuthConfig;
 
 /// Polls a producer's event log over HTTP and hands each page to the sink.
@@ -17,6 +18,10 @@ pub struct PollSourceConfig {
     /// (`https://api.example.com/odata/EntityEvent`), for `events_poll` the events query URL
     /// (`https://api.example.com/v1/integration_api/events/query`). `http` or `https`.
     pub url: String,
+    /// Allow plain `http://` for `url` and `auth.token_url` to hosts other than loopback: the
+    /// token then crosses the network in clear text (a private network only).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// How the bridge authenticates (`[source.auth]`: a fixed token or OAuth2 client
     /// credentials). Absent: no `Authorization` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,9 +256,9 @@ impl PollSourceConfig {
     /// Semantic checks; `reso` for `reso_poll`. `Err((key, detail))`.
     pub fn validate(&self, reso: bool) -> Result<(), (String, String)> {
         let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
-        match reqwest::Url::parse(&self.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            _ => return err("url", "must be an http:// or https:// URL"),
+        check_url("url", &self.url, self.allow_insecure_http)?;
+        if let Some(AuthConfig::Oauth2 { token_url, .. }) = &self.auth {
+            check_url("auth.token_url", token_url, self.allow_insecure_http)?;
         }
         if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
             return err("page_size", "must be between 1 and 10000");
@@ -378,6 +383,11 @@ mod tests {
         c.validate(false).unwrap();
         let bad = |toml: &str, reso: bool| parse(toml).unwrap().validate(reso).unwrap_err().0;
         assert_eq!(bad("url = \"ftp://x\"", true), "url");
+        assert_eq!(bad("url = \"http://mls.example/EntityEvent\"", true), "url");
+        parse("url = \"http://mls.example/EntityEvent\"\nallow_insecure_http = true")
+            .unwrap()
+            .validate(true)
+            .unwrap();
         assert_eq!(bad("url = \"https://x\"\npage_size = 0", true), "page_size");
         assert_eq!(
             bad(

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::outbound::config::check_url;
+
 use crate::dead_letter::DeadLetterConfig;
 pub use crate::outbound::{AuthConfig, ClientAuth, LimitsConfig};
 
@@ -143,47 +145,6 @@ fn default_max_retry_after_seconds() -> u64 {
 }
 fn default_max_retry_duration_ms() -> u64 {
     3_600_000
-}
-
-/// Whether `host` (as in a URL, IPv6 in brackets) names this machine: plain HTTP to it never
-/// crosses a network.
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => {
-            let d = host.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-    }
-}
-
-/// Checks an outbound URL. Never echoes it: it may hold credentials.
-fn check_url(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), (String, String)> {
-    let u = match reqwest::Url::parse(url) {
-        Ok(u) => u,
-        Err(e) => return Err((key.into(), format!("is not a URL: {e}"))),
-    };
-    let Some(host) = u.host_str() else {
-        return Err((key.into(), "must be an http:// or https:// URL".into()));
-    };
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err((
-            key.into(),
-            "must not carry credentials (user:password@); put them in `auth`".into(),
-        ));
-    }
-    match u.scheme() {
-        "https" => Ok(()),
-        "http" if allow_insecure_http || is_loopback(host) => Ok(()),
-        "http" => Err((
-            key.into(),
-            "plain http:// sends the bearer token and client secret in clear text: use \
-             https://, or set allow_insecure_http = true for a private network"
-                .into(),
-        )),
-        _ => Err((key.into(), "must be an http:// or https:// URL".into())),
-    }
 }
 
 /// Slowest rate accepted: one per day. Slower rates once overflowed the period and panicked.

@@ -15,6 +15,7 @@ mod child;
 mod dedupe;
 mod egress;
 mod gen;
+mod hydrate;
 mod ingress;
 mod kafka_ceiling;
 mod parse;
@@ -41,6 +42,9 @@ pub enum Scenario {
     EgressKafka,
     /// Bridge RSS while draining a `--backlog`-event egress backlog (must not grow with it).
     EgressBacklog,
+    /// Thin pushes → `[hydrate]` (records from a local server) → embedded log; ceiling: a
+    /// plain HTTP client fetching the same records with the same concurrency.
+    Hydrate,
     /// Every scenario in turn.
     All,
 }
@@ -166,6 +170,7 @@ fn main() {
                 Scenario::EgressKafka => vec![egress::run(&opts).await],
                 Scenario::EgressBacklog => vec![egress::backlog(&opts).await],
                 Scenario::IngressParse => vec![parse::run(&opts)],
+                Scenario::Hydrate => hydrate::run(&opts).await,
                 Scenario::All => unreachable!(),
             }
         });
