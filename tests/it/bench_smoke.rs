@@ -40,6 +40,7 @@ async fn every_benchmark_scenario_runs_on_tiny_sizes() {
         "ingress parse",
         "egress kafka → http",
         "egress backlog 2000 small events",
+        "ingress → hydrate → embedded",
     ] {
         let line = stdout
             .lines()
