@@ -230,7 +230,12 @@ impl PollSource {
             Some(p) => p,
             None => {
                 let latest = self.latest().await?;
+                // Stored at once: a restart before the first event must resume here, not ask
+                // for "latest" again and skip what arrived meanwhile.
+                (self.p.checkpoint.store(latest).await)
+                    .map_err(|e| SourceError::Unavailable(e.to_string()))?;
                 tracing::info!(connector = %self.p.connector, latest, "starting after the producer's newest event");
+                self.p.metrics.poll_checkpoint(&self.p.connector, latest);
                 self.position = Some(latest);
                 latest
             }

@@ -357,7 +357,11 @@ replay_tokens = [{{ file = {token:?} }}]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["EntityEventSequence"].as_i64().unwrap())
+        .map(|e| {
+            e["@EntityBridge.SourceEntityEventSequence"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         sequences,
@@ -561,5 +565,65 @@ async fn hydrated_pushes_into_the_embedded_log_store_records_and_deletes() {
     assert_eq!(events[0]["Data"]["ListPrice"], 7);
     assert_eq!(events[1]["@EntityBridge.Deleted"], true);
     assert!(events[1].get("Data").is_none());
+    assert!(bridge.stop().await);
+}
+
+/// `start = "latest"` asks for the newest event once and delivers only what follows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_started_at_latest_skips_what_the_producer_already_had() {
+    require_kafka();
+    let producer = Producer::start(100, None).await;
+    producer.add_reso(1..=10);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let bridge = TestBridge::start_connector(&format!(
+        r#"
+[source]
+type = "reso_poll"
+url = "{base}/odata/EntityEvent"
+start = "latest"
+idle_interval_ms = 100
+[source.limits]
+requests_per_second = 50
+[source.dead_letter]
+type = "kafka"
+bootstrap_servers = "{kafka}"
+topic = "{dlq}"
+
+[sink]
+type = "embedded"
+replay_tokens = [{{ file = {token:?} }}]
+"#,
+        base = producer.base,
+        kafka = kafka(),
+        dlq = unique("it-poll-latest-dlq"),
+        token = token.display().to_string(),
+    ))
+    .await;
+    let series = "entity_bridge_poll_checkpoint{connector=\"it\"}";
+    wait_metric_at_least(&bridge.admin, series, 10.0, Duration::from_secs(30)).await;
+    producer.add_reso(11..=13);
+    wait_metric_at_least(&bridge.admin, series, 13.0, Duration::from_secs(30)).await;
+    let base = bridge.webhook.trim_end_matches("/webhooks/it");
+    let (status, body) =
+        crate::embedded::get_json(&format!("{base}/EntityEvent?$top=100"), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let sequences: Vec<i64> = body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["@EntityBridge.SourceEntityEventSequence"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sequences, vec![11, 12, 13]);
+    let first = &producer.requests()[0].1;
+    assert!(
+        first.contains("$orderby=EntityEventSequence desc"),
+        "{first}"
+    );
     assert!(bridge.stop().await);
 }
