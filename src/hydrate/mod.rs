@@ -179,18 +179,7 @@ impl Hydrate {
     }
 
     fn gone(&self, status: u16, body: &[u8]) -> bool {
-        if self.config.gone_statuses.contains(&status) {
-            return true;
-        }
-        status == 400
-            && self
-                .config
-                .gone_400_contains
-                .as_deref()
-                .is_some_and(|needle| {
-                    let body = String::from_utf8_lossy(body).to_lowercase();
-                    body.contains(&needle.to_lowercase())
-                })
+        is_gone(&self.config, status, body)
     }
 
     /// A fetched body usable as `Data`: one JSON object, not too deep.
@@ -285,6 +274,19 @@ impl Hydrate {
     }
 }
 
+/// Whether a refusal means the record is gone: a `gone_statuses` status, or a 400 whose body
+/// contains `gone_400_contains` (case-insensitive).
+fn is_gone(config: &HydrateConfig, status: u16, body: &[u8]) -> bool {
+    if config.gone_statuses.contains(&status) {
+        return true;
+    }
+    status == 400
+        && config.gone_400_contains.as_deref().is_some_and(|needle| {
+            let body = String::from_utf8_lossy(body).to_lowercase();
+            body.contains(&needle.to_lowercase())
+        })
+}
+
 /// `event` (a JSON object's bytes) with `"name": value` added as its last member.
 fn with_member(event: &[u8], name: &str, value: &[u8]) -> Bytes {
     let body = event.trim_ascii_end();
@@ -346,6 +348,24 @@ mod tests {
             br#"{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"a","Data":{"ListPrice": 1.50}}"#
         );
         assert_eq!(&with_member(b"{ }", "x", b"1")[..], b"{ \"x\":1}");
+    }
+
+    #[test]
+    fn a_reso_style_400_can_mean_gone() {
+        let mut config: HydrateConfig = toml::from_str(
+            "url_template = \"https://x.example/{ResourceName}('{ResourceRecordKey}')\"",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let reso_400 =
+            br#"{"error":{"code":"400","message":"The record is No Longer Available."}}"#;
+        assert!(is_gone(&config, 404, b""));
+        assert!(is_gone(&config, 410, b""));
+        assert!(!is_gone(&config, 400, reso_400), "only when configured");
+        config.gone_400_contains = Some("no longer available".into());
+        assert!(is_gone(&config, 400, reso_400));
+        assert!(!is_gone(&config, 400, b"{\"error\":\"bad $select\"}"));
+        assert!(!is_gone(&config, 403, reso_400));
     }
 
     #[test]
