@@ -128,10 +128,7 @@ fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, Str
     if !short_name(&record_key) {
         return Err("ResourceRecordKey must be 1 to 255 characters".into());
     }
-    let label = record
-        .header("EntityEventSource")
-        .filter(|l| short_name(l))
-        .map(Arc::from);
+    let label = label_of(record);
     Ok((
         sequence,
         resource_name,
@@ -139,6 +136,14 @@ fn parse_fields(record: &RecordView<'_>, max_depth: usize) -> Result<Fields, Str
         label,
         Bytes::copy_from_slice(payload),
     ))
+}
+
+/// The record's `EntityEventSource` header, when usable.
+fn label_of(record: &RecordView<'_>) -> Option<Arc<str>> {
+    record
+        .header("EntityEventSource")
+        .filter(|l| short_name(l))
+        .map(Arc::from)
 }
 
 /// A record without value: a tombstone the Kafka sink wrote for a deleted record (key =
@@ -164,10 +169,7 @@ fn tombstone(record: &RecordView<'_>) -> Result<Fields, String> {
         "ResourceRecordKey": record_key,
         crate::poll::events::DELETED_ANNOTATION: true,
     });
-    let label = record
-        .header("EntityEventSource")
-        .filter(|l| short_name(l))
-        .map(Arc::from);
+    let label = label_of(record);
     Ok((
         sequence,
         resource_name.to_owned(),
