@@ -12,6 +12,7 @@ mod catalog;
 mod connectors;
 mod feeds;
 mod poll;
+mod tokens;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,7 @@ struct Inner {
     connectors: connectors::ConnectorMetrics,
     feeds: feeds::FeedMetrics,
     poll: poll::PollMetrics,
+    tokens: tokens::TokenMetrics,
 }
 
 /// The embedded log: its size, retention, cursors and the replay resource.
@@ -238,10 +240,12 @@ impl Metrics {
         };
         let feeds = feeds::FeedMetrics::register(&registry);
         let poll = poll::PollMetrics::register(&registry);
+        let tokens = tokens::TokenMetrics::register(&registry);
         let inner = Inner {
             connectors,
             feeds,
             poll,
+            tokens,
             push,
             amqp,
             embedded,

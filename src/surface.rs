@@ -47,6 +47,11 @@ pub fn routes() -> Vec<Route> {
         ),
         route(
             Listener::Webhook,
+            Method::POST,
+            &WebhookSourceConfig::default().token_path("{connector}"),
+        ),
+        route(
+            Listener::Webhook,
             Method::GET,
             &EmbeddedSinkConfig::default().replay_path,
         ),

@@ -111,6 +111,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let metrics = Metrics::new();
     let mut sinks = Vec::new();
     let mut routes = Vec::new();
+    let mut token_routes = Vec::new();
     let mut tasks: Vec<(TaskContext, Run)> = Vec::new();
     let mut readiness = Vec::new();
     let mut feed_views = Vec::new();
@@ -189,6 +190,22 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             if wrapped.dedupe {
                 webhook = webhook.reporting_duplicates();
             }
+            if let Some(t) = &w.token_endpoint {
+                let (issuer, endpoint) =
+                    crate::http::token::build_endpoint(name, t, metrics.clone()).map_err(|e| {
+                        AppError::Build {
+                            connector: name.clone(),
+                            source: crate::build::BuildError {
+                                part: "source",
+                                source: Box::new(e),
+                            },
+                        }
+                    })?;
+                webhook = webhook.accepting_issued_tokens(issuer);
+                let token_path = w.token_path(name);
+                tracing::info!(connector = %name, path = %token_path, "token endpoint ready");
+                token_routes.push((token_path, endpoint));
+            }
             let path = w.route_path(name);
             tracing::info!(connector = %name, %path, "webhook connector ready");
             routes.push((path, Arc::new(webhook)));
@@ -229,7 +246,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let webhook_addr = webhook_listener.local_addr().expect("bound address");
     let admin_addr = admin_listener.local_addr().expect("bound address");
 
-    let webhook_app = webhook_router(routes, replay);
+    let webhook_app = webhook_router(routes, token_routes, replay);
     let stop = shutdown.clone();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let limits = config.http.connections.clone();

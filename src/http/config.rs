@@ -18,6 +18,11 @@ pub struct WebhookSourceConfig {
     /// token is generated on first start and kept in `<data_dir>/tokens/<connector>.token`.
     #[serde(default)]
     pub tokens: Vec<SecretRef>,
+    /// An OAuth2 token endpoint (`POST <path>/token`, client credentials) for producers that
+    /// need dynamic tokens; the access tokens it issues are accepted next to `tokens`. With it
+    /// and no `tokens`, no token is generated: the issued tokens are the only way in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<super::TokenEndpointConfig>,
     /// Largest accepted request body, after gzip decompression (413 above; a larger declared
     /// `Content-Length` is refused before the body is read).
     #[serde(default = "default_max_body_bytes")]
@@ -60,6 +65,7 @@ impl Default for WebhookSourceConfig {
         WebhookSourceConfig {
             path: None,
             tokens: Vec::new(),
+            token_endpoint: None,
             max_body_bytes: default_max_body_bytes(),
             max_in_flight_requests: default_max_in_flight_requests(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
@@ -103,9 +109,18 @@ impl WebhookSourceConfig {
             .unwrap_or_else(|| format!("/webhooks/{connector}"))
     }
 
+    /// The token endpoint's path: `<path>/token`.
+    pub fn token_path(&self, connector: &str) -> String {
+        format!("{}/token", self.route_path(connector).trim_end_matches('/'))
+    }
+
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
+        if let Some(t) = &self.token_endpoint {
+            t.validate()
+                .map_err(|(k, d)| (format!("token_endpoint.{k}"), d))?;
+        }
         if let Some(path) = &self.path {
             if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) {
                 return err(

@@ -4,9 +4,12 @@ pub mod admin;
 mod auth;
 mod body;
 mod config;
+pub mod jwt;
 pub mod problem;
 pub mod serve;
 pub mod tls;
+pub mod token;
+mod token_config;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -22,17 +25,32 @@ pub use config::{
     MAX_JSON_DEPTH_RANGE, MAX_TIMEOUT_MS,
 };
 pub use tls::TlsConfig;
+pub use token_config::{TokenClientConfig, TokenEndpointConfig};
 pub use webhook::WebhookConnector;
 
 use problem::Problem;
 
 /// The webhook router: `POST <path>` for every webhook connector (gzip bodies are decoded by the
-/// connector, see [`body`]), plus `extra` routes served on the same listener (the embedded log's
-/// replay resource). Unknown paths and methods get problem bodies too.
-pub fn webhook_router(routes: Vec<(String, Arc<WebhookConnector>)>, extra: Router) -> Router {
+/// connector, see [`body`]), `POST <path>/token` for those with a token endpoint, plus `extra`
+/// routes served on the same listener (the embedded log's replay resource). Unknown paths and
+/// methods get problem bodies too.
+pub fn webhook_router(
+    routes: Vec<(String, Arc<WebhookConnector>)>,
+    tokens: Vec<(String, Arc<token::TokenEndpoint>)>,
+    extra: Router,
+) -> Router {
     let mut router = extra;
     for (path, connector) in routes {
         router = router.route(&path, post(webhook::handle).with_state(connector));
+    }
+    for (path, endpoint) in tokens {
+        router =
+            router.route(
+                &path,
+                post(token::handle).with_state(endpoint).layer(
+                    axum::extract::DefaultBodyLimit::max(token::MAX_TOKEN_REQUEST_BYTES),
+                ),
+            );
     }
     router
         .fallback(|| async {

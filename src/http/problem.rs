@@ -121,10 +121,10 @@ impl IntoResponse for Problem {
             headers.insert(name, value);
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"entity-bridge\""),
-            );
+            // A challenge the caller set (RFC 6750 `invalid_token`) wins over the plain one.
+            headers
+                .entry(header::WWW_AUTHENTICATE)
+                .or_insert(HeaderValue::from_static("Bearer realm=\"entity-bridge\""));
         }
         response
     }

@@ -47,6 +47,8 @@ pub struct WebhookConnector {
     metrics: Metrics,
     /// Whether the answer says how many events were duplicates (`[dedupe]` configured).
     report_duplicates: bool,
+    /// The connector's token endpoint's issuer: its access tokens are accepted too.
+    issuer: Option<Arc<super::jwt::Issuer>>,
 }
 
 impl WebhookConnector {
@@ -93,6 +95,57 @@ impl WebhookConnector {
             unavailable_retry_after: config.unavailable_retry_after_seconds,
             metrics,
             report_duplicates: false,
+            issuer: None,
+        })
+    }
+
+    /// Accepts the access tokens `issuer` issues (the connector's token endpoint).
+    pub fn accepting_issued_tokens(mut self, issuer: Arc<super::jwt::Issuer>) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// The bearer token check: a configured token, or an access token of the connector's token
+    /// endpoint. A refusal says why in `WWW-Authenticate` (RFC 6750 §3): no error code without
+    /// a token, `invalid_token` for a token that is not (or no longer) valid.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let authorization = headers.get(header::AUTHORIZATION);
+        if self.tokens.verify(authorization) {
+            return Ok(());
+        }
+        let presented = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                    .map(|_| v[7..].trim())
+            })
+            .filter(|t| !t.is_empty());
+        let why = match (presented, &self.issuer) {
+            (None, _) => None,
+            (Some(token), Some(issuer)) => match issuer.verify(token) {
+                Ok(_) => return Ok(()),
+                Err(e) => Some(e.to_string()),
+            },
+            (Some(_), None) => Some("the token is not valid".to_owned()),
+        };
+        self.metrics.request_rejected(&self.name, "unauthorized");
+        let challenge = match &why {
+            None => "Bearer realm=\"entity-bridge\"".to_owned(),
+            Some(description) => format!(
+                "Bearer realm=\"entity-bridge\", error=\"invalid_token\", error_description=\"{description}\""
+            ),
+        };
+        let problem = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            why.unwrap_or_else(|| {
+                "a valid `Authorization: Bearer <token>` header is required".to_owned()
+            }),
+        )
+        .close_connection();
+        Err(match header::HeaderValue::from_str(&challenge) {
+            Ok(value) => problem.header(header::WWW_AUTHENTICATE, value),
+            Err(_) => problem,
         })
     }
 
@@ -102,14 +155,7 @@ impl WebhookConnector {
     }
 
     async fn process(&self, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-        if !self.tokens.verify(headers.get(header::AUTHORIZATION)) {
-            self.metrics.request_rejected(&self.name, "unauthorized");
-            return Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "a valid `Authorization: Bearer <token>` header is required",
-            )
-            .close_connection());
-        }
+        self.authorize(&headers)?;
         if !is_json(&headers) {
             self.metrics
                 .request_rejected(&self.name, "unsupported_media_type");

@@ -25,3 +25,4 @@ mod proxy;
 mod receiver;
 mod supervision;
 mod tls;
+mod token;

@@ -94,7 +94,16 @@ fn openapi_is_valid_3_1_and_lists_exactly_the_served_routes() {
             let webhook_listener = !path.starts_with("/metrics")
                 && !path.starts_with("/healthz")
                 && !path.starts_with("/readyz");
-            if webhook_listener && !status.starts_with('2') {
+            // The OAuth2 token endpoint answers errors as RFC 6749 §5.2 JSON, which its
+            // clients (OAuth2 libraries) parse; not problem+json.
+            let oauth = path.ends_with("/token");
+            if oauth && !status.starts_with('2') && status != "413" {
+                assert!(
+                    response.content.contains_key("application/json"),
+                    "{method} {path} {status} is not an RFC 6749 error"
+                );
+            }
+            if webhook_listener && !oauth && !status.starts_with('2') {
                 assert!(
                     response.content.contains_key("application/problem+json"),
                     "{method} {path} {status} is not problem+json"
@@ -155,12 +164,18 @@ async fn surface_routes_are_the_live_routes() {
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("connectors")).unwrap();
-    // Default paths: /webhooks/it and the replay resource at its default path.
+    // Default paths: /webhooks/it, its token endpoint and the replay resource at its default
+    // path.
+    std::fs::write(dir.path().join("key"), "k".repeat(40)).unwrap();
     std::fs::write(
         dir.path().join("connectors/it.toml"),
         format!(
-            "[source]\ntype = \"webhook\"\ntokens = [{{ file = {:?} }}]\n[sink]\ntype = \"embedded\"\n",
-            dir.path().join("token").display().to_string()
+            "[source]\ntype = \"webhook\"\ntokens = [{{ file = {token:?} }}]\n\
+             [source.token_endpoint]\nsigning_key = {{ file = {key:?} }}\n\
+             clients = [{{ client_id = \"c\", client_secret = {{ file = {key:?} }} }}]\n\
+             [sink]\ntype = \"embedded\"\n",
+            token = dir.path().join("token").display().to_string(),
+            key = dir.path().join("key").display().to_string(),
         ),
     )
     .unwrap();
