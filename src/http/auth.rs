@@ -39,25 +39,28 @@ impl TokenSet {
 
     /// `true` when `authorization` is `Bearer <one of the tokens>` (scheme case-insensitive).
     pub fn verify(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(value) = authorization.map(HeaderValue::as_bytes) else {
-            return false;
-        };
-        let Some(token) = value
+        self.position(authorization).is_some()
+    }
+
+    /// Which configured token `authorization` presents (0-based), if any. Every digest is
+    /// compared, whatever matched.
+    pub fn position(&self, authorization: Option<&HeaderValue>) -> Option<usize> {
+        let value = authorization.map(HeaderValue::as_bytes)?;
+        let token = value
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-            .map(|_| value[7..].trim_ascii())
-        else {
-            return false;
-        };
+            .map(|_| value[7..].trim_ascii())?;
         if token.is_empty() {
-            return false;
+            return None;
         }
         let presented = digest(token);
-        let mut matched = subtle::Choice::from(0);
-        for d in &self.digests {
-            matched |= d.ct_eq(&presented);
+        let mut matched = None;
+        for (i, d) in self.digests.iter().enumerate() {
+            if bool::from(d.ct_eq(&presented)) {
+                matched = Some(i);
+            }
         }
-        matched.into()
+        matched
     }
 }
 
@@ -89,6 +92,10 @@ mod tests {
             assert!(!set().verify(Some(&HeaderValue::from_static(h))), "{h}");
         }
         assert!(!set().verify(None));
+        assert_eq!(
+            set().position(Some(&HeaderValue::from_static("Bearer beta"))),
+            Some(1)
+        );
         assert_eq!(format!("{:?}", set()), "TokenSet(2 tokens, masked)");
     }
 }

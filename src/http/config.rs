@@ -23,6 +23,12 @@ pub struct WebhookSourceConfig {
     /// and no `tokens`, no token is generated: the issued tokens are the only way in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_endpoint: Option<super::TokenEndpointConfig>,
+    /// Per-producer quotas (`[source.quotas."<producer>"]`): a producer is a fixed token
+    /// (`token-1`, `token-2`, … in the order of `tokens`) or a token endpoint client
+    /// (`client_id`); `"*"` applies to every producer without its own entry. Over its quota a
+    /// producer gets 429 with a `Retry-After` from its own quota.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub quotas: std::collections::BTreeMap<String, super::quota::QuotaConfig>,
     /// Largest accepted request body, after gzip decompression (413 above; a larger declared
     /// `Content-Length` is refused before the body is read).
     #[serde(default = "default_max_body_bytes")]
@@ -66,6 +72,7 @@ impl Default for WebhookSourceConfig {
             path: None,
             tokens: Vec::new(),
             token_endpoint: None,
+            quotas: Default::default(),
             max_body_bytes: default_max_body_bytes(),
             max_in_flight_requests: default_max_in_flight_requests(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
@@ -109,6 +116,21 @@ impl WebhookSourceConfig {
             .unwrap_or_else(|| format!("/webhooks/{connector}"))
     }
 
+    /// The client ids of the token endpoint, if any.
+    pub fn client_ids(&self) -> Vec<&str> {
+        (self.token_endpoint.iter())
+            .flat_map(|t| t.clients.iter().map(|c| c.client_id.as_str()))
+            .collect()
+    }
+
+    /// Every producer a quota can name: `token-N` per fixed token, then the client ids.
+    pub fn producers(&self) -> Vec<String> {
+        let tokens = (0..self.tokens.len()).map(super::quota::token_producer);
+        tokens
+            .chain(self.client_ids().into_iter().map(str::to_owned))
+            .collect()
+    }
+
     /// The token endpoint's path: `<path>/token`.
     pub fn token_path(&self, connector: &str) -> String {
         format!("{}/token", self.route_path(connector).trim_end_matches('/'))
@@ -121,6 +143,7 @@ impl WebhookSourceConfig {
             t.validate()
                 .map_err(|(k, d)| (format!("token_endpoint.{k}"), d))?;
         }
+        super::quota::validate(&self.quotas, self.tokens.len(), &self.client_ids())?;
         if let Some(path) = &self.path {
             if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) {
                 return err(

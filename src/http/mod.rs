@@ -6,6 +6,7 @@ mod body;
 mod config;
 pub mod jwt;
 pub mod problem;
+pub mod quota;
 pub mod serve;
 pub mod tls;
 pub mod token;

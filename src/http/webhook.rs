@@ -49,6 +49,8 @@ pub struct WebhookConnector {
     report_duplicates: bool,
     /// The connector's token endpoint's issuer: its access tokens are accepted too.
     issuer: Option<Arc<super::jwt::Issuer>>,
+    /// Per-producer quotas.
+    quotas: super::quota::Quotas,
 }
 
 impl WebhookConnector {
@@ -96,6 +98,7 @@ impl WebhookConnector {
             metrics,
             report_duplicates: false,
             issuer: None,
+            quotas: super::quota::Quotas::new(&config.quotas, &config.producers()),
         })
     }
 
@@ -105,13 +108,27 @@ impl WebhookConnector {
         self
     }
 
+    /// A producer over its quota: 429 with the `Retry-After` of its own quota.
+    fn over_quota(&self, producer: &str, over: super::quota::OverQuota) -> Problem {
+        self.metrics.request_rejected(&self.name, "overloaded");
+        self.metrics.quota_refusal(&self.name, producer, over.what);
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "producer `{producer}` is over its {} quota; retry later",
+                over.what
+            ),
+        )
+        .retry_after(over.retry_after_seconds)
+    }
+
     /// The bearer token check: a configured token, or an access token of the connector's token
     /// endpoint. A refusal says why in `WWW-Authenticate` (RFC 6750 §3): no error code without
     /// a token, `invalid_token` for a token that is not (or no longer) valid.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Problem> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
         let authorization = headers.get(header::AUTHORIZATION);
-        if self.tokens.verify(authorization) {
-            return Ok(());
+        if let Some(index) = self.tokens.position(authorization) {
+            return Ok(super::quota::token_producer(index));
         }
         let presented = authorization
             .and_then(|v| v.to_str().ok())
@@ -124,7 +141,7 @@ impl WebhookConnector {
         let why = match (presented, &self.issuer) {
             (None, _) => None,
             (Some(token), Some(issuer)) => match issuer.verify(token) {
-                Ok(_) => return Ok(()),
+                Ok(claims) => return Ok(claims.sub),
                 Err(e) => Some(e.to_string()),
             },
             (Some(_), None) => Some("the token is not valid".to_owned()),
@@ -155,7 +172,9 @@ impl WebhookConnector {
     }
 
     async fn process(&self, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-        self.authorize(&headers)?;
+        let producer = self.authorize(&headers)?;
+        let _producer_slot = (self.quotas.admit(&producer))
+            .map_err(|over| self.over_quota(&producer, over).close_connection())?;
         if !is_json(&headers) {
             self.metrics
                 .request_rejected(&self.name, "unsupported_media_type");
@@ -213,6 +232,8 @@ impl WebhookConnector {
             Problem::new(StatusCode::BAD_REQUEST, e.to_string())
                 .with_errors(e.violations.into_iter().map(Item::from))
         })?;
+        (self.quotas.admit_events(&producer, payload.len()))
+            .map_err(|over| self.over_quota(&producer, over))?;
         let multi_valued = payload.multi_valued;
         let messages = to_messages(payload, source_label);
         count_by_resource(&messages, |resource, n| {

@@ -1,4 +1,5 @@
-//! The token endpoints of webhook connectors: what they answered.
+//! Producers of webhook connectors: what the token endpoints answered, and pushes refused by a
+//! producer's quota.
 
 use prometheus::IntCounterVec;
 
@@ -8,6 +9,7 @@ use super::Metrics;
 /// The families written by token endpoints.
 pub(super) struct TokenMetrics {
     requests: IntCounterVec,
+    quota_refusals: IntCounterVec,
 }
 
 impl TokenMetrics {
@@ -18,11 +20,25 @@ impl TokenMetrics {
                 "Requests to a webhook connector's OAuth2 token endpoint, by connector and outcome (issued, or the RFC 6749 error: invalid_request, invalid_client, unsupported_grant_type, invalid_scope; temporarily_unavailable when rate limited).",
                 &["connector", "outcome"],
             ),
+            quota_refusals: registry.counter(
+                "entity_bridge_producer_quota_refusals_total",
+                "Pushes answered 429 because their producer was over its own quota ([source.quotas]), by connector, producer (token-N or a token endpoint client id: configured names only) and quota (requests, events, in_flight).",
+                &["connector", "producer", "quota"],
+            ),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one push refused by `producer`'s `quota`.
+    pub fn quota_refusal(&self, connector: &str, producer: &str, quota: &str) {
+        self.0
+            .tokens
+            .quota_refusals
+            .with_label_values(&[connector, producer, quota])
+            .inc();
+    }
+
     /// Counts one token request answered with `outcome`.
     pub fn token_request(&self, connector: &str, outcome: &str) {
         self.0

@@ -352,3 +352,109 @@ topic = "{dlq}"
     b.stop().await;
     a.stop().await;
 }
+
+/// A noisy and a quiet producer at once: the noisy one is held to its own quota (429 with its
+/// own `Retry-After`), the quiet one is served throughout; a token endpoint client's event rate.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_producer_quotas_hold_back_the_noisy_producer_only() {
+    let setup = Setup::new(&[]);
+    std::fs::write(setup.path("noisy"), "noisy-producer-token").unwrap();
+    let text = connector(&setup, "").replacen(
+        "[source]\ntype = \"webhook\"\n",
+        &format!(
+            "[source]\ntype = \"webhook\"\ntokens = [{{ file = {:?} }}, {{ file = {:?} }}]\n\
+             [source.quotas.\"token-1\"]\nrequests_per_second = 2\n\
+             [source.quotas.\"*\"]\nrequests_per_second = 1000\n\
+             [source.quotas.vendor]\nevents_per_second = 5\n",
+            setup.path("noisy").display().to_string(),
+            setup.path("token").display().to_string(),
+        ),
+        1,
+    );
+    setup.write_connector("mls", &text);
+    let bridge = setup.start().await;
+    let webhook = format!("{}/webhooks/mls", bridge.base);
+    let noisy = {
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for s in 0..20 {
+                let r = post_with_token(&webhook, "noisy-producer-token", &push(100 + s)).await;
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                answers.push((r.status().as_u16(), retry_after));
+            }
+            answers
+        })
+    };
+    let mut quiet = Vec::new();
+    for s in 0..20 {
+        quiet.push(
+            post_with_token(&webhook, TOKEN, &push(200 + s))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    let noisy = noisy.await.unwrap();
+    assert!(
+        quiet.iter().all(|s| *s == 200),
+        "the quiet producer is served: {quiet:?}"
+    );
+    let refused: Vec<_> = noisy.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(
+        refused.len() >= 15,
+        "the noisy producer is held to 2/s: {noisy:?}"
+    );
+    assert!(
+        refused.iter().all(|(_, r)| r.as_deref() == Some("1")),
+        "{noisy:?}"
+    );
+
+    // The token endpoint's client `vendor`: 5 events per second.
+    let (_, _, body) = form_token(&format!("{webhook}/token")).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let ten: String = (1..=10)
+        .map(|s| {
+            format!(
+                r#"{{"EntityEventSequence":{s},"ResourceName":"Property","ResourceRecordKey":"V"}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let five = |from: i64| {
+        (from..from + 5)
+            .map(|s| format!(r#"{{"EntityEventSequence":{s},"ResourceName":"Property","ResourceRecordKey":"V"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let first = post_with_token(&webhook, &token, &format!(r#"{{"value":[{}]}}"#, five(1))).await;
+    assert_eq!(first.status(), 200);
+    let over = post_with_token(&webhook, &token, &format!(r#"{{"value":[{ten}]}}"#)).await;
+    assert_eq!(over.status(), 429);
+    assert!(over.headers().contains_key("retry-after"));
+    let metrics = reqwest::get(format!("{}/metrics", bridge.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "entity_bridge_producer_quota_refusals_total{connector=\"mls\",producer=\"token-1\",quota=\"requests\"}"
+        )
+        .unwrap_or(0.0)
+            >= 15.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "entity_bridge_producer_quota_refusals_total{connector=\"mls\",producer=\"vendor\",quota=\"events\"}"
+        ),
+        Some(1.0)
+    );
+    bridge.stop().await;
+}
