@@ -190,6 +190,14 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             if wrapped.dedupe {
                 webhook = webhook.reporting_duplicates();
             }
+            if let Some(j) = &w.jwt {
+                let external =
+                    crate::http::jwks::ExternalIssuer::new(j).map_err(|e| AppError::Build {
+                        connector: name.clone(),
+                        source: crate::build::BuildError::source(e),
+                    })?;
+                webhook = webhook.accepting_external_tokens(Arc::new(external));
+            }
             if let Some(t) = &w.token_endpoint {
                 let (issuer, endpoint) =
                     crate::http::token::build_endpoint(name, t, metrics.clone()).map_err(|e| {

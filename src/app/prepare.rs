@@ -14,7 +14,9 @@ pub fn prepare(mut config: Config) -> Result<(Config, Vec<TokenNotice>), Embedde
     let mut notices = Vec::new();
     for (name, connector) in config.connectors.iter_mut() {
         match &mut connector.source {
-            SourceConfig::Webhook(w) if w.tokens.is_empty() && w.token_endpoint.is_none() => {
+            SourceConfig::Webhook(w)
+                if w.tokens.is_empty() && w.token_endpoint.is_none() && w.jwt.is_none() =>
+            {
                 let (reference, notice) = token::ensure_token(&data_dir, name, &w.route_path(name))
                     .map_err(|source| EmbeddedError::Token {
                         connector: name.clone(),

@@ -27,6 +27,10 @@ pub struct WebhookSourceConfig {
     /// (`token-1`, `token-2`, … in the order of `tokens`) or a token endpoint client
     /// (`client_id`); `"*"` applies to every producer without its own entry. Over its quota a
     /// producer gets 429 with a `Retry-After` from its own quota.
+    /// Bearer JWTs of an external identity provider (`[source.jwt]`), checked against its
+    /// JWKS, accepted next to `tokens`. For quotas, all of them together are the producer `jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<super::jwks::ExternalJwtConfig>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub quotas: std::collections::BTreeMap<String, super::quota::QuotaConfig>,
     /// Largest accepted request body, after gzip decompression (413 above; a larger declared
@@ -73,6 +77,7 @@ impl Default for WebhookSourceConfig {
             tokens: Vec::new(),
             token_endpoint: None,
             quotas: Default::default(),
+            jwt: None,
             max_body_bytes: default_max_body_bytes(),
             max_in_flight_requests: default_max_in_flight_requests(),
             max_in_flight_bytes: default_max_in_flight_bytes(),
@@ -126,8 +131,13 @@ impl WebhookSourceConfig {
     /// Every producer a quota can name: `token-N` per fixed token, then the client ids.
     pub fn producers(&self) -> Vec<String> {
         let tokens = (0..self.tokens.len()).map(super::quota::token_producer);
+        let external = self
+            .jwt
+            .as_ref()
+            .map(|_| super::quota::EXTERNAL_PRODUCER.to_owned());
         tokens
             .chain(self.client_ids().into_iter().map(str::to_owned))
+            .chain(external)
             .collect()
     }
 
@@ -143,7 +153,14 @@ impl WebhookSourceConfig {
             t.validate()
                 .map_err(|(k, d)| (format!("token_endpoint.{k}"), d))?;
         }
-        super::quota::validate(&self.quotas, self.tokens.len(), &self.client_ids())?;
+        if let Some(j) = &self.jwt {
+            j.validate().map_err(|(k, d)| (format!("jwt.{k}"), d))?;
+        }
+        let mut named = self.client_ids();
+        if self.jwt.is_some() {
+            named.push(super::quota::EXTERNAL_PRODUCER);
+        }
+        super::quota::validate(&self.quotas, self.tokens.len(), &named)?;
         if let Some(path) = &self.path {
             if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) {
                 return err(

@@ -33,6 +33,9 @@ pub struct QuotaConfig {
     pub max_in_flight_requests: Option<usize>,
 }
 
+/// The producer name of every token of the external issuer (`[source.jwt]`) together.
+pub const EXTERNAL_PRODUCER: &str = "jwt";
+
 /// The producer name of fixed token number `index` (0-based) of `tokens`.
 pub fn token_producer(index: usize) -> String {
     format!("token-{}", index + 1)
@@ -61,7 +64,7 @@ pub fn validate(
         if !known {
             return Err((
                 format!("quotas.\"{name}\""),
-                "names no producer: use \"*\", token-N for the N-th of `tokens`, or a token_endpoint client_id".into(),
+                "names no producer: use \"*\", token-N for the N-th of `tokens`, a token_endpoint client_id, or jwt (the tokens of [source.jwt])".into(),
             ));
         }
         check_rate(

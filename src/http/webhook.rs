@@ -51,6 +51,8 @@ pub struct WebhookConnector {
     issuer: Option<Arc<super::jwt::Issuer>>,
     /// Per-producer quotas.
     quotas: super::quota::Quotas,
+    /// An external identity provider whose tokens are accepted too.
+    external: Option<Arc<super::jwks::ExternalIssuer>>,
 }
 
 impl WebhookConnector {
@@ -99,6 +101,7 @@ impl WebhookConnector {
             report_duplicates: false,
             issuer: None,
             quotas: super::quota::Quotas::new(&config.quotas, &config.producers()),
+            external: None,
         })
     }
 
@@ -106,6 +109,34 @@ impl WebhookConnector {
     pub fn accepting_issued_tokens(mut self, issuer: Arc<super::jwt::Issuer>) -> Self {
         self.issuer = Some(issuer);
         self
+    }
+
+    /// Accepts the tokens of an external identity provider (`[source.jwt]`).
+    pub fn accepting_external_tokens(mut self, issuer: Arc<super::jwks::ExternalIssuer>) -> Self {
+        self.external = Some(issuer);
+        self
+    }
+
+    /// A bearer token that is not a fixed one: an access token of the connector's token endpoint
+    /// or of the external issuer. Its producer, or why it is refused.
+    async fn check_token(&self, token: &str) -> Result<String, super::jwt::InvalidToken> {
+        use super::jwt::InvalidToken;
+        let mut why = InvalidToken::Invalid;
+        if let Some(issuer) = &self.issuer {
+            match issuer.verify(token) {
+                Ok(claims) => return Ok(claims.sub),
+                Err(e) => why = e,
+            }
+        }
+        if let Some(external) = &self.external {
+            match external.verify(token).await {
+                Ok(_) => return Ok(super::quota::EXTERNAL_PRODUCER.to_owned()),
+                // The token endpoint's specific answer wins over "not one of the IdP's".
+                Err(e) if why == InvalidToken::Invalid => why = e,
+                Err(_) => {}
+            }
+        }
+        Err(why)
     }
 
     /// A producer over its quota: 429 with the `Retry-After` of its own quota.
@@ -125,7 +156,7 @@ impl WebhookConnector {
     /// The bearer token check: a configured token, or an access token of the connector's token
     /// endpoint. A refusal says why in `WWW-Authenticate` (RFC 6750 §3): no error code without
     /// a token, `invalid_token` for a token that is not (or no longer) valid.
-    fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
+    async fn authorize(&self, headers: &HeaderMap) -> Result<String, Problem> {
         let authorization = headers.get(header::AUTHORIZATION);
         if let Some(index) = self.tokens.position(authorization) {
             return Ok(super::quota::token_producer(index));
@@ -138,13 +169,12 @@ impl WebhookConnector {
                     .map(|_| v[7..].trim())
             })
             .filter(|t| !t.is_empty());
-        let why = match (presented, &self.issuer) {
-            (None, _) => None,
-            (Some(token), Some(issuer)) => match issuer.verify(token) {
-                Ok(claims) => return Ok(claims.sub),
+        let why = match presented {
+            None => None,
+            Some(token) => match self.check_token(token).await {
+                Ok(producer) => return Ok(producer),
                 Err(e) => Some(e.to_string()),
             },
-            (Some(_), None) => Some("the token is not valid".to_owned()),
         };
         self.metrics.request_rejected(&self.name, "unauthorized");
         let challenge = match &why {
@@ -172,7 +202,7 @@ impl WebhookConnector {
     }
 
     async fn process(&self, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-        let producer = self.authorize(&headers)?;
+        let producer = self.authorize(&headers).await?;
         let _producer_slot = (self.quotas.admit(&producer))
             .map_err(|over| self.over_quota(&producer, over).close_connection())?;
         if !is_json(&headers) {

@@ -15,6 +15,7 @@ mod embedded;
 mod fakes;
 mod fuzz;
 mod hostile;
+mod idp;
 mod kafka_ingress;
 mod openapi;
 mod order;
