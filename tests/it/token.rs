@@ -458,3 +458,73 @@ async fn per_producer_quotas_hold_back_the_noisy_producer_only() {
     );
     bridge.stop().await;
 }
+
+/// The binary with the token endpoint, logging at trace level: the signing key, the client
+/// secret and the issued token appear in no log line, in `/metrics` or in `check`; the token
+/// endpoint's rate limit answers 429 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_secrets_and_tokens_stay_out_of_logs_metrics_and_check() {
+    use crate::egress_process::BridgeProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let connector = r#"[source]
+type = "webhook"
+[source.token_endpoint]
+signing_key = { env = "IT_SIGNING_KEY" }
+requests_per_second = 0.5
+[[source.token_endpoint.clients]]
+client_id = "vendor"
+client_secret = { env = "IT_CLIENT_SECRET" }
+scopes = ["events:write"]
+
+[sink]
+type = "embedded"
+replay = false
+"#;
+    let env = [
+        ("IT_SIGNING_KEY", SIGNING_KEY),
+        ("IT_CLIENT_SECRET", CLIENT_SECRET),
+    ];
+    let bridge = BridgeProcess::spawn(dir.path(), connector, &env);
+    let (webhook, admin) = bridge.addresses().await;
+    let webhook = format!("http://{webhook}/webhooks/egress");
+    let (status, _, body) = form_token(&format!("{webhook}/token")).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post_with_token(&webhook, &token, &push(1)).await.status(),
+        200
+    );
+    let (status, headers, body) = form_token(&format!("{webhook}/token")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("temporarily_unavailable"))
+    );
+    assert!(headers.contains_key("retry-after"));
+
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_entity-bridge"))
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(check.contains("env = \"IT_SIGNING_KEY\""), "{check}");
+    let logs = bridge.output();
+    let signature = token.rsplit('.').next().unwrap();
+    for (what, text) in [("logs", &logs), ("metrics", &metrics), ("check", &check)] {
+        for secret in [SIGNING_KEY, CLIENT_SECRET, &token, signature] {
+            assert!(!text.contains(secret), "{what} show a secret");
+        }
+    }
+    assert!(
+        logs.contains("access token issued"),
+        "the issue itself is logged"
+    );
+}
