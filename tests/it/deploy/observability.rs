@@ -11,7 +11,7 @@ use super::{catalog, check_expr, metric_names, promtool, read, repo, yaml};
 /// The alerts the issue asks for (dead letters, push 5xx / 429, consumer lag, ingress 429 /
 /// 503, not ready; feeds: stalled, regressions, duplicate storms) plus the ones added beside
 /// them.
-const ALERTS: [&str; 18] = [
+const ALERTS: [&str; 19] = [
     "EntityBridgeDown",
     "EntityBridgeSinkNotReady",
     "EntityBridgeConnectorStopped",
@@ -25,6 +25,7 @@ const ALERTS: [&str; 18] = [
     "EntityBridgeConsumerLag",
     "EntityBridgeEmbeddedCursorLag",
     "EntityBridgePollFailing",
+    "EntityBridgeTokenEndpointRefusals",
     "EntityBridgeFeedStalled",
     "EntityBridgeFeedRegressions",
     "EntityBridgeDuplicateStorm",
