@@ -55,6 +55,19 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             &EmbeddedSinkConfig::default().replay_path,
         ),
+        route(
+            Listener::Webhook,
+            Method::GET,
+            &format!(
+                "{}$metadata",
+                crate::embedded::metadata::service_root(&EmbeddedSinkConfig::default().replay_path)
+            ),
+        ),
+        route(
+            Listener::Webhook,
+            Method::GET,
+            &crate::embedded::metadata::service_root(&EmbeddedSinkConfig::default().replay_path),
+        ),
     ];
     routes.extend(
         admin::PATHS

@@ -17,6 +17,7 @@
 
 pub mod config;
 mod cursors;
+pub mod metadata;
 pub mod odata;
 mod render;
 pub mod replay;

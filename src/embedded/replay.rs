@@ -100,6 +100,7 @@ pub async fn replay_router(
     metrics: &Metrics,
 ) -> Result<Router, EmbeddedError> {
     let mut router = Router::new();
+    let mut roots = std::collections::HashSet::new();
     for ReplayLog {
         connector,
         sink,
@@ -126,6 +127,23 @@ pub async fn replay_router(
             })?;
         let path = sink.replay_path.clone();
         tracing::info!(%connector, %path, "replay resource ready");
+        // The OData service root of the log: its metadata and service documents. The first
+        // log of a root serves them (give each log its own root, e.g. `/mls/EntityEvent`).
+        let root = super::metadata::service_root(&path);
+        if roots.insert(root.clone()) {
+            let docs = Arc::new(super::metadata::Documents {
+                tokens: TokenSet::new(&secrets),
+                entity_set: path[root.len()..].to_owned(),
+            });
+            router = router
+                .route(
+                    &format!("{root}$metadata"),
+                    get(super::metadata::metadata).with_state(docs.clone()),
+                )
+                .route(&root, get(super::metadata::service).with_state(docs));
+        } else {
+            tracing::warn!(%connector, %path, %root, "another log already serves this service root's $metadata; give this log its own root (e.g. /<name>/EntityEvent)");
+        }
         let state = Arc::new(Replay {
             connector,
             path: path.clone(),

@@ -4,6 +4,7 @@
 
 mod egress;
 mod full;
+mod metadata;
 mod process;
 mod push;
 mod replay;
