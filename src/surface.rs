@@ -59,6 +59,14 @@ pub fn routes() -> Vec<Route> {
             Listener::Webhook,
             Method::GET,
             &format!(
+                "{}({{EntityEventSequence}})",
+                EmbeddedSinkConfig::default().replay_path
+            ),
+        ),
+        route(
+            Listener::Webhook,
+            Method::GET,
+            &format!(
                 "{}$metadata",
                 crate::embedded::metadata::service_root(&EmbeddedSinkConfig::default().replay_path)
             ),

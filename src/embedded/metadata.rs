@@ -140,6 +140,55 @@ pub struct Documents {
     pub entity_set: String,
 }
 
+/// What a replay request's OData headers ask for: `Ok(true)` for `odata.metadata=none` (no
+/// `@odata.context`), `Ok(false)` for the default `minimal`. Refused: an `OData-MaxVersion`
+/// below 4.0 (400), an `Accept` that allows no JSON or asks for `odata.metadata=full` (406).
+pub fn negotiate(headers: &HeaderMap) -> Result<bool, Problem> {
+    if let Some(max) = headers.get("OData-MaxVersion") {
+        let max = max.to_str().ok().and_then(|v| v.trim().parse::<f64>().ok());
+        if max.is_none_or(|v| v < 4.0) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "`OData-MaxVersion` must allow 4.0: this service speaks OData 4.0",
+            ));
+        }
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(false);
+    };
+    let accept = accept.to_ascii_lowercase();
+    let mut json = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        if !matches!(media, "application/json" | "application/*" | "*/*") {
+            continue;
+        }
+        let metadata = parts.find_map(|p| p.strip_prefix("odata.metadata="));
+        match metadata {
+            Some("none") => json = json.or(Some(true)),
+            Some("minimal") | None => json = json.or(Some(false)),
+            Some(_) => {}
+        }
+    }
+    json.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "`Accept`: this resource answers application/json with odata.metadata=minimal or none",
+        )
+    })
+}
+
+/// A replay answer: JSON with the OData headers of `odata.metadata=minimal` or `none`.
+pub fn odata_json(body: Vec<u8>, no_metadata: bool) -> Response {
+    let content_type = if no_metadata {
+        "application/json; odata.metadata=none"
+    } else {
+        "application/json; odata.metadata=minimal"
+    };
+    odata((StatusCode::OK, body).into_response(), content_type)
+}
+
 fn odata(mut response: Response, content_type: &'static str) -> Response {
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -21,6 +21,7 @@ pub mod metadata;
 pub mod odata;
 mod render;
 pub mod replay;
+mod replay_query;
 pub mod retention;
 pub mod sink;
 pub mod source;

@@ -32,16 +32,53 @@ fn sequence_bounds() {
 fn resource_and_combinations() {
     let q = ok("$filter=EntityEventSequence gt 1101 and ResourceName eq 'Property'");
     assert_eq!(q.after, 1101);
-    assert_eq!(q.resource.as_deref(), Some("Property"));
+    assert_eq!(q.resources, Some(vec!["Property".to_owned()]));
     assert_eq!(
         q.filter.as_deref(),
         Some("EntityEventSequence gt 1101 and ResourceName eq 'Property'")
     );
     let q = ok("$filter=(ResourceName eq 'O''Brien') and (EntityEventSequence ge 1)");
-    assert_eq!(q.resource.as_deref(), Some("O'Brien"));
+    assert_eq!(q.resources, Some(vec!["O'Brien".to_owned()]));
     assert_eq!(q.after, 0);
     let q = ok("$filter=ResourceName eq 'Property' and ResourceName eq 'Media'");
     assert!(q.contradiction);
+}
+
+#[test]
+fn the_options_reso_clients_send() {
+    let q = ok(&filter(
+        "ResourceName in ('Property', 'Member') and ResourceRecordKey eq '235021'",
+    ));
+    assert_eq!(
+        q.resources,
+        Some(vec!["Property".to_owned(), "Member".to_owned()])
+    );
+    assert_eq!(q.record_key.as_deref(), Some("235021"));
+    let q = ok(&filter(
+        "ResourceName in ('Property','Member') and ResourceName eq 'Member'",
+    ));
+    assert_eq!(q.resources, Some(vec!["Member".to_owned()]), "intersected");
+    assert!(ok(&filter("ResourceName in ('A') and ResourceName in ('B')")).contradiction);
+    assert!(
+        ok(&filter(
+            "ResourceRecordKey eq 'a' and ResourceRecordKey eq 'b'"
+        ))
+        .contradiction
+    );
+    let q = ok("$orderby=EntityEventSequence desc&$top=1");
+    assert!(q.descending);
+    let q = ok("$select=EntityEventSequence,ResourceRecordKey");
+    assert_eq!(q.select.as_deref().unwrap().len(), 2);
+    for (raw, option) in [
+        ("$select=ListPrice", "$select"),
+        (&*filter("ResourceRecordKey in ('a')"), "$filter"),
+        (&*filter("ResourceName in 'a'"), "$filter"),
+        (&*filter("ResourceName in ('a'"), "$filter"),
+        (&*filter("ResourceName in ('a' 'b')"), "$filter"),
+        (&*filter("ResourceRecordKey gt 'a'"), "$filter"),
+    ] {
+        assert_eq!(refused(raw).option, option, "{raw}");
+    }
 }
 
 #[test]
@@ -58,10 +95,9 @@ fn paging_options() {
 #[test]
 fn unsupported_options_are_named() {
     for (raw, option) in [
-        ("$select=ResourceName", "$select"),
         ("$expand=Data", "$expand"),
         ("filter=EntityEventSequence gt 1", "filter"),
-        ("$orderby=EntityEventSequence desc", "$orderby"),
+        ("$orderby=EntityEventSequence descending", "$orderby"),
         ("$orderby=ModificationTimestamp", "$orderby"),
         ("$top=-1", "$top"),
         ("$top=ten", "$top"),
@@ -124,7 +160,7 @@ fn unsupported_filters_are_refused() {
         "ResourceName eq Property",
         "EntityEventSequence gt '5'",
         "EntityEventSequence gt 99999999999999999999",
-        "ResourceRecordKey eq '1'",
+        "ListPrice eq 1",
         "EntityEventSequence gt",
         "EntityEventSequence gt 1 and",
         "(EntityEventSequence gt 1",

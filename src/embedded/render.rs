@@ -33,37 +33,54 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 /// Writes `event` as served: the position as `EntityEventSequence`, the producer's values
-/// otherwise untouched, the producer's sequence (and source label) as annotations.
-pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent) {
+/// otherwise untouched, the producer's sequence (and source label) as annotations. With
+/// `select` (`$select`), only those members, without annotations.
+pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent, select: Option<&[String]>) {
     let Ok(Members(members)) = serde_json::from_slice::<Members>(&event.payload) else {
         // Cannot happen for events validated at ingress; serve them as stored.
         out.extend_from_slice(&event.payload);
         return;
     };
     let json = |s: &str| serde_json::to_vec(s).expect("string serializes");
-    out.push(b'{');
-    out.extend_from_slice(&json(SOURCE_SEQUENCE_ANNOTATION));
-    out.extend_from_slice(format!(":{}", event.sequence).as_bytes());
-    if let Some(label) = &event.source_label {
-        out.push(b',');
-        out.extend_from_slice(&json(SOURCE_LABEL_ANNOTATION));
+    let wanted = |key: &str| select.is_none_or(|fields| fields.iter().any(|f| f == key));
+    let mut first = true;
+    let mut member = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(&json(key));
         out.push(b':');
-        out.extend_from_slice(&json(label));
+        out.extend_from_slice(value);
+    };
+    out.push(b'{');
+    if select.is_none() {
+        member(
+            out,
+            SOURCE_SEQUENCE_ANNOTATION,
+            event.sequence.to_string().as_bytes(),
+        );
+        if let Some(label) = &event.source_label {
+            member(out, SOURCE_LABEL_ANNOTATION, &json(label));
+        }
     }
     let mut has_sequence = false;
     for (key, value) in &members {
-        out.push(b',');
-        out.extend_from_slice(&json(key));
-        out.push(b':');
+        if !wanted(key) {
+            continue;
+        }
         if key == "EntityEventSequence" {
             has_sequence = true;
-            out.extend_from_slice(event.position.to_string().as_bytes());
+            member(out, key, event.position.to_string().as_bytes());
         } else {
-            out.extend_from_slice(value.get().as_bytes());
+            member(out, key, value.get().as_bytes());
         }
     }
-    if !has_sequence {
-        out.extend_from_slice(format!(",\"EntityEventSequence\":{}", event.position).as_bytes());
+    if !has_sequence && wanted("EntityEventSequence") {
+        member(
+            out,
+            "EntityEventSequence",
+            event.position.to_string().as_bytes(),
+        );
     }
     out.push(b'}');
 }

@@ -25,17 +25,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rusqlite::types::Value;
-use rusqlite::Connection;
 
 use super::odata::{parse_query, ReplayQuery};
 pub use super::render::render_event;
-use super::store::{Log, StoredEvent, EVENT_COLUMNS};
+use super::replay_query::{query_page, Page, PageLimits};
+use super::store::Log;
 use super::EmbeddedError;
 use super::EmbeddedSinkConfig;
 use crate::http::problem::{Item, Problem};
@@ -66,20 +65,6 @@ struct Replay {
     query_timeout: Duration,
     slots: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
-}
-
-/// How large one page may be.
-#[derive(Debug, Clone, Copy)]
-struct PageLimits {
-    events: u64,
-    bytes: usize,
-}
-
-/// One page of results.
-struct Page {
-    events: Vec<StoredEvent>,
-    more: bool,
-    count: Option<i64>,
 }
 
 /// A log whose replay resource is served: the first connector writing it, its settings and the
@@ -161,7 +146,12 @@ pub async fn replay_router(
             )),
             metrics: metrics.clone(),
         });
-        router = router.route(&path, get(handle).with_state(state));
+        router = router
+            .route(
+                &format!("{path}({{key}}"),
+                get(handle_entity).with_state(state.clone()),
+            )
+            .route(&path, get(handle).with_state(state));
     }
     Ok(router)
 }
@@ -181,40 +171,51 @@ async fn handle(
     response
 }
 
+/// `GET <path>(<key>)`: the path parameter holds the key and the closing parenthesis.
+async fn handle_entity(
+    State(replay): State<Arc<Replay>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let response = match replay.serve_entity(&headers, &key, query.as_deref()).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    };
+    replay
+        .metrics
+        .replay_request(&replay.connector, response.status().as_u16());
+    response
+}
+
+/// A refused query option: 400 naming it.
+fn query_problem(e: super::odata::QueryError) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        format!("unsupported or invalid query option `{}`", e.option),
+    )
+    .with_errors([Item {
+        pointer: None,
+        header: None,
+        detail: e.to_string(),
+    }])
+}
+
 impl Replay {
-    async fn serve(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Response, Problem> {
+    /// The bearer token and the OData request headers; whether the client asked for
+    /// `odata.metadata=none`.
+    fn check(&self, headers: &HeaderMap) -> Result<bool, Problem> {
         if !self.tokens.verify(headers.get(header::AUTHORIZATION)) {
             return Err(Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "a valid `Authorization: Bearer <token>` header is required",
             ));
         }
-        let q = parse_query(query).map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("unsupported or invalid query option `{}`", e.option),
-            )
-            .with_errors([Item {
-                pointer: None,
-                header: None,
-                detail: e.to_string(),
-            }])
-        })?;
-        if q.skip > self.max_skip {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported or invalid query option `$skip`",
-            )
-            .with_errors([Item {
-                pointer: None,
-                header: None,
-                detail: format!(
-                    "`$skip`: at most {} (skipping is a scan); page with @odata.nextLink or \
-                     $filter=EntityEventSequence gt N",
-                    self.max_skip
-                ),
-            }]));
-        }
+        super::metadata::negotiate(headers)
+    }
+
+    /// Reads the page `q` asks for, within the log's limits.
+    async fn fetch(&self, q: &ReplayQuery) -> Result<Page, Problem> {
         // Held until the database work ends, even when the client goes away first.
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Problem::new(
@@ -258,6 +259,28 @@ impl Replay {
             })?;
         self.metrics
             .replay_events(&self.connector, page.events.len() as u64);
+        Ok(page)
+    }
+
+    async fn serve(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Response, Problem> {
+        let no_metadata = self.check(headers)?;
+        let q = parse_query(query).map_err(query_problem)?;
+        if q.skip > self.max_skip {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported or invalid query option `$skip`",
+            )
+            .with_errors([Item {
+                pointer: None,
+                header: None,
+                detail: format!(
+                    "`$skip`: at most {} (skipping is a scan); page with @odata.nextLink or \
+                     $filter=EntityEventSequence gt N",
+                    self.max_skip
+                ),
+            }]));
+        }
+        let page = self.fetch(&q).await?;
         let next = self.next_link(&q, &page);
         let mut body = Vec::with_capacity(
             128 + page
@@ -266,16 +289,19 @@ impl Replay {
                 .map(|e| e.payload.len() + 64)
                 .sum::<usize>(),
         );
-        body.extend_from_slice(b"{\"@odata.context\":\"$metadata#EntityEvent\"");
-        if let Some(count) = page.count {
-            body.extend_from_slice(format!(",\"@odata.count\":{count}").as_bytes());
+        body.push(b'{');
+        if !no_metadata {
+            body.extend_from_slice(b"\"@odata.context\":\"$metadata#EntityEvent\",");
         }
-        body.extend_from_slice(b",\"value\":[");
+        if let Some(count) = page.count {
+            body.extend_from_slice(format!("\"@odata.count\":{count},").as_bytes());
+        }
+        body.extend_from_slice(b"\"value\":[");
         for (i, event) in page.events.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            render_event(&mut body, event);
+            render_event(&mut body, event, q.select.as_deref());
         }
         body.push(b']');
         if let Some(link) = next {
@@ -283,14 +309,60 @@ impl Replay {
             body.extend_from_slice(&serde_json::to_vec(&link).expect("string serializes"));
         }
         body.push(b'}');
-        let mut response = (StatusCode::OK, body).into_response();
-        let h = response.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; odata.metadata=minimal"),
-        );
-        h.insert("OData-Version", HeaderValue::from_static("4.0"));
-        Ok(response)
+        Ok(super::metadata::odata_json(body, no_metadata))
+    }
+
+    /// `GET <path>(<sequence>)`: one event by its key (the log position), `$select` allowed.
+    async fn serve_entity(
+        &self,
+        headers: &HeaderMap,
+        key: &str,
+        query: Option<&str>,
+    ) -> Result<Response, Problem> {
+        let no_metadata = self.check(headers)?;
+        let options = parse_query(query).map_err(query_problem)?;
+        if options.filter.is_some() || options.top.is_some() || options.skip > 0 || options.count {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "only `$select` applies to a single event",
+            ));
+        }
+        let position = key
+            .strip_suffix(')')
+            .and_then(|k| k.parse::<i64>().ok())
+            .filter(|k| *k > 0)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "the key must be an EntityEventSequence, e.g. /EntityEvent(1101)",
+                )
+            })?;
+        let q = ReplayQuery {
+            after: position - 1,
+            until: position,
+            top: Some(1),
+            select: options.select,
+            ..ReplayQuery::default()
+        };
+        let page = self.fetch(&q).await?;
+        let Some(event) = page.events.first() else {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no event {position} in this log (never written, or removed by retention)"),
+            ));
+        };
+        let mut rendered = Vec::with_capacity(event.payload.len() + 128);
+        render_event(&mut rendered, event, q.select.as_deref());
+        let mut body = Vec::with_capacity(rendered.len() + 64);
+        body.push(b'{');
+        if !no_metadata {
+            body.extend_from_slice(b"\"@odata.context\":\"$metadata#EntityEvent/$entity\"");
+            if rendered.len() > 2 {
+                body.push(b',');
+            }
+        }
+        body.extend_from_slice(&rendered[1..]);
+        Ok(super::metadata::odata_json(body, no_metadata))
     }
 
     /// Server-driven paging: the same query continued after the last position of this page.
@@ -316,6 +388,12 @@ impl Replay {
         if let Some(top) = remaining {
             query.append_pair("$top", &top.to_string());
         }
+        if q.descending {
+            query.append_pair("$orderby", "EntityEventSequence desc");
+        }
+        if let Some(select) = &q.select {
+            query.append_pair("$select", &select.join(","));
+        }
         if q.count {
             query.append_pair("$count", "true");
         }
@@ -324,63 +402,6 @@ impl Replay {
         link.push_str(&query.finish().replace("%24", "$"));
         Some(link)
     }
-}
-
-fn query_page(conn: &Connection, q: &ReplayQuery, limits: PageLimits) -> rusqlite::Result<Page> {
-    let mut page = Page {
-        events: Vec::new(),
-        more: false,
-        count: None,
-    };
-    if q.contradiction {
-        page.count = q.count.then_some(0);
-        return Ok(page);
-    }
-    let mut filter = String::from("position > ?1 AND position <= ?2");
-    let mut params = vec![Value::Integer(q.after), Value::Integer(q.until)];
-    if let Some(resource) = &q.resource {
-        filter.push_str(" AND resource_name = ?3");
-        params.push(Value::Text(resource.clone()));
-    }
-    if q.count {
-        let sql = format!("SELECT count(*) FROM events WHERE {filter}");
-        page.count = Some(conn.query_row(&sql, rusqlite::params_from_iter(&params), |r| r.get(0))?);
-    }
-    // The skiptoken continues after a position; `$skip` applied to the first page only.
-    let offset = match q.skiptoken {
-        Some(token) => {
-            params[0] = Value::Integer(q.after.max(token));
-            0
-        }
-        None => q.skip,
-    };
-    let n = params.len();
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE {filter} ORDER BY position LIMIT ?{} OFFSET ?{}",
-        n + 1,
-        n + 2
-    );
-    params.push(Value::Integer(
-        limits.events.saturating_add(1).min(i64::MAX as u64) as i64,
-    ));
-    params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(&params))?;
-    let mut bytes = 0usize;
-    while let Some(row) = rows.next()? {
-        let event = StoredEvent::from_row(row)?;
-        // Full in events, or this one would take the page past its bytes (a page always
-        // holds at least one event, however large).
-        let full = page.events.len() as u64 >= limits.events
-            || (!page.events.is_empty() && bytes + event.payload.len() > limits.bytes);
-        if full {
-            page.more = true;
-            break;
-        }
-        bytes += event.payload.len();
-        page.events.push(event);
-    }
-    Ok(page)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Unit tests of [`super`].
 
 use super::*;
+use crate::embedded::store::StoredEvent;
+use axum::http::HeaderValue;
 
 #[test]
 fn rendering_swaps_the_sequence_and_keeps_everything_else() {
@@ -15,7 +17,7 @@ fn rendering_swaps_the_sequence_and_keeps_everything_else() {
             .to_vec(),
     };
     let mut out = Vec::new();
-    render_event(&mut out, &event);
+    render_event(&mut out, &event, None);
     let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text,

@@ -113,3 +113,138 @@ async fn a_reso_client_finds_the_service_and_metadata_documents() {
         .starts_with("application/json"));
     bridge.stop().await;
 }
+
+/// The query pattern of a RESO replicator: the latest event (`desc`), an initial load following
+/// `@odata.nextLink`, incremental `gt N`, events of a record, key access, `$select`, a count
+/// alone, and the OData headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_query_options_reso_clients_send() {
+    let setup = Setup::new(&[]);
+    setup.write_connector(
+        "mls",
+        &format!(
+            "{}\n[sink]\ntype = \"embedded\"\nreplay_max_page_size = 4\n",
+            setup.webhook_source("")
+        ),
+    );
+    let bridge = setup.start().await;
+    let events: Vec<String> = (1..=10)
+        .map(|s| {
+            let resource = if s % 3 == 0 { "Member" } else { "Property" };
+            format!(
+                r#"{{"EntityEventSequence":{s},"ResourceName":"{resource}","ResourceRecordKey":"K{}","ResourceRecordUrl":"https://x.example/{resource}('K{}')"}}"#,
+                s % 4,
+                s % 4
+            )
+        })
+        .collect();
+    let push = format!(r#"{{"value":[{}]}}"#, events.join(","));
+    assert_eq!(bridge.post("/webhooks/mls", &push).await.status(), 200);
+    let sequences = |page: &serde_json::Value| -> Vec<i64> {
+        page["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["EntityEventSequence"].as_i64().unwrap())
+            .collect()
+    };
+
+    // The newest event.
+    let (status, latest) = bridge
+        .replay("?$orderby=EntityEventSequence%20desc&$top=1")
+        .await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(sequences(&latest), vec![10]);
+    // Newest first, paged.
+    let (events_desc, pages) = replay_all(
+        &format!(
+            "{}/EntityEvent?$orderby=EntityEventSequence%20desc",
+            bridge.base
+        ),
+        TOKEN,
+    )
+    .await;
+    let desc: Vec<i64> = events_desc
+        .iter()
+        .map(|e| e["EntityEventSequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(desc, (1..=10).rev().collect::<Vec<_>>());
+    assert_eq!(pages, 3);
+    // Initial load, then incremental.
+    let (all, _) = replay_all(
+        &format!(
+            "{}/EntityEvent?$filter=EntityEventSequence%20ge%200",
+            bridge.base
+        ),
+        TOKEN,
+    )
+    .await;
+    assert_eq!(all.len(), 10);
+    let (_, newer) = bridge.replay("?$filter=EntityEventSequence%20gt%208").await;
+    assert_eq!(sequences(&newer), vec![9, 10]);
+    // The events of one record, and of a set of resources.
+    let (_, record) = bridge
+        .replay("?$filter=ResourceRecordKey%20eq%20'K1'")
+        .await;
+    assert_eq!(sequences(&record), vec![1, 5, 9]);
+    let (_, members) = bridge
+        .replay("?$filter=ResourceName%20in%20('Member','Office')&$count=true")
+        .await;
+    assert_eq!(sequences(&members), vec![3, 6, 9]);
+    assert_eq!(members["@odata.count"], 3);
+    // A count alone.
+    let (_, count) = bridge.replay("?$top=0&$count=true").await;
+    assert_eq!(count["@odata.count"], 10);
+    assert_eq!(count["value"].as_array().unwrap().len(), 0);
+    // $select.
+    let (_, selected) = bridge
+        .replay("?$select=EntityEventSequence,ResourceRecordKey&$top=1")
+        .await;
+    let first = selected["value"][0].as_object().unwrap();
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        vec!["EntityEventSequence", "ResourceRecordKey"]
+    );
+    // Key access.
+    let (status, one) = get_json(&format!("{}/EntityEvent(7)", bridge.base), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["EntityEventSequence"], 7);
+    assert_eq!(one["@odata.context"], "$metadata#EntityEvent/$entity");
+    let (status, _) = get_json(&format!("{}/EntityEvent(99)", bridge.base), Some(TOKEN)).await;
+    assert_eq!(status, 404);
+    let (status, _) = get_json(&format!("{}/EntityEvent(7)", bridge.base), None).await;
+    assert_eq!(status, 401);
+    // Headers.
+    let none = get(
+        &format!("{}/EntityEvent?$top=1", bridge.base),
+        Some(TOKEN),
+        Some("application/json;odata.metadata=none"),
+    )
+    .await;
+    assert!(none.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("odata.metadata=none"));
+    let none: serde_json::Value = none.json().await.unwrap();
+    assert!(none.get("@odata.context").is_none());
+    let xml_only = get(
+        &format!("{}/EntityEvent", bridge.base),
+        Some(TOKEN),
+        Some("application/xml"),
+    )
+    .await;
+    assert_eq!(xml_only.status(), 406);
+    let old = reqwest::Client::new()
+        .get(format!("{}/EntityEvent", bridge.base))
+        .bearer_auth(TOKEN)
+        .header("OData-MaxVersion", "3.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 400);
+    // Still refused, and named.
+    let (status, refused) = bridge.replay("?$expand=Data").await;
+    assert_eq!(status, 400);
+    assert!(refused.to_string().contains("$expand"), "{refused}");
+    bridge.stop().await;
+}

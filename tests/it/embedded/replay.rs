@@ -144,8 +144,8 @@ async fn replay_all_query(bridge: &Bridge, query: &str) -> Vec<serde_json::Value
 async fn unsupported_queries_are_400_and_auth_is_required() {
     let (setup, bridge, _) = filled().await;
     for (query, option) in [
-        ("$select=ResourceName", "$select"),
-        ("$orderby=EntityEventSequence%20desc", "$orderby"),
+        ("$select=ListPrice", "$select"),
+        ("$orderby=ModificationTimestamp%20desc", "$orderby"),
         (
             "$filter=EntityEventSequence%20gt%201%20or%20ResourceName%20eq%20'x'",
             "$filter",
