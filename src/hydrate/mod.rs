@@ -11,16 +11,20 @@
 //! - **Gone records** (404 / 410, a configured RESO 400 "no longer available") become deletes:
 //!   `"@EntityBridge.Deleted": true`, no `Data`, and [`Message::delete`] so that the Kafka sink
 //!   writes a tombstone.
-//! - **Failures** are retried `max_attempts` times with the connector's backoff; then the event
-//!   is refused: a pull source dead-letters it alone, a webhook push is answered 503 (the
-//!   producer retries it later). A record that can never be used (another 4xx, not JSON, too
+//! - **Failures**: for a pull source a record is fetched `max_attempts` times with the
+//!   connector's backoff; when some records of a batch keep failing while others arrive, those
+//!   events are refused and dead-lettered alone (the records already fetched are reused while
+//!   the pump isolates them); when every record fails, the producer's API is down: the batch is
+//!   retried in place, nothing dead-lettered. A push gets one attempt and a 503 (its producer
+//!   retries). 403 and redirects count as failures that may pass (credentials, API layout). A
+//!   record that can never be used (404/410 not configured as gone, another 4xx, not JSON, too
 //!   large or deep, no allowed URL) is refused at once.
 
 mod config;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,7 +80,13 @@ pub struct Hydrate {
     /// Whether a record that keeps failing is refused (pull sources dead-letter it) or the
     /// send answered unavailable (webhook pushes: 503, the producer retries).
     refuse_failures: bool,
+    /// What the last send with a failed record fetched, and when (see [`ISOLATION_WINDOW`]).
+    recent: Mutex<Option<(Instant, HashMap<String, Fetched>)>>,
 }
+
+/// How long the records of a send with a failed record are reused by the sends that follow
+/// (the pump isolating the failed event re-sends its neighbours at once).
+const ISOLATION_WINDOW: Duration = Duration::from_secs(30);
 
 impl Hydrate {
     /// Wraps `inner`. `refuse_failures`: see the module header.
@@ -116,6 +126,7 @@ impl Hydrate {
             stop,
             metrics,
             refuse_failures,
+            recent: Mutex::new(None),
         })
     }
 
@@ -142,6 +153,13 @@ impl Hydrate {
     async fn fetch(&self, url: &str) -> Fetched {
         let mut backoff = self.retry.backoff();
         let mut attempt = 0;
+        // A push waits for its answer: one attempt, and the producer retries the push after
+        // the 503 (a throttled record API must not hold the push open for minutes).
+        let attempts = if self.refuse_failures {
+            self.config.max_attempts
+        } else {
+            1
+        };
         loop {
             attempt += 1;
             let (reason, after) = match self.client.get(url).await {
@@ -151,6 +169,12 @@ impl Hydrate {
                 }
                 Err(GetError::Refused { status, body }) if self.gone(status, &body) => {
                     return Fetched::Gone
+                }
+                // The bridge's credentials or the API's layout, not the record: pass by.
+                Err(e @ GetError::Refused { status, .. })
+                    if status == 403 || (300..400).contains(&status) =>
+                {
+                    (format!("record: {e}"), None)
                 }
                 Err(e @ (GetError::Gone(_) | GetError::Refused { .. } | GetError::TooLarge(_))) => {
                     return Fetched::Failed {
@@ -163,7 +187,7 @@ impl Hydrate {
                 }
                 Err(e @ GetError::Retry(_)) => (format!("record: {e}"), None),
             };
-            if attempt >= self.config.max_attempts {
+            if attempt >= attempts {
                 return Fetched::Failed {
                     reason: format!("{reason} (after {attempt} attempts)"),
                     lasting: false,
@@ -206,9 +230,13 @@ impl Hydrate {
     async fn hydrate(&self, batch: &[Message]) -> Result<Option<Vec<Message>>, SinkError> {
         let mut wanted: Vec<(usize, String)> = Vec::new();
         for (index, m) in batch.iter().enumerate() {
-            let Ok(probe) = serde_json::from_slice::<Probe>(&m.payload) else {
-                continue;
-            };
+            // An event whose optional fields cannot be read (a ResourceRecordUrl that is no
+            // string) is treated as having none of them: the template decides.
+            let probe = serde_json::from_slice::<Probe>(&m.payload).unwrap_or(Probe {
+                data: false,
+                url: None,
+                deleted: None,
+            });
             if probe.data || m.delete || probe.deleted == Some(true) {
                 continue;
             }
@@ -231,15 +259,55 @@ impl Hydrate {
         let mut urls: Vec<String> = wanted.iter().map(|(_, u)| u.clone()).collect();
         urls.sort_unstable();
         urls.dedup();
+        // What an earlier send of this batch fetched (the pump re-sends the events around a
+        // refused one): reused, so isolating a bad record costs no second round of requests.
+        let mut fetched: HashMap<String, Fetched> = HashMap::new();
+        if let Some((at, recent)) = &*self.recent.lock().expect("recent lock") {
+            if at.elapsed() < ISOLATION_WINDOW {
+                for url in &urls {
+                    if let Some(f) = recent.get(url) {
+                        fetched.insert(url.clone(), f.clone());
+                    }
+                }
+            }
+        }
+        let from_cache = !fetched.is_empty();
         let concurrency = self.config.limits.max_concurrent_requests;
-        let fetches = urls.into_iter().map(|url| async move {
-            let fetched = self.fetch(&url).await;
-            (url, fetched)
-        });
-        let fetched: HashMap<String, Fetched> = futures::stream::iter(fetches)
+        let fetches = (urls.into_iter())
+            .filter(|url| !fetched.contains_key(url))
+            .map(|url| async move {
+                let f = self.fetch(&url).await;
+                (url, f)
+            });
+        let new: Vec<(String, Fetched)> = futures::stream::iter(fetches)
             .buffer_unordered(concurrency)
             .collect()
             .await;
+        fetched.extend(new);
+        let failed = |f: &Fetched| matches!(f, Fetched::Failed { .. });
+        if fetched.values().any(failed) {
+            let outage = !from_cache
+                && fetched
+                    .values()
+                    .all(|f| matches!(f, Fetched::Failed { lasting: false, .. }));
+            if outage {
+                // Every record failed for a while: the producer's API is down, not these
+                // records. Retried in place (pump backoff), nothing dead-lettered.
+                let reason = fetched
+                    .values()
+                    .find_map(|f| match f {
+                        Fetched::Failed { reason, .. } => Some(reason.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                self.metrics
+                    .hydration(&self.connector, "failed", wanted.len() as u64);
+                return Err(SinkError::Unavailable {
+                    reason: format!("the record API fails for every record: {reason}"),
+                });
+            }
+            *self.recent.lock().expect("recent lock") = Some((Instant::now(), fetched.clone()));
+        }
         let mut out = batch.to_vec();
         for (index, url) in &wanted {
             let m = &mut out[*index];

@@ -627,3 +627,94 @@ replay_tokens = [{{ file = {token:?} }}]
     );
     assert!(bridge.stop().await);
 }
+
+/// Regression (review): while the record API failed for every record, a pull source
+/// dead-lettered the whole page event by event. An outage is now retried in place: nothing is
+/// dead-lettered, and the page is delivered whole once the API is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_api_outage_is_retried_not_dead_lettered() {
+    require_kafka();
+    let producer = Producer::start(100, None).await;
+    {
+        let mut events = producer.state.events.lock().unwrap();
+        let mut records = producer.state.records.lock().unwrap();
+        for s in 1..=3 {
+            events.push(json!({"EntityEventSequence": s, "ResourceName": "Property", "ResourceRecordKey": format!("R{s}")}));
+            records.insert(format!("Property('R{s}')"), json!("fail"));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let dlq = unique("it-hydrate-outage-dlq");
+    let bridge = TestBridge::start_connector(&format!(
+        r#"
+[source]
+type = "reso_poll"
+url = "{base}/odata/EntityEvent"
+idle_interval_ms = 100
+[source.limits]
+requests_per_second = 50
+[source.dead_letter]
+type = "kafka"
+bootstrap_servers = "{kafka}"
+topic = "{dlq}"
+
+[sink]
+type = "embedded"
+replay_tokens = [{{ file = {token:?} }}]
+
+[retry]
+min_backoff_ms = 20
+max_backoff_ms = 50
+
+[hydrate]
+url_template = "{base}/odata/{{ResourceName}}('{{ResourceRecordKey}}')"
+max_attempts = 2
+[hydrate.limits]
+requests_per_second = 1000
+"#,
+        base = producer.base,
+        kafka = kafka(),
+        token = token.display().to_string(),
+    ))
+    .await;
+    let failed = "entity_bridge_hydration_total{connector=\"it\",outcome=\"failed\"}";
+    wait_metric_at_least(&bridge.admin, failed, 9.0, Duration::from_secs(30)).await;
+    let checkpoint = "entity_bridge_poll_checkpoint{connector=\"it\"}";
+    assert_eq!(
+        metric(&bridge.metrics().await, checkpoint).unwrap_or(0.0),
+        0.0
+    );
+    {
+        let mut records = producer.state.records.lock().unwrap();
+        for s in 1..=3 {
+            records.insert(
+                format!("Property('R{s}')"),
+                json!({"ListingKey": format!("R{s}")}),
+            );
+        }
+    }
+    wait_metric_at_least(&bridge.admin, checkpoint, 3.0, Duration::from_secs(30)).await;
+    let base = bridge.webhook.trim_end_matches("/webhooks/it");
+    let (_, body) =
+        crate::embedded::get_json(&format!("{base}/EntityEvent?$top=10"), Some(TOKEN)).await;
+    let keys: Vec<&str> = body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Data"]["ListingKey"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["R1", "R2", "R3"],
+        "delivered whole, with records"
+    );
+    let dead = tokio::task::spawn_blocking(move || {
+        consume_until(&[&dlq], Duration::from_secs(2), |s| !s.is_empty())
+    })
+    .await
+    .unwrap();
+    assert!(dead.is_empty(), "nothing dead-lettered during the outage");
+    assert!(bridge.stop().await);
+}
