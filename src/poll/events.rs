@@ -163,8 +163,12 @@ pub fn parse_events_page(
     let root: &RawValue = serde_json::from_slice(body).map_err(|e| broken(e.to_string()))?;
     let events =
         raw_at(root, &m.events).ok_or_else(|| broken(format!("nothing at `{}`", m.events)))?;
-    let events: Vec<&RawValue> = serde_json::from_str(events.get())
-        .map_err(|_| broken(format!("`{}` is not an array", m.events)))?;
+    let super::page::Items(events) = serde_json::from_str(events.get()).map_err(|e| {
+        broken(format!(
+            "`{}` is not an array of at most the page limit: {e}",
+            m.events
+        ))
+    })?;
     let mut page = Page::default();
     for event in events {
         match map_event(event, m) {
@@ -189,6 +193,10 @@ pub fn parse_events_page(
                 page.received += 1;
                 if let Some(s) = sequence {
                     page.saw(s);
+                    if s <= after {
+                        page.skipped += 1;
+                        continue;
+                    }
                 }
                 page.invalid.push(super::page::Invalid {
                     raw: bytes::Bytes::copy_from_slice(event.get().as_bytes()),

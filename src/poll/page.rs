@@ -104,6 +104,11 @@ impl Page {
                 let sequence = sequence_of(raw);
                 if let Some(s) = sequence {
                     self.saw(s);
+                    // Already behind the checkpoint: dead-lettered when it was first read.
+                    if s <= after {
+                        self.skipped += 1;
+                        return;
+                    }
                 }
                 let reason = e
                     .violations
@@ -144,11 +149,46 @@ fn sequence_of(raw: &[u8]) -> Option<i64> {
         .filter(|s| *s > 0)
 }
 
+/// Most events a page may hold, whatever was asked for: a producer that answers with more is
+/// refused before it costs memory (an item costs a slice, an invalid one a copy).
+pub const MAX_PAGE_ITEMS: usize = super::config::MAX_PAGE_SIZE;
+
+/// A page's events as raw values, at most [`MAX_PAGE_ITEMS`] of them (counted while reading).
+pub struct Items<'a>(pub Vec<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Items<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of events")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Items<'a>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    if items.len() == MAX_PAGE_ITEMS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_PAGE_ITEMS} events in one page"
+                        )));
+                    }
+                    items.push(item);
+                }
+                Ok(Items(items))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
 /// An OData collection page.
 #[derive(Deserialize)]
 struct Collection<'a> {
     #[serde(borrow)]
-    value: Option<Vec<&'a RawValue>>,
+    value: Option<Items<'a>>,
     #[serde(rename = "@odata.nextLink", default)]
     next_link: Option<String>,
 }
@@ -164,7 +204,7 @@ pub fn parse_reso_page(
         expected: "an OData collection",
         detail: e.to_string(),
     })?;
-    let Some(events) = collection.value else {
+    let Some(Items(events)) = collection.value else {
         return Err(PageError {
             expected: "an OData collection",
             detail: "it has no `value` array".into(),
@@ -228,6 +268,19 @@ mod tests {
         }
         let page = parse_reso_page(b"{\"value\":[]}", 0, ParseOptions::default(), &topic());
         assert_eq!(page.unwrap().received, 0);
+    }
+
+    /// Regression (review): a page's item count was unbounded (16M tiny items in 32 MiB cost
+    /// gigabytes as invalid events); an invalid event behind the checkpoint was dead-lettered
+    /// again at every poll.
+    #[test]
+    fn pages_are_bounded_and_old_invalid_events_are_skipped() {
+        let huge = format!("{{\"value\":[{}1]}}", "1,".repeat(MAX_PAGE_ITEMS));
+        let e = parse_reso_page(huge.as_bytes(), 0, ParseOptions::default(), &topic()).err();
+        assert!(e.unwrap().detail.contains("more than"));
+        let body = br#"{"value":[{"EntityEventSequence":3,"ResourceName":"Property"}]}"#;
+        let page = parse_reso_page(body, 5, ParseOptions::default(), &topic()).unwrap();
+        assert_eq!((page.invalid.len(), page.skipped), (0, 1));
     }
 
     #[test]

@@ -165,8 +165,13 @@ impl PollSource {
 
     /// Asks for the newest event (`start = "latest"`).
     async fn latest(&self) -> Result<i64, SourceError> {
+        // The endpoint's own and the configured query parameters are kept (an API key, a
+        // tenant), so "latest" is asked of the same event set.
         let mut url = self.p.url.clone();
-        url.set_query(Some("$orderby=EntityEventSequence%20desc&$top=1"));
+        let mut query: Vec<String> = url.query().map(str::to_owned).into_iter().collect();
+        query.extend((self.p.query.iter()).map(|(k, v)| format!("{}={}", encode(k), encode(v))));
+        query.push("$orderby=EntityEventSequence%20desc&$top=1".to_owned());
+        url.set_query(Some(&query.join("&")));
         let answer = self.p.client.get(url.as_str()).await.map_err(unavailable)?;
         let page = parse_reso_page(&answer.body, 0, self.p.parse, &self.topic)
             .map_err(|e| SourceError::Unavailable(e.to_string()))?;
@@ -272,10 +277,10 @@ impl PollSource {
             SourceError::Unavailable(e.to_string())
         })?;
         self.p.health.ok(Part::Source);
-        self.p.metrics.poll_page(&self.p.connector, &page);
-        self.dead_letter_invalid(&page).await?;
         let next_link = page.next_link.as_deref().and_then(|l| self.same_origin(l));
         let last = page.last_sequence.unwrap_or(position).max(position);
+        // Checked before anything is dead-lettered: a page that makes no progress is asked for
+        // again, and must not dead-letter its events again each time.
         if page.received > 0 && last == position && next_link.is_none() {
             return Err(SourceError::Unavailable(format!(
                 "a page of {} events holds nothing after the checkpoint {position}: the producer \
@@ -283,6 +288,8 @@ impl PollSource {
                 page.received
             )));
         }
+        self.p.metrics.poll_page(&self.p.connector, &page);
+        self.dead_letter_invalid(&page).await?;
         let pending = Pending {
             last,
             more: next_link.is_some() || page.received >= self.p.page_size,
