@@ -9,8 +9,9 @@
 //!   timeout and a size cap.
 //! - **Checks**: the header's `alg` must be one of `algorithms` (asymmetric only: `none` and
 //!   the HMAC family are refused by configuration, so a public key can never be used as an HMAC
-//!   secret) and match the key's type; `iss` and `aud` must match, `exp` is required, with
-//!   `max_clock_skew_seconds` of leeway.
+//!   secret) and match the key's type (keys published with `use: enc` are skipped); `iss` and
+//!   `aud` must match, `exp` is required and `nbf` checked, with `max_clock_skew_seconds` of
+//!   leeway.
 
 use std::str::FromStr;
 use std::sync::RwLock;
@@ -162,6 +163,13 @@ fn parse_jwks(body: &[u8]) -> Option<JwkSet> {
         .keys
         .into_iter()
         .filter_map(|k| serde_json::from_value::<Jwk>(k).ok())
+        // Keys published for encryption are not signature keys.
+        .filter(|k| {
+            !matches!(
+                k.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            )
+        })
         .collect();
     Some(JwkSet { keys })
 }
@@ -254,6 +262,7 @@ impl ExternalIssuer {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss"]);
         validation.leeway = self.config.max_clock_skew_seconds;
+        validation.validate_nbf = true;
         #[derive(Deserialize)]
         struct Subject {
             #[serde(default)]

@@ -274,7 +274,7 @@ impl TokenEndpoint {
                 "a parameter appears more than once",
             ));
         }
-        let (id, secret, by_basic) = self.presented(headers, &form)?;
+        let (id, secret, _by_basic) = self.presented(headers, &form)?;
         let grant = form
             .iter()
             .find(|(k, _)| k == "grant_type")
@@ -285,7 +285,8 @@ impl TokenEndpoint {
                 "invalid_client",
                 "unknown client or wrong secret",
             );
-            e.basic_challenge = by_basic;
+            // RFC 7235: every 401 carries a challenge, whichever way the client authenticated.
+            e.basic_challenge = true;
             return Err(e);
         };
         match grant {

@@ -83,6 +83,17 @@ impl TokenEndpointConfig {
                     "must be 1 to 255 printable ASCII characters without `:`".into(),
                 ));
             }
+            let reserved = c.client_id == "*"
+                || c.client_id == super::quota::EXTERNAL_PRODUCER
+                || c.client_id
+                    .strip_prefix("token-")
+                    .is_some_and(|n| n.chars().all(|d| d.is_ascii_digit()));
+            if reserved {
+                return Err((
+                    format!("clients[{i}].client_id"),
+                    "is a reserved producer name (`*`, `jwt`, `token-N` name quotas)".into(),
+                ));
+            }
             if !seen.insert(c.client_id.as_str()) {
                 return Err((format!("clients[{i}].client_id"), "is used twice".into()));
             }
@@ -98,5 +109,27 @@ impl TokenEndpointConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_cannot_take_reserved_producer_names() {
+        for (id, ok) in [
+            ("listhub", true),
+            ("token-1", false),
+            ("jwt", false),
+            ("*", false),
+            ("token-x", true),
+        ] {
+            let config: TokenEndpointConfig = toml::from_str(&format!(
+                "signing_key = {{ env = \"K\" }}\n[[clients]]\nclient_id = \"{id}\"\nclient_secret = {{ env = \"S\" }}\n"
+            ))
+            .unwrap();
+            assert_eq!(config.validate().is_ok(), ok, "{id}");
+        }
     }
 }

@@ -51,6 +51,8 @@ pub struct WebhookConnector {
     issuer: Option<Arc<super::jwt::Issuer>>,
     /// Per-producer quotas.
     quotas: super::quota::Quotas,
+    /// The token endpoint's configured client ids: only their tokens are accepted.
+    clients: std::collections::HashSet<String>,
     /// An external identity provider whose tokens are accepted too.
     external: Option<Arc<super::jwks::ExternalIssuer>>,
 }
@@ -101,6 +103,7 @@ impl WebhookConnector {
             report_duplicates: false,
             issuer: None,
             quotas: super::quota::Quotas::new(&config.quotas, &config.producers()),
+            clients: config.client_ids().into_iter().map(str::to_owned).collect(),
             external: None,
         })
     }
@@ -124,7 +127,10 @@ impl WebhookConnector {
         let mut why = InvalidToken::Invalid;
         if let Some(issuer) = &self.issuer {
             match issuer.verify(token) {
-                Ok(claims) => return Ok(claims.sub),
+                // A client removed from the configuration is cut off at once, not when its
+                // last token expires.
+                Ok(claims) if self.clients.contains(&claims.sub) => return Ok(claims.sub),
+                Ok(_) => why = InvalidToken::Invalid,
                 Err(e) => why = e,
             }
         }

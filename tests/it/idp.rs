@@ -132,6 +132,13 @@ replay = false
     let other_audience = post(&webhook, &token(&first, "another-api", now() + 300), push()).await;
     assert_eq!(other_audience.status(), 401);
     assert!(challenge(&other_audience).contains("invalid_token"));
+    // Not valid yet (`nbf` in the future).
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(first.kid.clone());
+    let early = serde_json::json!({"iss": "https://idp.example.test/", "aud": "bridge-mls",
+        "sub": "listhub", "nbf": now() + 600, "exp": now() + 900});
+    let early = jsonwebtoken::encode(&header, &early, &first.signing).unwrap();
+    assert_eq!(post(&webhook, &early, push()).await.status(), 401);
     let expired = post(&webhook, &token(&first, "bridge-mls", now() - 5), push()).await;
     assert_eq!(expired.status(), 401);
     assert!(

@@ -528,3 +528,29 @@ replay = false
         "the issue itself is logged"
     );
 }
+
+/// Regression (review): the tokens of a client removed from the configuration stayed valid
+/// until they expired. They are refused from the next start on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_client_is_cut_off_at_once() {
+    let setup = Setup::new(&[]);
+    setup.write_connector("mls", &connector(&setup, ""));
+    let bridge = setup.start().await;
+    let webhook = format!("{}/webhooks/mls", bridge.base);
+    let (_, _, body) = form_token(&format!("{webhook}/token")).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post_with_token(&webhook, &token, &push(1)).await.status(),
+        200
+    );
+    bridge.stop().await;
+    setup.write_connector(
+        "mls",
+        &connector(&setup, "").replace("client_id = \"vendor\"", "client_id = \"successor\""),
+    );
+    let bridge = setup.start().await;
+    let webhook = format!("{}/webhooks/mls", bridge.base);
+    let refused = post_with_token(&webhook, &token, &push(2)).await;
+    assert_eq!(refused.status(), 401);
+    bridge.stop().await;
+}
