@@ -14,7 +14,7 @@
 //!   leeway.
 
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -237,8 +237,10 @@ impl ExternalIssuer {
         }
     }
 
-    /// Checks a presented token; its `sub` when valid.
-    pub async fn verify(&self, token: &str) -> Result<String, InvalidToken> {
+    /// Checks a presented token; its `sub` when valid. A known key from a stale set is used at
+    /// once while the set is refreshed in the background (an IdP that is down delays nobody);
+    /// only an unknown `kid` waits for a fetch.
+    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<String, InvalidToken> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken::Invalid)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(InvalidToken::Invalid);
@@ -246,14 +248,16 @@ impl ExternalIssuer {
         let kid = header.kid.ok_or(InvalidToken::Invalid)?;
         let jwk = match self.key(&kid) {
             Some((jwk, true)) => jwk,
-            stale_or_missing => {
+            Some((jwk, false)) => {
+                let me = self.clone();
+                tokio::spawn(async move { me.refresh().await });
+                jwk
+            }
+            None => {
                 self.refresh().await;
-                match self.key(&kid) {
-                    Some((jwk, _)) => jwk,
-                    None => stale_or_missing
-                        .map(|(j, _)| j)
-                        .ok_or(InvalidToken::Invalid)?,
-                }
+                self.key(&kid)
+                    .map(|(j, _)| j)
+                    .ok_or(InvalidToken::Invalid)?
             }
         };
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| InvalidToken::Invalid)?;
