@@ -67,6 +67,22 @@ pub fn routes() -> Vec<Route> {
             Listener::Webhook,
             Method::GET,
             &format!(
+                "{}{{Resource}}('{{key}}')",
+                crate::embedded::metadata::service_root(&EmbeddedSinkConfig::default().replay_path)
+            ),
+        ),
+        route(
+            Listener::Webhook,
+            Method::GET,
+            &format!(
+                "{}{{Resource}}",
+                crate::embedded::metadata::service_root(&EmbeddedSinkConfig::default().replay_path)
+            ),
+        ),
+        route(
+            Listener::Webhook,
+            Method::GET,
+            &format!(
                 "{}$metadata",
                 crate::embedded::metadata::service_root(&EmbeddedSinkConfig::default().replay_path)
             ),

@@ -69,6 +69,10 @@ pub struct EmbeddedSinkConfig {
     /// not producers). The tokens of webhook connectors writing to this log are accepted too.
     #[serde(default)]
     pub replay_tokens: Vec<SecretRef>,
+    /// Keep the latest record (`Data`) of each key of these resources and serve it RESO-style
+    /// next to the replay resource (`[sink.records]`: `GET /Property('235021')`). Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<super::records::RecordsConfig>,
 }
 
 impl Default for EmbeddedSinkConfig {
@@ -88,6 +92,7 @@ impl Default for EmbeddedSinkConfig {
             replay_max_skip: default_replay_max_skip(),
             replay_query_timeout_ms: default_replay_query_timeout_ms(),
             replay_tokens: Vec::new(),
+            records: None,
         }
     }
 }
@@ -190,6 +195,15 @@ impl EmbeddedSinkConfig {
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, d: &str| Err((k.to_owned(), d.to_owned()));
+        if let Some(records) = &self.records {
+            records.validate()?;
+            if !self.replay {
+                return err(
+                    "records",
+                    "serves records next to the replay resource: needs replay = true",
+                );
+            }
+        }
         if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return err("file", "must not be empty");
         }

@@ -45,8 +45,8 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The CSDL XML metadata document.
-pub fn csdl_xml() -> String {
+/// The CSDL XML metadata document; `records`: the served record resources and their keys.
+pub fn csdl_xml(records: &[(String, String)]) -> String {
     let mut x = String::from(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
          <edmx:Edmx xmlns:edmx=\"http://docs.oasis-open.org/odata/ns/edmx\" Version=\"4.0\">\n\
@@ -67,10 +67,24 @@ pub fn csdl_xml() -> String {
         }
         x.push_str("/>\n");
     }
+    x.push_str("</EntityType>\n");
+    for (resource, key) in records {
+        x.push_str(&format!(
+            "<EntityType Name=\"{resource}\" OpenType=\"true\">\n<Key><PropertyRef Name=\"{key}\"/></Key>\n\
+             <Property Name=\"{key}\" Type=\"Edm.String\" Nullable=\"false\"/>\n</EntityType>\n"
+        ));
+    }
     x.push_str(
-        "</EntityType>\n<EntityContainer Name=\"Default\">\n\
-         <EntitySet Name=\"EntityEvent\" EntityType=\"org.reso.metadata.EntityEvent\"/>\n\
-         </EntityContainer>\n</Schema>\n\
+        "<EntityContainer Name=\"Default\">\n\
+         <EntitySet Name=\"EntityEvent\" EntityType=\"org.reso.metadata.EntityEvent\"/>\n",
+    );
+    for (resource, _) in records {
+        x.push_str(&format!(
+            "<EntitySet Name=\"{resource}\" EntityType=\"org.reso.metadata.{resource}\"/>\n"
+        ));
+    }
+    x.push_str(
+        "</EntityContainer>\n</Schema>\n\
          <Schema xmlns=\"http://docs.oasis-open.org/odata/ns/edm\" Namespace=\"EntityBridge\">\n",
     );
     for (name, ty, description) in BRIDGE_TERMS {
@@ -84,7 +98,7 @@ pub fn csdl_xml() -> String {
 }
 
 /// The CSDL JSON metadata document (OData CSDL JSON 4.01, version 4.0 service).
-pub fn csdl_json() -> serde_json::Value {
+pub fn csdl_json(records: &[(String, String)]) -> serde_json::Value {
     let mut event = serde_json::json!({
         "$Kind": "EntityType",
         "$OpenType": true,
@@ -110,7 +124,7 @@ pub fn csdl_json() -> serde_json::Value {
             serde_json::json!({"$Kind": "Term", "$Type": ty, "$Nullable": true, "@Org.OData.Core.V1.Description": description}),
         );
     }
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "$Version": "4.0",
         "$EntityContainer": "org.reso.metadata.Default",
         NAMESPACE: {
@@ -121,7 +135,15 @@ pub fn csdl_json() -> serde_json::Value {
             },
         },
         "EntityBridge": terms,
-    })
+    });
+    for (resource, key) in records {
+        doc[NAMESPACE][resource] = serde_json::json!({
+            "$Kind": "EntityType", "$OpenType": true, "$Key": [key], key: {},
+        });
+        doc[NAMESPACE]["Default"][resource] =
+            serde_json::json!({"$Collection": true, "$Type": format!("{NAMESPACE}.{resource}")});
+    }
+    doc
 }
 
 /// The service root of a replay path: its parent, ending in `/`.
@@ -138,6 +160,8 @@ pub struct Documents {
     pub tokens: TokenSet,
     /// The entity set's URL relative to the root (`EntityEvent`).
     pub entity_set: String,
+    /// The record resources served and their key fields.
+    pub records: Vec<(String, String)>,
 }
 
 /// What a replay request's OData headers ask for: `Ok(true)` for `odata.metadata=none` (no
@@ -238,11 +262,11 @@ pub async fn metadata(
         return refused;
     }
     if wants_json(&headers, query.as_deref()) {
-        let body = serde_json::to_vec(&csdl_json()).expect("metadata serializes");
+        let body = serde_json::to_vec(&csdl_json(&docs.records)).expect("metadata serializes");
         return odata((StatusCode::OK, body).into_response(), "application/json");
     }
     odata(
-        (StatusCode::OK, csdl_xml()).into_response(),
+        (StatusCode::OK, csdl_xml(&docs.records)).into_response(),
         "application/xml",
     )
 }
@@ -252,10 +276,14 @@ pub async fn service(State(docs): State<Arc<Documents>>, headers: HeaderMap) -> 
     if let Some(refused) = refusal(&docs, &headers) {
         return refused;
     }
-    let body = serde_json::json!({
-        "@odata.context": "$metadata",
-        "value": [{"name": "EntityEvent", "kind": "EntitySet", "url": docs.entity_set}],
-    });
+    let mut sets = vec![
+        serde_json::json!({"name": "EntityEvent", "kind": "EntitySet", "url": docs.entity_set}),
+    ];
+    sets.extend(
+        (docs.records.iter())
+            .map(|(r, _)| serde_json::json!({"name": r, "kind": "EntitySet", "url": r})),
+    );
+    let body = serde_json::json!({"@odata.context": "$metadata", "value": sets});
     odata(
         (StatusCode::OK, axum::Json(body)).into_response(),
         "application/json; odata.metadata=minimal",
@@ -274,7 +302,11 @@ mod tests {
 
     #[test]
     fn the_json_document_names_the_key_and_the_terms() {
-        let doc = csdl_json();
+        let doc = csdl_json(&[("Property".into(), "ListingKey".into())]);
+        assert_eq!(
+            doc["org.reso.metadata"]["Property"]["$Key"][0],
+            "ListingKey"
+        );
         assert_eq!(
             doc["org.reso.metadata"]["EntityEvent"]["$Key"][0],
             "EntityEventSequence"
@@ -287,6 +319,6 @@ mod tests {
             doc["EntityBridge"]["SourceEntityEventSequence"]["$Kind"],
             "Term"
         );
-        assert!(csdl_xml().contains("<PropertyRef Name=\"EntityEventSequence\"/>"));
+        assert!(csdl_xml(&[]).contains("<PropertyRef Name=\"EntityEventSequence\"/>"));
     }
 }

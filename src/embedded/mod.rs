@@ -19,6 +19,8 @@ pub mod config;
 mod cursors;
 pub mod metadata;
 pub mod odata;
+pub mod records;
+mod records_http;
 mod render;
 pub mod replay;
 mod replay_query;

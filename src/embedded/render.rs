@@ -34,8 +34,14 @@ impl<'de> Deserialize<'de> for Members {
 
 /// Writes `event` as served: the position as `EntityEventSequence`, the producer's values
 /// otherwise untouched, the producer's sequence (and source label) as annotations. With
-/// `select` (`$select`), only those members, without annotations.
-pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent, select: Option<&[String]>) {
+/// `select` (`$select`), only those members, without annotations. With `record_url` (the log
+/// serves the event's record resource), `ResourceRecordUrl` points there.
+pub fn render_event(
+    out: &mut Vec<u8>,
+    event: &StoredEvent,
+    select: Option<&[String]>,
+    record_url: Option<&str>,
+) {
     let Ok(Members(members)) = serde_json::from_slice::<Members>(&event.payload) else {
         // Cannot happen for events validated at ingress; serve them as stored.
         out.extend_from_slice(&event.payload);
@@ -64,6 +70,7 @@ pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent, select: Option<&[Str
         }
     }
     let mut has_sequence = false;
+    let mut has_url = false;
     for (key, value) in &members {
         if !wanted(key) {
             continue;
@@ -71,6 +78,9 @@ pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent, select: Option<&[Str
         if key == "EntityEventSequence" {
             has_sequence = true;
             member(out, key, event.position.to_string().as_bytes());
+        } else if let (Some(url), "ResourceRecordUrl") = (record_url, key.as_str()) {
+            has_url = true;
+            member(out, key, &json(url));
         } else {
             member(out, key, value.get().as_bytes());
         }
@@ -81,6 +91,9 @@ pub fn render_event(out: &mut Vec<u8>, event: &StoredEvent, select: Option<&[Str
             "EntityEventSequence",
             event.position.to_string().as_bytes(),
         );
+    }
+    if let (false, Some(url), true) = (has_url, record_url, wanted("ResourceRecordUrl")) {
+        member(out, "ResourceRecordUrl", &json(url));
     }
     out.push(b'}');
 }

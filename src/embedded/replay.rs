@@ -56,6 +56,9 @@ pub const SOURCE_LABEL_ANNOTATION: &str = "@EntityBridge.EntityEventSource";
 struct Replay {
     connector: String,
     path: String,
+    /// The resources whose records the log serves, and the service root they are under.
+    records: Vec<String>,
+    root: String,
     /// `http.public_base_url` without its trailing `/`; empty: relative links.
     base: String,
     log: Arc<Log>,
@@ -115,10 +118,33 @@ pub async fn replay_router(
         // The OData service root of the log: its metadata and service documents. The first
         // log of a root serves them (give each log its own root, e.g. `/mls/EntityEvent`).
         let root = super::metadata::service_root(&path);
+        let served = sink
+            .records
+            .as_ref()
+            .map(|r| r.served())
+            .unwrap_or_default();
+        for (resource, key_field) in &served {
+            let records = Arc::new(super::records_http::RecordResource {
+                resource: resource.clone(),
+                key_field: key_field.clone(),
+                log: log.clone(),
+                tokens: TokenSet::new(&secrets),
+            });
+            router = router
+                .route(
+                    &format!("{root}{resource}({{key}}"),
+                    get(super::records_http::one).with_state(records.clone()),
+                )
+                .route(
+                    &format!("{root}{resource}"),
+                    get(super::records_http::many).with_state(records),
+                );
+        }
         if roots.insert(root.clone()) {
             let docs = Arc::new(super::metadata::Documents {
                 tokens: TokenSet::new(&secrets),
                 entity_set: path[root.len()..].to_owned(),
+                records: served.clone(),
             });
             router = router
                 .route(
@@ -132,6 +158,8 @@ pub async fn replay_router(
         let state = Arc::new(Replay {
             connector,
             path: path.clone(),
+            records: served.iter().map(|(r, _)| r.clone()).collect(),
+            root: root.clone(),
             base: base.to_owned(),
             log,
             tokens: TokenSet::new(&secrets),
@@ -301,7 +329,8 @@ impl Replay {
             if i > 0 {
                 body.push(b',');
             }
-            render_event(&mut body, event, q.select.as_deref());
+            let url = self.record_url(event);
+            render_event(&mut body, event, q.select.as_deref(), url.as_deref());
         }
         body.push(b']');
         if let Some(link) = next {
@@ -352,7 +381,8 @@ impl Replay {
             ));
         };
         let mut rendered = Vec::with_capacity(event.payload.len() + 128);
-        render_event(&mut rendered, event, q.select.as_deref());
+        let url = self.record_url(event);
+        render_event(&mut rendered, event, q.select.as_deref(), url.as_deref());
         let mut body = Vec::with_capacity(rendered.len() + 64);
         body.push(b'{');
         if !no_metadata {
@@ -363,6 +393,21 @@ impl Replay {
         }
         body.extend_from_slice(&rendered[1..]);
         Ok(super::metadata::odata_json(body, no_metadata))
+    }
+
+    /// Where the log serves `event`'s record (`[sink.records]`), if it does.
+    fn record_url(&self, event: &super::store::StoredEvent) -> Option<String> {
+        if !self.records.contains(&event.resource_name) {
+            return None;
+        }
+        let key: String =
+            form_urlencoded::byte_serialize(event.record_key.replace('\'', "''").as_bytes())
+                .collect::<String>()
+                .replace('+', "%20");
+        Some(format!(
+            "{}{}{}('{key}')",
+            self.base, self.root, event.resource_name
+        ))
     }
 
     /// Server-driven paging: the same query continued after the last position of this page.

@@ -17,7 +17,7 @@ fn rendering_swaps_the_sequence_and_keeps_everything_else() {
             .to_vec(),
     };
     let mut out = Vec::new();
-    render_event(&mut out, &event, None);
+    render_event(&mut out, &event, None, None);
     let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text,
@@ -47,6 +47,8 @@ async fn replay(dir: &std::path::Path, events: usize, timeout: Duration, slots: 
     Replay {
         connector: "t".into(),
         path: "/EntityEvent".into(),
+        records: Vec::new(),
+        root: "/".into(),
         base: String::new(),
         log,
         tokens: TokenSet::new(&[crate::secret::Secret::new("tok")]),

@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 pub struct EmbeddedSink {
     connector: String,
     log: Arc<Log>,
+    /// The resources whose latest records are kept (`[sink.records]`).
+    records: Arc<Vec<String>>,
     metrics: Metrics,
     _retention: Option<DropGuard>,
 }
@@ -66,6 +68,11 @@ impl EmbeddedSinkConfig {
         Ok(EmbeddedSink {
             connector: connector.to_owned(),
             log,
+            records: Arc::new(
+                (self.records.iter())
+                    .flat_map(|r| r.resources.iter().cloned())
+                    .collect(),
+            ),
             metrics,
             _retention: guard,
         })
@@ -94,7 +101,7 @@ fn sink_error(e: StoreError) -> SinkError {
 impl Sink for EmbeddedSink {
     async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
         self.log
-            .append(&self.connector, batch)
+            .append_with_records(&self.connector, batch, self.records.clone())
             .await
             .map_err(sink_error)?;
         self.log.report_size(&self.metrics, &self.connector);

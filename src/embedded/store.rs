@@ -221,6 +221,7 @@ impl Log {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::records::SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let shared = Arc::new(Shared::default());
         let writer = Writer::start(conn, shared.clone(), WRITE_QUEUE_CAPACITY)?;
@@ -301,6 +302,18 @@ impl Log {
 
     /// Appends `batch` in order; returns once it is committed and fsynced.
     pub async fn append(&self, connector: &str, batch: &[Message]) -> Result<(), StoreError> {
+        self.append_with_records(connector, batch, Arc::default())
+            .await
+    }
+
+    /// [`Log::append`], also keeping the latest record of each event of the `records`
+    /// resources, in the same transaction (`[sink.records]`).
+    pub async fn append_with_records(
+        &self,
+        connector: &str,
+        batch: &[Message],
+        records: Arc<Vec<String>>,
+    ) -> Result<(), StoreError> {
         let batch = batch.to_vec();
         let connector = connector.to_owned();
         self.write(move |conn| {
@@ -322,6 +335,9 @@ impl Log {
                     m.payload.len() as i64,
                     &m.payload[..],
                 ])?;
+                if !records.is_empty() {
+                    super::records::apply(conn, &records, m, conn.last_insert_rowid())?;
+                }
                 bytes += m.payload.len() as i64;
             }
             add_meta(conn, batch.len() as i64, bytes)

@@ -209,3 +209,44 @@ async fn retention_wins_and_cursors_skip_ahead() {
     let b = source.next_batch().await.unwrap().unwrap();
     assert_eq!(positions(&b), vec![9, 10], "events 4..=8 were never read");
 }
+
+/// Retention deletes old events, never the latest record of a key (`[sink.records]`).
+#[tokio::test]
+async fn retention_keeps_the_latest_record_of_each_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(&dir.path().join("r.db")).unwrap();
+    let event = |sequence: i64, key: &str, price: i64| {
+        Message {
+        delete: false,
+        sequence,
+        resource_name: "Property".into(),
+        record_key: key.into(),
+        source_label: None,
+        payload: format!(
+            r#"{{"EntityEventSequence":{sequence},"ResourceName":"Property","ResourceRecordKey":"{key}","Data":{{"ListPrice":{price}}}}}"#
+        )
+        .into(),
+        origin: None,
+    }
+    };
+    let served = Arc::new(vec!["Property".to_owned()]);
+    let batch: Vec<Message> = vec![event(1, "A", 1), event(2, "B", 2), event(3, "A", 3)];
+    log.append_with_records("in", &batch, served.clone())
+        .await
+        .unwrap();
+    let policy = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(1),
+    };
+    assert!(run_once(&log, policy).await.unwrap() >= 2);
+    let keys = vec!["A".to_owned(), "B".to_owned()];
+    let records = log
+        .read(move |conn| super::records::read(conn, "Property", &keys))
+        .await
+        .unwrap();
+    let prices: Vec<String> = records
+        .iter()
+        .map(|(_, data)| String::from_utf8(data.clone()).unwrap())
+        .collect();
+    assert_eq!(prices, vec![r#"{"ListPrice":3}"#, r#"{"ListPrice":2}"#]);
+}

@@ -173,7 +173,7 @@ async fn surface_routes_are_the_live_routes() {
             "[source]\ntype = \"webhook\"\ntokens = [{{ file = {token:?} }}]\n\
              [source.token_endpoint]\nsigning_key = {{ file = {key:?} }}\n\
              clients = [{{ client_id = \"c\", client_secret = {{ file = {key:?} }} }}]\n\
-             [sink]\ntype = \"embedded\"\n",
+             [sink]\ntype = \"embedded\"\n[sink.records]\nresources = [\"Property\"]\n",
             token = dir.path().join("token").display().to_string(),
             key = dir.path().join("key").display().to_string(),
         ),
@@ -187,7 +187,13 @@ async fn surface_routes_are_the_live_routes() {
             Listener::Webhook => running.webhook_addr,
             Listener::Admin => running.admin_addr,
         };
-        let url = format!("http://{addr}{}", route.path.replace("{connector}", "it"));
+        let url = format!(
+            "http://{addr}{}",
+            route
+                .path
+                .replace("{connector}", "it")
+                .replace("{Resource}", "Property")
+        );
         let method = reqwest::Method::from_bytes(route.method.as_str().as_bytes()).unwrap();
         let answer = client.request(method.clone(), &url).send().await.unwrap();
         let status = answer.status().as_u16();

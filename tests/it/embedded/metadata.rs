@@ -248,3 +248,99 @@ async fn the_query_options_reso_clients_send() {
     assert!(refused.to_string().contains("$expand"), "{refused}");
     bridge.stop().await;
 }
+
+/// Record resources: a replicator fetches the record each replayed event points at; the latest
+/// record wins, a delete answers 404, `$metadata` describes the resource, and retention keeps
+/// the latest record after its events expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replicator_fetches_the_records_replayed_events_point_at() {
+    let setup = Setup::new(&[]);
+    setup.write_connector(
+        "mls",
+        &format!(
+            "{}\n[sink]\ntype = \"embedded\"\n[sink.records]\nresources = [\"Property\"]\n",
+            setup.webhook_source("")
+        ),
+    );
+    let bridge = setup.start().await;
+    let push = r#"{"value":[
+        {"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"A1","Data":{"ListingKey":"A1","ListPrice":100}},
+        {"EntityEventSequence":2,"ResourceName":"Property","ResourceRecordKey":"B'2","Data":{"ListingKey":"B'2","ListPrice":200}},
+        {"EntityEventSequence":3,"ResourceName":"Property","ResourceRecordKey":"A1","Data":{"ListingKey":"A1","ListPrice":150}},
+        {"EntityEventSequence":4,"ResourceName":"Member","ResourceRecordKey":"M1","Data":{"MemberKey":"M1"}}]}"#;
+    assert_eq!(bridge.post("/webhooks/mls", push).await.status(), 200);
+
+    // The replicator: replay, then fetch each Property event's record where it points.
+    let (_, page) = bridge.replay("").await;
+    let mut fetched = Vec::new();
+    for event in page["value"].as_array().unwrap() {
+        if event["ResourceName"] != "Property" {
+            assert!(
+                event.get("ResourceRecordUrl").is_none(),
+                "Member records are not served"
+            );
+            continue;
+        }
+        let url = event["ResourceRecordUrl"].as_str().unwrap();
+        let absolute = reqwest::Url::parse(&format!("{}/EntityEvent", bridge.base))
+            .unwrap()
+            .join(url)
+            .unwrap();
+        let (status, record) = get_json(absolute.as_str(), Some(TOKEN)).await;
+        assert_eq!(status, 200, "{url}: {record}");
+        fetched.push((
+            record["ListingKey"].as_str().unwrap().to_owned(),
+            record["ListPrice"].as_i64().unwrap(),
+        ));
+        assert_eq!(record["@odata.context"], "$metadata#Property/$entity");
+    }
+    assert_eq!(
+        fetched,
+        vec![("A1".into(), 150), ("B'2".into(), 200), ("A1".into(), 150)],
+        "the latest record of each key"
+    );
+    let (status, many) = get_json(
+        &format!(
+            "{}/Property?$filter=ListingKey%20in%20('A1','B''2','nope')",
+            bridge.base
+        ),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{many}");
+    assert_eq!(many["value"].as_array().unwrap().len(), 2);
+    let (status, _) = get_json(
+        &format!("{}/Property?$orderby=ListPrice", bridge.base),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = get_json(&format!("{}/Property('A1')", bridge.base), None).await;
+    assert_eq!(status, 401);
+
+    // A delete removes the record.
+    let delete = r#"{"value":[{"EntityEventSequence":5,"ResourceName":"Property","ResourceRecordKey":"A1","@EntityBridge.Deleted":true}]}"#;
+    assert_eq!(bridge.post("/webhooks/mls", delete).await.status(), 200);
+    let (status, _) = get_json(&format!("{}/Property('A1')", bridge.base), Some(TOKEN)).await;
+    assert_eq!(status, 404);
+
+    // $metadata and the service document know the resource.
+    let xml = get(&format!("{}/$metadata", bridge.base), Some(TOKEN), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let edm = "http://docs.oasis-open.org/odata/ns/edm";
+    let property = doc
+        .descendants()
+        .find(|n| n.has_tag_name((edm, "EntityType")) && n.attribute("Name") == Some("Property"))
+        .expect("Property entity type");
+    let key = property
+        .descendants()
+        .find(|n| n.has_tag_name((edm, "PropertyRef")));
+    assert_eq!(key.and_then(|k| k.attribute("Name")), Some("ListingKey"));
+    let (_, service) = get_json(&format!("{}/", bridge.base), Some(TOKEN)).await;
+    assert_eq!(service["value"][1]["name"], "Property");
+    bridge.stop().await;
+}
