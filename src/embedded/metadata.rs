@@ -164,6 +164,23 @@ pub struct Documents {
     pub records: Vec<(String, String)>,
 }
 
+/// The check of every replay-listener resource of a log (events, records): one of its tokens
+/// (401 otherwise), then [`negotiate`].
+pub fn admit(tokens: &TokenSet, headers: &HeaderMap) -> Result<bool, Problem> {
+    if !tokens.verify(headers.get(header::AUTHORIZATION)) {
+        return Err(unauthorized());
+    }
+    negotiate(headers)
+}
+
+/// The 401 of a request without a valid bearer token.
+pub fn unauthorized() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "a valid `Authorization: Bearer <token>` header is required",
+    )
+}
+
 /// What a replay request's OData headers ask for: `Ok(true)` for `odata.metadata=none` (no
 /// `@odata.context`), `Ok(false)` for the default `minimal`. Refused: an `OData-MaxVersion`
 /// below 4.0 (400), an `Accept` that allows no JSON or asks for `odata.metadata=full` (406).
@@ -225,13 +242,7 @@ fn refusal(docs: &Documents, headers: &HeaderMap) -> Option<Response> {
     if docs.tokens.verify(headers.get(header::AUTHORIZATION)) {
         return None;
     }
-    Some(
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "a valid `Authorization: Bearer <token>` header is required",
-        )
-        .into_response(),
-    )
+    Some(unauthorized().into_response())
 }
 
 /// Whether the client asked for JSON (`$format=json` or an `Accept` preferring it).

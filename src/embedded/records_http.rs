@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::store::Log;
@@ -146,16 +146,6 @@ async fn read(r: &RecordResource, keys: Vec<String>) -> Result<Vec<(String, Vec<
         })
 }
 
-fn check(r: &RecordResource, headers: &HeaderMap) -> Result<bool, Problem> {
-    if !r.tokens.verify(headers.get(header::AUTHORIZATION)) {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "a valid `Authorization: Bearer <token>` header is required",
-        ));
-    }
-    super::metadata::negotiate(headers)
-}
-
 /// `GET {root}<Resource>('<key>')`: the path parameter holds `'<key>')`.
 pub async fn one(
     State(r): State<Arc<RecordResource>>,
@@ -163,7 +153,7 @@ pub async fn one(
     headers: HeaderMap,
 ) -> Response {
     let answer = async {
-        let no_metadata = check(&r, &headers)?;
+        let no_metadata = super::metadata::admit(&r.tokens, &headers)?;
         let key = key.strip_suffix(')').and_then(literal).ok_or_else(|| {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -197,7 +187,7 @@ pub async fn many(
     RawQuery(query): RawQuery,
 ) -> Response {
     let answer = async {
-        let no_metadata = check(&r, &headers)?;
+        let no_metadata = super::metadata::admit(&r.tokens, &headers)?;
         let (keys, top) = keys(&r, query.as_deref())?;
         let mut found = read(&r, keys).await?;
         found.truncate(top.unwrap_or(MAX_KEYS));

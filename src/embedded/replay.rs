@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -233,13 +233,7 @@ impl Replay {
     /// The bearer token and the OData request headers; whether the client asked for
     /// `odata.metadata=none`.
     fn check(&self, headers: &HeaderMap) -> Result<bool, Problem> {
-        if !self.tokens.verify(headers.get(header::AUTHORIZATION)) {
-            return Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "a valid `Authorization: Bearer <token>` header is required",
-            ));
-        }
-        super::metadata::negotiate(headers)
+        super::metadata::admit(&self.tokens, headers)
     }
 
     /// Reads the page `q` asks for, within the log's limits.
@@ -346,10 +340,7 @@ impl Replay {
         if !self.records.contains(&event.resource_name) {
             return None;
         }
-        let key: String =
-            form_urlencoded::byte_serialize(event.record_key.replace('\'', "''").as_bytes())
-                .collect::<String>()
-                .replace('+', "%20");
+        let key = crate::outbound::odata_key(&event.record_key);
         Some(format!(
             "{}{}{}('{key}')",
             self.base, self.root, event.resource_name

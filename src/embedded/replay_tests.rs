@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::embedded::store::StoredEvent;
-use axum::http::HeaderValue;
+use axum::http::{header, HeaderValue};
 
 #[test]
 fn rendering_swaps_the_sequence_and_keeps_everything_else() {

@@ -10,6 +10,18 @@ use subtle::ConstantTimeEq;
 
 use crate::secret::Secret;
 
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, blanks trimmed);
+/// `None` without one.
+pub fn bearer(authorization: Option<&HeaderValue>) -> Option<&[u8]> {
+    let value = authorization?.as_bytes();
+    // `get(..7)` is `Some` only when 7 bytes exist, so `value[7..]` cannot panic.
+    value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| value[7..].trim_ascii())
+        .filter(|token| !token.is_empty())
+}
+
 /// The tokens a connector accepts.
 #[derive(Clone)]
 pub struct TokenSet {
@@ -45,15 +57,7 @@ impl TokenSet {
     /// Which configured token `authorization` presents (0-based), if any. Every digest is
     /// compared, whatever matched.
     pub fn position(&self, authorization: Option<&HeaderValue>) -> Option<usize> {
-        let value = authorization.map(HeaderValue::as_bytes)?;
-        let token = value
-            .get(..7)
-            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-            .map(|_| value[7..].trim_ascii())?;
-        if token.is_empty() {
-            return None;
-        }
-        let presented = digest(token);
+        let presented = digest(bearer(authorization)?);
         let mut matched = None;
         for (i, d) in self.digests.iter().enumerate() {
             if bool::from(d.ct_eq(&presented)) {

@@ -274,11 +274,7 @@ impl ExternalIssuer {
         }
         match jsonwebtoken::decode::<Subject>(token, &key, &validation) {
             Ok(data) => Ok(data.claims.sub.unwrap_or_default()),
-            Err(e) => Err(match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => InvalidToken::Expired,
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => InvalidToken::WrongAudience,
-                _ => InvalidToken::Invalid,
-            }),
+            Err(e) => Err(InvalidToken::from(&e)),
         }
     }
 }

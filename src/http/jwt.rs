@@ -55,6 +55,17 @@ pub enum InvalidToken {
     Invalid,
 }
 
+impl From<&jsonwebtoken::errors::Error> for InvalidToken {
+    /// What a failed check tells the client: expired, another audience, or nothing more.
+    fn from(e: &jsonwebtoken::errors::Error) -> Self {
+        match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => InvalidToken::Expired,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => InvalidToken::WrongAudience,
+            _ => InvalidToken::Invalid,
+        }
+    }
+}
+
 /// Why the keys could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -186,11 +197,7 @@ impl Issuer {
         validation.leeway = self.leeway.as_secs();
         match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
             Ok(data) => Ok(data.claims),
-            Err(e) => Err(match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => InvalidToken::Expired,
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => InvalidToken::WrongAudience,
-                _ => InvalidToken::Invalid,
-            }),
+            Err(e) => Err(InvalidToken::from(&e)),
         }
     }
 }

@@ -85,14 +85,17 @@ pub fn validate(
     Ok(())
 }
 
-fn limiter(per_second: f64) -> (DefaultDirectRateLimiter, NonZeroU32) {
+/// A limiter of `per_second` cells (a second's worth may go at once) and its burst. Never panics:
+/// a rate outside what a `Duration` holds saturates.
+pub(crate) fn limiter(per_second: f64) -> (DefaultDirectRateLimiter, NonZeroU32) {
     let burst = NonZeroU32::new(per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
         .unwrap_or(NonZeroU32::MIN);
     let period = Duration::try_from_secs_f64(1.0 / per_second)
         .unwrap_or(Duration::from_secs(1000))
         .max(Duration::from_nanos(1));
+    // Invariant: `period` is at least one nanosecond, so `with_period` is `Some`.
     let quota = Quota::with_period(period)
-        .expect("positive period")
+        .expect("a period of at least 1 ns")
         .allow_burst(burst);
     (RateLimiter::direct(quota), burst)
 }

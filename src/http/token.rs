@@ -7,7 +7,6 @@
 //! costing the same comparison as a known one. The endpoint is rate limited (all clients
 //! together). Nothing presented — secret, token — is logged; refusals are counted by outcome.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -152,17 +151,11 @@ impl TokenEndpoint {
                 })
             })
             .collect::<Result<Vec<_>, SecretError>>()?;
-        let period = Duration::from_secs_f64(1.0 / config.requests_per_second);
-        let burst = NonZeroU32::new(config.requests_per_second.ceil().max(1.0) as u32)
-            .unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(period)
-            .expect("validated positive rate")
-            .allow_burst(burst);
         Ok(TokenEndpoint {
             connector: connector.to_owned(),
             issuer,
             clients,
-            limiter: RateLimiter::direct(quota),
+            limiter: super::quota::limiter(config.requests_per_second).0,
             metrics,
         })
     }

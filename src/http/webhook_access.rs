@@ -62,14 +62,9 @@ impl WebhookConnector {
         if let Some(index) = self.tokens.position(authorization) {
             return Ok(crate::http::quota::token_producer(index));
         }
-        let presented = authorization
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                    .map(|_| v[7..].trim())
-            })
-            .filter(|t| !t.is_empty());
+        // A JWT is ASCII; a token that is not UTF-8 can only have been a fixed one.
+        let presented = crate::http::auth::bearer(authorization)
+            .map(|t| std::str::from_utf8(t).unwrap_or_default());
         let why = match presented {
             None => None,
             Some(token) => match self.check_token(token).await {

@@ -138,10 +138,7 @@ impl Hydrate {
             }
         }
         let template = self.config.url_template.as_ref()?;
-        let key: String =
-            form_urlencoded::byte_serialize(m.record_key.replace('\'', "''").as_bytes())
-                .collect::<String>()
-                .replace('+', "%20");
+        let key = crate::outbound::odata_key(&m.record_key);
         Some(
             template
                 .replace("{ResourceName}", &m.resource_name)

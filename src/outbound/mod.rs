@@ -12,5 +12,20 @@ pub mod limit;
 
 pub use config::{AuthConfig, ClientAuth, LimitsConfig};
 
+/// `value` percent-encoded for a URL query or path segment (spaces as `%20`, which OData
+/// servers expect, never `+`).
+pub fn percent_encode(value: &str) -> String {
+    // `byte_serialize` writes a space as `+` and a literal `+` as `%2B`, so the swap is exact.
+    form_urlencoded::byte_serialize(value.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// A record key as the inside of an OData key literal in a URL (`'…'`): quotes doubled, then
+/// percent-encoded.
+pub fn odata_key(key: &str) -> String {
+    percent_encode(&key.replace('\'', "''"))
+}
+
 /// `User-Agent` of every outbound request.
 pub const USER_AGENT: &str = concat!("entity-bridge/", env!("CARGO_PKG_VERSION"));

@@ -29,6 +29,7 @@ use crate::connector::{Message, Outcome, Source, SourceBatch, SourceError};
 use crate::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use crate::event::ParseOptions;
 use crate::metrics::Metrics;
+use crate::outbound::percent_encode as encode;
 use crate::runtime::{Health, Part};
 
 /// Which API the producer speaks.
@@ -86,13 +87,6 @@ pub struct PollSource {
     next_link: Option<String>,
     idle_until: Option<Instant>,
     pending: Option<Pending>,
-}
-
-/// `value` percent-encoded for a query (spaces as `%20`, as OData expects).
-fn encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 impl PollSource {
