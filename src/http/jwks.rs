@@ -132,6 +132,8 @@ impl ExternalJwtConfig {
     }
 }
 
+/// The cached key set. Its lock is held only to read or replace it (nothing under it can
+/// panic, so it is never poisoned: the `expect`s on it are invariants).
 struct Cached {
     keys: JwkSet,
     fetched: Instant,

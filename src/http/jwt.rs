@@ -161,6 +161,8 @@ impl Issuer {
     pub fn issue(&self, client_id: &str, scope: Option<String>) -> (String, u64) {
         let iat = now();
         let mut jti = [0u8; 16];
+        // Invariant: the OS random source does not fail on Linux once the system has booted
+        // (the same source generates webhook tokens, `embedded::token`).
         getrandom::fill(&mut jti).expect("the OS random source works");
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -173,6 +175,7 @@ impl Issuer {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing.0.clone());
+        // Invariant: HMAC signing of claims made of strings and integers cannot fail.
         let token = jsonwebtoken::encode(&header, &claims, &self.signing.1)
             .expect("HS256 signing of serializable claims cannot fail");
         (token, self.lifetime.as_secs())

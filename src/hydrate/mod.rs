@@ -81,6 +81,8 @@ pub struct Hydrate {
     /// send answered unavailable (webhook pushes: 503, the producer retries).
     refuse_failures: bool,
     /// What the last send with a failed record fetched, and when (see [`ISOLATION_WINDOW`]).
+    /// Its lock is held only to copy entries in or out (nothing under it can panic, so it is
+    /// never poisoned: the `expect`s on it are invariants).
     recent: Mutex<Option<(Instant, HashMap<String, Fetched>)>>,
 }
 
