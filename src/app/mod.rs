@@ -143,21 +143,14 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             Some(h) => {
                 // A webhook producer retries a 503; a pull source dead-letters what fails.
                 let refuse = !matches!(connector.source, SourceConfig::Webhook(_));
-                let layer = Hydrate::new(
-                    name,
-                    h,
-                    sink,
-                    connector.retry.clone(),
-                    pump_stop.clone(),
-                    refuse,
-                    metrics.clone(),
-                )
-                .map_err(|e| AppError::Build {
-                    connector: name.clone(),
-                    source: crate::build::BuildError {
-                        part: "hydrate",
-                        source: Box::new(e),
-                    },
+                let layer = Hydrate::new(name, h, sink, refuse, metrics.clone()).map_err(|e| {
+                    AppError::Build {
+                        connector: name.clone(),
+                        source: crate::build::BuildError {
+                            part: "hydrate",
+                            source: Box::new(e),
+                        },
+                    }
                 })?;
                 Arc::new(layer)
             }

@@ -40,9 +40,9 @@ pub struct HydrateConfig {
     /// Deepest nesting of a fetched record (its object is level 2 inside the event).
     #[serde(default = "crate::event::default_max_json_depth")]
     pub max_json_depth: usize,
-    /// Fetches of one record before it counts as failed (timeouts, 5xx, 429 without
-    /// `Retry-After`), with the connector's `[retry]` backoff in between. A failed record is
-    /// dead-lettered by pull sources; a webhook push is answered 503.
+    /// Sends in which one record may fail (timeouts, 5xx, 429, 403) while others of its batch
+    /// arrive before it is refused and its event dead-lettered (pull sources; the connector's
+    /// `[retry]` backoff between sends). A webhook push gets one attempt and a 503.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// Statuses that mean the record is gone: the event becomes a delete.

@@ -11,11 +11,11 @@
 //! - **Gone records** (404 / 410, a configured RESO 400 "no longer available") become deletes:
 //!   `"@EntityBridge.Deleted": true`, no `Data`, and [`Message::delete`] so that the Kafka sink
 //!   writes a tombstone.
-//! - **Failures**: for a pull source a record is fetched `max_attempts` times with the
-//!   connector's backoff; when some records of a batch keep failing while others arrive, those
-//!   events are refused and dead-lettered alone (the records already fetched are reused while
-//!   the pump isolates them); when every record fails, the producer's API is down: the batch is
-//!   retried in place, nothing dead-lettered. A push gets one attempt and a 503 (its producer
+//! - **Failures**: each send fetches a record once; a failed send is retried whole by the pump
+//!   (in place, with the connector's backoff), reusing the records that arrived. When every
+//!   record fails, the producer's API is down: retried, nothing dead-lettered. A record that
+//!   fails in `max_attempts` sends while others of its batch arrive is refused and its event
+//!   dead-lettered alone. A push gets one attempt and a 503 (its producer
 //!   retries). 403 and redirects count as failures that may pass (credentials, API layout). A
 //!   record that can never be used (404/410 not configured as gone, another 4xx, not JSON, too
 //!   large or deep, no allowed URL) is refused at once.
@@ -30,7 +30,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 pub use config::{origin_of, HydrateConfig, HydrateLimitsConfig};
 
@@ -39,7 +38,6 @@ use crate::metrics::Metrics;
 use crate::outbound::LimitsConfig;
 use crate::poll::client::{GetClient, GetClientBuildError, GetClientConfig, GetError};
 use crate::poll::events::DELETED_ANNOTATION;
-use crate::retry::{pause, wait_after, RetryConfig};
 
 /// What an event needs, read from its bytes.
 #[derive(Deserialize)]
@@ -74,8 +72,6 @@ pub struct Hydrate {
     client: GetClient,
     config: HydrateConfig,
     origins: Vec<String>,
-    retry: RetryConfig,
-    stop: CancellationToken,
     metrics: Metrics,
     /// Whether a record that keeps failing is refused (pull sources dead-letter it) or the
     /// send answered unavailable (webhook pushes: 503, the producer retries).
@@ -84,7 +80,12 @@ pub struct Hydrate {
     /// Its lock is held only to copy entries in or out (nothing under it can panic, so it is
     /// never poisoned: the `expect`s on it are invariants).
     recent: Mutex<Option<(Instant, HashMap<String, Fetched>)>>,
+    /// Failed sends of each record that failed while others arrived (pull sources).
+    strikes: Mutex<HashMap<String, u32>>,
 }
+
+/// Most records with strikes remembered (a bound: beyond it the count starts over).
+const MAX_STRUCK_RECORDS: usize = 10_000;
 
 /// How long the records of a send with a failed record are reused by the sends that follow
 /// (the pump isolating the failed event re-sends its neighbours at once).
@@ -92,13 +93,10 @@ const ISOLATION_WINDOW: Duration = Duration::from_secs(30);
 
 impl Hydrate {
     /// Wraps `inner`. `refuse_failures`: see the module header.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         connector: &str,
         config: &HydrateConfig,
         inner: Arc<dyn Sink>,
-        retry: RetryConfig,
-        stop: CancellationToken,
         refuse_failures: bool,
         metrics: Metrics,
     ) -> Result<Hydrate, GetClientBuildError> {
@@ -124,11 +122,10 @@ impl Hydrate {
             client,
             origins: config.allowed_origins(),
             config: config.clone(),
-            retry,
-            stop,
             metrics,
             refuse_failures,
             recent: Mutex::new(None),
+            strikes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -148,54 +145,62 @@ impl Hydrate {
         )
     }
 
-    /// Fetches one record, retrying what may pass.
+    /// Fetches one record, once: retries are whole sends, spaced by the connector's backoff
+    /// (the pump retries the batch in place), so a record that fails while its neighbours
+    /// arrive is judged over several sends, never within one (see [`Hydrate::hydrate`]).
     async fn fetch(&self, url: &str) -> Fetched {
-        let mut backoff = self.retry.backoff();
-        let mut attempt = 0;
-        // A push waits for its answer: one attempt, and the producer retries the push after
-        // the 503 (a throttled record API must not hold the push open for minutes).
-        let attempts = if self.refuse_failures {
-            self.config.max_attempts
-        } else {
-            1
+        let transient = |reason: String| Fetched::Failed {
+            reason,
+            lasting: false,
         };
-        loop {
-            attempt += 1;
-            let (reason, after) = match self.client.get(url).await {
-                Ok(answer) => return self.check(answer.body),
-                Err(GetError::Gone(s)) if self.config.gone_statuses.contains(&s) => {
-                    return Fetched::Gone
-                }
-                Err(GetError::Refused { status, body }) if self.gone(status, &body) => {
-                    return Fetched::Gone
-                }
-                // The bridge's credentials or the API's layout, not the record: pass by.
-                Err(e @ GetError::Refused { status, .. })
-                    if status == 403 || (300..400).contains(&status) =>
-                {
-                    (format!("record: {e}"), None)
-                }
-                Err(e @ (GetError::Gone(_) | GetError::Refused { .. } | GetError::TooLarge(_))) => {
-                    return Fetched::Failed {
-                        reason: format!("record: {e}"),
-                        lasting: true,
-                    }
-                }
-                Err(GetError::Throttled { pause, .. }) => {
-                    (format!("record: throttled for {pause:?}"), Some(pause))
-                }
-                Err(e @ GetError::Retry(_)) => (format!("record: {e}"), None),
-            };
-            if attempt >= attempts {
-                return Fetched::Failed {
-                    reason: format!("{reason} (after {attempt} attempts)"),
-                    lasting: false,
-                };
+        match self.client.get(url).await {
+            Ok(answer) => self.check(answer.body),
+            Err(GetError::Gone(s)) if self.config.gone_statuses.contains(&s) => Fetched::Gone,
+            Err(GetError::Refused { status, body }) if self.gone(status, &body) => Fetched::Gone,
+            // The bridge's credentials or the API's layout, not the record: may pass.
+            Err(e @ GetError::Refused { status, .. })
+                if status == 403 || (300..400).contains(&status) =>
+            {
+                transient(format!("record: {e}"))
             }
-            if !pause(wait_after(&mut backoff, after), &self.stop).await {
-                return Fetched::Failed {
-                    reason: format!("{reason} (shutting down)"),
-                    lasting: false,
+            Err(e @ (GetError::Gone(_) | GetError::Refused { .. } | GetError::TooLarge(_))) => {
+                Fetched::Failed {
+                    reason: format!("record: {e}"),
+                    lasting: true,
+                }
+            }
+            // The endpoint is paused until the producer's Retry-After; the next send waits.
+            Err(e @ (GetError::Throttled { .. } | GetError::Retry(_))) => {
+                transient(format!("record: {e}"))
+            }
+        }
+    }
+
+    /// A record that failed while others of its batch arrived gets a strike; at `max_attempts`
+    /// strikes (as many sends, the pump's backoff between them) it is refused for good, and
+    /// its event is dead-lettered alone. Until then the batch is retried whole: a record API
+    /// that recovers in the middle of a batch loses nothing.
+    fn strike(&self, fetched: &mut HashMap<String, Fetched>) {
+        let mut strikes = self.strikes.lock().expect("strikes lock");
+        if strikes.len() > MAX_STRUCK_RECORDS {
+            strikes.clear();
+        }
+        for (url, f) in fetched.iter_mut() {
+            let Fetched::Failed {
+                reason,
+                lasting: false,
+            } = f
+            else {
+                continue;
+            };
+            let n = strikes.entry(url.clone()).or_insert(0);
+            *n += 1;
+            if *n >= self.config.max_attempts {
+                let reason = format!("{reason} (in {n} sends while other records arrived)");
+                strikes.remove(url);
+                *f = Fetched::Failed {
+                    reason,
+                    lasting: true,
                 };
             }
         }
@@ -305,7 +310,24 @@ impl Hydrate {
                     reason: format!("the record API fails for every record: {reason}"),
                 });
             }
-            *self.recent.lock().expect("recent lock") = Some((Instant::now(), fetched.clone()));
+            if self.refuse_failures {
+                self.strike(&mut fetched);
+            }
+            // Kept for the sends that follow: what arrived, and what is refused for good
+            // (never a failure that may pass: it is fetched again).
+            let keep: HashMap<String, Fetched> = (fetched.iter())
+                .filter(|(_, f)| !matches!(f, Fetched::Failed { lasting: false, .. }))
+                .map(|(u, f)| (u.clone(), f.clone()))
+                .collect();
+            *self.recent.lock().expect("recent lock") = Some((Instant::now(), keep));
+        }
+        if self.refuse_failures {
+            let mut strikes = self.strikes.lock().expect("strikes lock");
+            for (url, f) in &fetched {
+                if !failed(f) {
+                    strikes.remove(url);
+                }
+            }
         }
         let mut out = batch.to_vec();
         for (index, url) in &wanted {
@@ -323,7 +345,7 @@ impl Hydrate {
                 Fetched::Failed { reason, lasting } => {
                     self.metrics.hydration(&self.connector, "failed", 1);
                     tracing::warn!(connector = %self.connector, sequence = m.sequence, %reason, "record could not be fetched");
-                    if *lasting || self.refuse_failures {
+                    if *lasting {
                         return Err(SinkError::Rejected {
                             index: *index,
                             field: None,
