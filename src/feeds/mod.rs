@@ -13,6 +13,8 @@ mod dedupe;
 mod layer;
 pub mod monitor;
 mod postgres;
+mod postgres_config;
+mod postgres_tls;
 pub mod store;
 
 use std::path::Path;
@@ -28,6 +30,7 @@ pub use dedupe::Dedupe;
 pub use layer::{identity, Feeds};
 pub use monitor::{ConnectorFeeds, FeedMonitor, FeedView};
 pub use postgres::{PostgresSeen, PostgresStoreConfig};
+pub use postgres_tls::PostgresTls;
 pub use store::{Claimed, EmbeddedSeen, SeenStore, SeenStoreError, Window};
 
 use crate::connector::Sink;

@@ -8,8 +8,8 @@
 //! (`statement_timeout_ms`, plus a client-side timeout for a database that stopped answering),
 //! and the pool bounds connections (`pool_size`). Pruning works as in the embedded store.
 //!
-//! Connections are plain TCP (`NoTls`): run the database on a private network, or reach it
-//! through a TLS-terminating sidecar (security.md).
+//! Connections use TLS with full verification unless every host is loopback or the operator
+//! chose `tls = "disable"` ([`super::postgres_tls`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,87 +17,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
+pub use super::postgres_config::PostgresStoreConfig;
+use super::postgres_tls::{self, Transport};
 use super::store::{
     prune_every, Claimed, Identity, SeenStore, SeenStoreError, Window, PRUNE_INTERVAL,
 };
-use crate::secret::SecretRef;
-
-/// `[dedupe.store] type = "postgres"`: a table shared by every replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresStoreConfig {
-    /// The connection string, by reference (`{ env = "…" }` / `{ file = "…" }`), e.g.
-    /// `postgres://bridge:secret@db:5432/bridge` or `host=db user=bridge dbname=bridge`. It
-    /// usually holds a password, so it is never written inline.
-    pub url: SecretRef,
-    /// The table (created with its index when missing). Letters, digits and `_`.
-    #[serde(default = "default_table")]
-    pub table: String,
-    /// Connections in this process's pool (each send uses one at a time).
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// Time to open a connection (and to wait for a free one in the pool).
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Time limit of every statement (server side, and the client gives up after it too).
-    #[serde(default = "default_statement_timeout_ms")]
-    pub statement_timeout_ms: u64,
-    /// How long a replica's claim on sequences it is publishing holds; after it, another
-    /// replica may take them over (the first one crashed). Keep it above the sink's longest
-    /// send (e.g. Kafka `delivery_timeout_ms`).
-    #[serde(default = "default_claim_lease_ms")]
-    pub claim_lease_ms: u64,
-}
-
-fn default_table() -> String {
-    "entity_bridge_seen".into()
-}
-fn default_pool_size() -> usize {
-    8
-}
-fn default_connect_timeout_ms() -> u64 {
-    5_000
-}
-fn default_statement_timeout_ms() -> u64 {
-    5_000
-}
-fn default_claim_lease_ms() -> u64 {
-    120_000
-}
-
-impl PostgresStoreConfig {
-    /// Semantic checks; `Err((key, detail))`, the key relative to `[dedupe.store]`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let valid_table = !self.table.is_empty()
-            && self.table.len() <= 48
-            && (self.table.bytes())
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !self.table.as_bytes()[0].is_ascii_digit();
-        if !valid_table {
-            return Err(("table".into(), "must match [a-z_][a-z0-9_]{0,47}".into()));
-        }
-        if !(1..=256).contains(&self.pool_size) {
-            return Err(("pool_size".into(), "must be between 1 and 256".into()));
-        }
-        for (key, ms) in [
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            ("statement_timeout_ms", self.statement_timeout_ms),
-            ("claim_lease_ms", self.claim_lease_ms),
-        ] {
-            if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&ms) {
-                return Err((
-                    key.into(),
-                    "must be between 1 and 86400000 (one day)".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The PostgreSQL store of one connector.
 pub struct PostgresSeen {
@@ -117,8 +44,20 @@ struct PruneState {
     last_age_prune: Instant,
 }
 
-fn store_error(e: impl std::fmt::Display) -> SeenStoreError {
-    SeenStoreError::Store(e.to_string())
+/// The error with its causes (`…: error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer`): the pool's and the client's top-level messages alone do not say why.
+fn store_error(e: impl std::error::Error) -> SeenStoreError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    SeenStoreError::Store(text)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -158,15 +97,30 @@ impl PostgresSeen {
             "-c statement_timeout={}",
             config.statement_timeout_ms
         ));
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                // A connection given back mid-statement (a client-side timeout) or inside a
-                // failed transaction fails the check and is replaced, never reused half-done.
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
+        let transport = postgres_tls::configure(config.tls, config.ca_file.as_deref(), &mut pg)
+            .map_err(|e| open_error(e.to_string()))?;
+        let mode = postgres_tls::effective(config.tls, pg.get_hosts());
+        if postgres_tls::plain_beyond_loopback(mode, pg.get_hosts()) {
+            tracing::warn!(
+                connector,
+                table = %config.table,
+                "the dedupe database is reached over plain TCP (tls = \"disable\"): keep it on \
+                 a network you trust"
+            );
+        }
+        // A connection given back mid-statement (a client-side timeout) or inside a failed
+        // transaction fails the check and is replaced, never reused half-done.
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = match transport {
+            Transport::Plain => Manager::from_config(pg, NoTls, recycling()),
+            Transport::Tls(client) => Manager::from_config(
+                pg,
+                tokio_postgres_rustls::MakeRustlsConnect::new(*client),
+                recycling(),
+            ),
+        };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
@@ -207,7 +161,11 @@ impl PostgresSeen {
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(store_error("the dedupe database did not answer in time")))
+            .unwrap_or_else(|_| {
+                Err(SeenStoreError::Store(
+                    "the dedupe database did not answer in time".into(),
+                ))
+            })
     }
 
     /// Creates the table and its index unless the table exists: a role that may only read and

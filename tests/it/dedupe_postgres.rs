@@ -18,14 +18,14 @@ pub fn postgres_url() -> String {
 }
 
 /// A table of this test's own, dropped at the end (even when the test panics).
-struct Table {
-    name: String,
+pub struct Table {
+    pub name: String,
     url_file: tempfile::NamedTempFile,
 }
 
 impl Table {
     /// Fails loudly when PostgreSQL does not answer.
-    async fn new() -> Table {
+    pub async fn new() -> Table {
         let connected = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls),

@@ -17,13 +17,13 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use crate::common::{metric, TOKEN};
 
 /// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
-fn pki() -> Pki {
+pub fn pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
