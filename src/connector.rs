@@ -30,6 +30,11 @@ pub struct Message {
     /// deleted): the payload carries `"@EntityBridge.Deleted": true` and no `Data`, and sinks
     /// with a delete form of their own write that (the Kafka sink: a tombstone, by default).
     pub delete: bool,
+    /// Set by the feeds layer on an event published under `on_conflict = "publish"` although
+    /// its feed delivered its `EntityEventSequence` for another record: this event's identity
+    /// ([`crate::feeds::identity`]), which its idempotency key then names, so a consumer
+    /// deduplicating by `message_id` keeps it. `None` for every other event.
+    pub conflict: Option<i64>,
 }
 
 /// Where a pull source read a message.
@@ -311,6 +316,7 @@ mod tests {
     fn message(resource: &str) -> Message {
         Message {
             delete: false,
+            conflict: None,
             sequence: 1,
             resource_name: resource.into(),
             record_key: "k".into(),

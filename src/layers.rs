@@ -105,6 +105,7 @@ mod tests {
     fn message(resource: &str) -> Message {
         Message {
             delete: false,
+            conflict: None,
             sequence: 1,
             resource_name: resource.into(),
             record_key: "k".into(),

@@ -13,6 +13,7 @@ use crate::connector::{RejectKind, SourceBatch};
 fn message(sequence: i64, key: &str, resource: &str) -> Message {
     Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: resource.into(),
         record_key: key.into(),

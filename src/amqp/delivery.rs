@@ -41,6 +41,7 @@ pub fn to_message(
     };
     Ok(Message {
         delete: false,
+        conflict: None,
         sequence: event.sequence,
         resource_name: event.resource_name,
         record_key: event.record_key,

@@ -99,7 +99,9 @@ pub fn properties(connector: &str, m: &Message) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
-        .with_message_id(event_id(connector, m.source_label.as_deref(), m.sequence).into())
+        .with_message_id(
+            event_id(connector, m.source_label.as_deref(), m.sequence, m.conflict).into(),
+        )
         .with_app_id("entity-bridge".into())
         .with_headers(headers)
 }
@@ -351,6 +353,7 @@ mod tests {
     fn properties_are_persistent_json_with_headers() {
         let m = Message {
             delete: false,
+            conflict: None,
             sequence: 1101,
             resource_name: "Property".into(),
             record_key: "235021".into(),

@@ -207,6 +207,7 @@ mod tests {
             payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
             origin: None,
             delete: false,
+            conflict: None,
         }
     }
 

@@ -31,6 +31,7 @@ async fn replay(dir: &std::path::Path, events: usize, timeout: Duration, slots: 
     let batch: Vec<crate::connector::Message> = (1..=events as i64)
         .map(|i| crate::connector::Message {
             delete: false,
+            conflict: None,
             sequence: i,
             resource_name: "Property".into(),
             record_key: format!("K{i}"),

@@ -112,6 +112,7 @@ impl Source for EmbeddedSource {
                     batch.receipts.push(e.position as u64);
                     batch.messages.push(Message {
                         delete: false,
+                        conflict: None,
                         sequence: e.sequence,
                         resource_name: e.resource_name,
                         record_key: e.record_key,

@@ -18,6 +18,7 @@ fn message(sequence: i64, payload_bytes: usize) -> Message {
     let pad = "x".repeat(payload_bytes.saturating_sub(head.len() + 2));
     Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: "Property".into(),
         record_key: format!("k{}", sequence % 7),
@@ -218,6 +219,7 @@ async fn retention_keeps_the_latest_record_of_each_key() {
     let event = |sequence: i64, key: &str, price: i64| {
         Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: "Property".into(),
         record_key: key.into(),

@@ -214,12 +214,21 @@ impl Feeds {
         let sent: Vec<usize> = (0..batch.len())
             .filter(|&i| publish(&verdicts[i]))
             .collect();
-        let result = if sent.len() == batch.len() {
+        let conflicted = verdicts.contains(&Verdict::ConflictPublished);
+        let result = if sent.len() == batch.len() && !conflicted {
             self.inner.send(batch).await
         } else if sent.is_empty() {
             Ok(())
         } else {
-            let subset: Vec<Message> = sent.iter().map(|&i| batch[i].clone()).collect();
+            // A published conflict's idempotency key names its record (`Message::conflict`).
+            let copy = |i: usize| {
+                let mut m = batch[i].clone();
+                if verdicts[i] == Verdict::ConflictPublished {
+                    m.conflict = Some(identities[i]);
+                }
+                m
+            };
+            let subset: Vec<Message> = sent.iter().map(|&i| copy(i)).collect();
             self.inner.send(&subset).await.map_err(|e| match e {
                 SinkError::Rejected {
                     index,

@@ -17,6 +17,8 @@ struct Recording {
     delay: Duration,
     /// Refuse `Bad` events without naming them (index out of range).
     unnamed: bool,
+    /// `Message::conflict` of every published event, in order.
+    conflicts: Mutex<Vec<Option<i64>>>,
 }
 
 #[async_trait]
@@ -36,6 +38,7 @@ impl Sink for Recording {
                 kind: RejectKind::Unroutable,
             });
         }
+        (self.conflicts.lock().unwrap()).extend(batch.iter().map(|m| m.conflict));
         let mut published = self.published.lock().unwrap();
         published.extend(
             batch
@@ -66,6 +69,7 @@ impl Recording {
 fn event(sequence: i64, label: Option<&str>) -> Message {
     Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: "Property".into(),
         record_key: format!("k{sequence}"),
@@ -220,7 +224,9 @@ async fn a_send_waits_at_most_max_claim_wait_for_another_one() {
     assert!(waited < Duration::from_secs(2), "waited {waited:?}");
 }
 
-async fn conflict(on_conflict: OnConflict) -> (Result<SendReport, SinkError>, Vec<i64>, Wrapped) {
+async fn conflict(
+    on_conflict: OnConflict,
+) -> (Result<SendReport, SinkError>, Arc<Recording>, Wrapped) {
     let dir = tempfile::tempdir().unwrap();
     let sink = Arc::new(Recording::default());
     let config = DedupeConfig {
@@ -232,21 +238,32 @@ async fn conflict(on_conflict: OnConflict) -> (Result<SendReport, SinkError>, Ve
     let mut reused = event(2, None);
     reused.record_key = "another record".into();
     let result = w.sink.send_report(&[event(3, None), reused]).await;
-    (result, sink.sequences(), w)
+    (result, sink, w)
 }
 
 #[tokio::test]
 async fn a_conflict_is_counted_and_handled_by_the_policy() {
-    let (published, sequences, w) = conflict(OnConflict::Publish).await;
+    let (published, sink, w) = conflict(OnConflict::Publish).await;
     assert_eq!(published.unwrap().conflicts, 1);
-    assert_eq!(sequences, vec![1, 2, 3, 2], "published: nothing lost");
+    assert_eq!(
+        sink.sequences(),
+        vec![1, 2, 3, 2],
+        "published: nothing lost"
+    );
+    let mut reused = event(2, None);
+    reused.record_key = "another record".into();
+    assert_eq!(
+        *sink.conflicts.lock().unwrap(),
+        vec![None, None, None, Some(super::identity(&reused))],
+        "the published conflict's idempotency key names its record"
+    );
     assert_eq!(w.monitor.view(true).feeds[0].conflicts, 1);
 
-    let (skipped, sequences, _) = conflict(OnConflict::Skip).await;
+    let (skipped, sink, _) = conflict(OnConflict::Skip).await;
     assert_eq!(skipped.unwrap().conflicts, 1);
-    assert_eq!(sequences, vec![1, 2, 3], "skipped");
+    assert_eq!(sink.sequences(), vec![1, 2, 3], "skipped");
 
-    let (rejected, sequences, w) = conflict(OnConflict::Reject).await;
+    let (rejected, sink, w) = conflict(OnConflict::Reject).await;
     match rejected.unwrap_err() {
         SinkError::Rejected {
             index, field, kind, ..
@@ -256,7 +273,11 @@ async fn a_conflict_is_counted_and_handled_by_the_policy() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(sequences, vec![1, 2], "nothing of the batch published");
+    assert_eq!(
+        sink.sequences(),
+        vec![1, 2],
+        "nothing of the batch published"
+    );
     assert_eq!(w.monitor.view(true).feeds[0].conflicts, 1);
 }
 

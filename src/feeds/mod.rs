@@ -120,22 +120,34 @@ pub async fn wrap(
 /// Longest event id (AMQP's `message_id` is a short string of at most 255 bytes).
 const MAX_EVENT_ID_BYTES: usize = 255;
 
-/// The downstream idempotency key of an event, unique per connector and feed:
+/// The downstream idempotency key of an event, unique per connector, feed and event:
 /// `<connector>/<EntityEventSource>/<EntityEventSequence>`, with an empty middle part for
 /// events without a label (`quickstart//1101`; a label is never empty) and `sha256-<32 hex>`
-/// of the label when the id would pass 255 bytes. Connector names hold no `/`, and the
-/// sequence follows the last `/`, so the parts read back unambiguously. Carried as the AMQP
+/// of the label when the id would pass 255 bytes. A conflict published under
+/// `on_conflict = "publish"` (its sequence was delivered for another record) gets
+/// `~<16 hex>` of its identity after the sequence (`quickstart//1101~1f2e…`), so it does not
+/// share the id of the event it conflicts with. Connector names hold no `/`, and the sequence
+/// follows the last `/`, so the parts read back unambiguously. Carried as the AMQP
 /// `message_id` and the Kafka header `message_id`.
-pub fn event_id(connector: &str, source_label: Option<&str>, sequence: i64) -> String {
+pub fn event_id(
+    connector: &str,
+    source_label: Option<&str>,
+    sequence: i64,
+    conflict: Option<i64>,
+) -> String {
     let label = source_label.unwrap_or("");
-    let id = format!("{connector}/{label}/{sequence}");
+    let suffix = match conflict {
+        Some(identity) => format!("~{identity:016x}"),
+        None => String::new(),
+    };
+    let id = format!("{connector}/{label}/{sequence}{suffix}");
     if id.len() <= MAX_EVENT_ID_BYTES {
         return id;
     }
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(label.as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{connector}/sha256-{hex}/{sequence}")
+    format!("{connector}/sha256-{hex}/{sequence}{suffix}")
 }
 
 #[cfg(test)]
@@ -145,15 +157,23 @@ mod tests {
     #[test]
     fn event_ids_are_unique_per_connector_and_feed_and_bounded() {
         assert_eq!(
-            event_id("mls", Some("IDX Feed 123"), 1101),
+            event_id("mls", Some("IDX Feed 123"), 1101, None),
             "mls/IDX Feed 123/1101"
         );
-        assert_eq!(event_id("mls", None, 7), "mls//7");
-        assert_ne!(event_id("a", None, 7), event_id("b", None, 7));
-        assert_ne!(event_id("a", None, 7), event_id("a", Some("default"), 7));
+        assert_eq!(event_id("mls", None, 7, None), "mls//7");
+        assert_ne!(event_id("a", None, 7, None), event_id("b", None, 7, None));
+        assert_ne!(
+            event_id("a", None, 7, None),
+            event_id("a", Some("default"), 7, None)
+        );
         let long = "x".repeat(300);
-        let id = event_id("mls", Some(&long), 42);
+        let id = event_id("mls", Some(&long), 42, None);
         assert!(id.len() <= 255 && id.starts_with("mls/sha256-") && id.ends_with("/42"));
-        assert_eq!(id, event_id("mls", Some(&long), 42), "deterministic");
+        assert_eq!(id, event_id("mls", Some(&long), 42, None), "deterministic");
+        let conflict = event_id("mls", None, 7, Some(0x1f2e));
+        assert_eq!(conflict, "mls//7~0000000000001f2e");
+        assert_ne!(conflict, event_id("mls", None, 7, Some(-1)));
+        let long_conflict = event_id("mls", Some(&long), 42, Some(-1));
+        assert!(long_conflict.len() <= 255 && long_conflict.ends_with("/42~ffffffffffffffff"));
     }
 }

@@ -356,6 +356,7 @@ fn to_messages(payload: Payload, source_label: Option<Arc<str>>) -> Vec<Message>
         .into_iter()
         .map(|e| Message {
             delete: false,
+            conflict: None,
             sequence: e.sequence,
             resource_name: e.resource_name,
             record_key: e.record_key,

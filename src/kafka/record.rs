@@ -188,6 +188,7 @@ pub fn parse_record(
     match parse_fields(record, max_depth) {
         Ok((sequence, resource_name, record_key, source_label, payload)) => Ok(Message {
             delete: record.payload.is_none(),
+            conflict: None,
             sequence,
             resource_name,
             record_key,

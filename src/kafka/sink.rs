@@ -129,7 +129,12 @@ pub fn apply_passthrough(
 /// ceiling writes the same records.
 pub fn headers(connector: &str, message: &Message) -> OwnedHeaders {
     let sequence = message.sequence.to_string();
-    let id = event_id(connector, message.source_label.as_deref(), message.sequence);
+    let id = event_id(
+        connector,
+        message.source_label.as_deref(),
+        message.sequence,
+        message.conflict,
+    );
     let mut headers = OwnedHeaders::new_with_capacity(5)
         .insert(Header {
             key: "EntityEventSequence",

@@ -88,6 +88,7 @@ impl Page {
                 }
                 self.messages.push(Message {
                     delete: false,
+                    conflict: None,
                     sequence: event.sequence,
                     resource_name: event.resource_name,
                     record_key: event.record_key,

@@ -118,6 +118,7 @@ mod tests {
         );
         Message {
             delete: false,
+            conflict: None,
             sequence: seq,
             resource_name: "Property".into(),
             record_key: format!("k{seq}"),

@@ -24,6 +24,7 @@ fn message(sequence: i64, resource: &str) -> Message {
     let key = format!("C{sequence}");
     Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: resource.into(),
         payload: Bytes::from(format!(

@@ -196,3 +196,53 @@ async fn a_conflicting_sequence_is_refused_with_409_when_the_policy_says_reject(
     );
     bridge.stop().await;
 }
+
+/// Regression: a conflict published under `on_conflict = "publish"` carried the `message_id`
+/// of the event it conflicts with, so a consumer deduplicating by that id dropped a genuine
+/// event. Now its id names its record; resent, it is a duplicate like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_conflict_gets_its_own_message_id() {
+    require_kafka();
+    let prefix = unique("it-dedupe-conflict");
+    let sink = format!("{}\n[dedupe]\n", TestBridge::kafka_sink(&prefix, ""));
+    let bridge = TestBridge::start("", &sink).await;
+    let first = r#"{"value": [{"EntityEventSequence": 2, "ResourceName": "Property", "ResourceRecordKey": "K2"}]}"#;
+    let reused = r#"{"value": [{"EntityEventSequence": 2, "ResourceName": "Property", "ResourceRecordKey": "K9"}]}"#;
+    assert_eq!(post_feed(&bridge, first).await["duplicates"], 0);
+    assert_eq!(post_feed(&bridge, reused).await["duplicates"], 0);
+    assert_eq!(
+        post_feed(&bridge, reused).await["duplicates"],
+        1,
+        "the conflicting record, resent, is a duplicate"
+    );
+    let topic = format!("{prefix}.Property");
+    let seen = tokio::task::spawn_blocking(move || {
+        consume_until(&[&topic], Duration::from_secs(8), |s| s.len() > 2)
+    })
+    .await
+    .unwrap();
+    let mut ids: Vec<(String, String)> = seen
+        .iter()
+        .map(|m| {
+            let key = String::from_utf8(rdkafka::Message::key(m).unwrap().to_vec()).unwrap();
+            (key, header(m, "message_id").unwrap())
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2, "both records once: {ids:?}");
+    assert_eq!(ids[0], ("K2".into(), "it/IDX Feed 123/2".into()));
+    assert!(
+        ids[1].0 == "K9" && ids[1].1.starts_with("it/IDX Feed 123/2~") && ids[1].1.len() == 34,
+        "{ids:?}"
+    );
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "entity_bridge_feed_conflicts_total{connector=\"it\",feed=\"IDX Feed 123\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(bridge.stop().await);
+}

@@ -191,6 +191,7 @@ impl entity_bridge::connector::Sink for Slow {
 fn message(sequence: i64) -> entity_bridge::connector::Message {
     entity_bridge::connector::Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: "Property".into(),
         record_key: format!("K{sequence}"),

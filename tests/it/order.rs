@@ -131,6 +131,7 @@ async fn the_embedded_log_keeps_per_key_order_through_a_retry() {
         .into_iter()
         .map(|(key, sequence, raw)| Message {
             delete: false,
+            conflict: None,
             sequence,
             resource_name: "Property".into(),
             record_key: key,

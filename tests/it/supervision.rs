@@ -348,6 +348,7 @@ async fn a_source_that_fails_for_good_is_rebuilt_and_nothing_is_lost() {
     let messages: Vec<Message> = (1..=30)
         .map(|s| Message {
             delete: false,
+            conflict: None,
             sequence: s,
             resource_name: "Property".into(),
             record_key: format!("k{}", s % 3),

@@ -356,6 +356,7 @@ pub fn messages(batches: &[Vec<Event>]) -> Vec<Vec<Message>> {
                 .enumerate()
                 .map(|(n, e)| Message {
                     delete: false,
+                    conflict: None,
                     sequence: (i * 1_000_000 + n + 1) as i64,
                     resource_name: e.resource.to_owned(),
                     record_key: e.key.clone(),

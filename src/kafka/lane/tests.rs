@@ -224,6 +224,7 @@ fn event(offset: i64, bad: &[i64]) -> Item {
     let sequence = offset + 1;
     Item::Event(Message {
         delete: false,
+        conflict: None,
         sequence,
         resource_name: if bad.contains(&sequence) {
             "Bad"
