@@ -161,7 +161,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         let wrapped = feeds::wrap(
             name,
             connector.dedupe.as_ref(),
-            connector.max_tracked_feeds,
+            feeds::Tracking {
+                max_tracked_feeds: connector.max_tracked_feeds,
+                evict_idle_feeds_after_hours: connector.evict_idle_feeds_after_hours,
+            },
             &config.data_dir,
             sink,
             metrics.clone(),

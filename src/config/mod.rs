@@ -219,6 +219,11 @@ pub struct ConnectorConfig {
     /// feed `_other`. Bounds memory and metric series whatever labels producers send.
     #[serde(default = "crate::feeds::default_max_tracked_feeds")]
     pub max_tracked_feeds: usize,
+    /// Hours without an event after which a tracked feed is forgotten: its series leave
+    /// `/metrics`, it leaves `GET /feeds`, and its slot under `max_tracked_feeds` is free for
+    /// another label (0: never). Its dedupe store rows stay until the dedupe window drops them.
+    #[serde(default = "crate::feeds::default_evict_idle_feeds_after_hours")]
+    pub evict_idle_feeds_after_hours: u64,
     /// Record hydration (`[hydrate]`): events without `Data` get their record fetched from the
     /// producer's API before they are published. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]

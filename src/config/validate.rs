@@ -119,6 +119,10 @@ impl Config {
             }
             crate::feeds::validate_max_tracked_feeds(connector.max_tracked_feeds)
                 .map_err(|d| invalid("max_tracked_feeds", d))?;
+            crate::feeds::validate_evict_idle_feeds_after_hours(
+                connector.evict_idle_feeds_after_hours,
+            )
+            .map_err(|d| invalid("evict_idle_feeds_after_hours", d))?;
             match &connector.source {
                 SourceConfig::Webhook(w) => {
                     w.validate()

@@ -87,6 +87,10 @@ pub(crate) fn default_max_tracked_feeds() -> usize {
     DEFAULT_MAX_TRACKED_FEEDS
 }
 
+pub(crate) fn default_evict_idle_feeds_after_hours() -> u64 {
+    168
+}
+
 impl Default for DedupeConfig {
     fn default() -> Self {
         DedupeConfig {
@@ -125,6 +129,16 @@ impl DedupeConfig {
         }
         Ok(())
     }
+}
+
+/// Checks `evict_idle_feeds_after_hours` (0: never).
+pub fn validate_evict_idle_feeds_after_hours(value: u64) -> Result<(), String> {
+    if value > MAX_WINDOW_AGE_HOURS {
+        return Err(format!(
+            "must be at most {MAX_WINDOW_AGE_HOURS} (0 = never)"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `max_tracked_feeds`.

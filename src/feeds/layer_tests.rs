@@ -93,7 +93,11 @@ async fn layer_capped(
     config: Option<DedupeConfig>,
     cap: usize,
 ) -> Wrapped {
-    wrap("c", config.as_ref(), cap, dir, sink, Metrics::new())
+    let tracking = crate::feeds::Tracking {
+        max_tracked_feeds: cap,
+        evict_idle_feeds_after_hours: 168,
+    };
+    wrap("c", config.as_ref(), tracking, dir, sink, Metrics::new())
         .await
         .unwrap()
 }

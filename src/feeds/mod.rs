@@ -21,10 +21,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use config::default_max_tracked_feeds;
+pub(crate) use config::{default_evict_idle_feeds_after_hours, default_max_tracked_feeds};
 pub use config::{
-    validate_max_tracked_feeds, DedupeConfig, DedupeStoreConfig, OnConflict,
-    DEFAULT_MAX_TRACKED_FEEDS,
+    validate_evict_idle_feeds_after_hours, validate_max_tracked_feeds, DedupeConfig,
+    DedupeStoreConfig, OnConflict, DEFAULT_MAX_TRACKED_FEEDS,
 };
 pub use dedupe::Dedupe;
 pub use layer::{identity, Feeds};
@@ -46,6 +46,16 @@ pub struct Wrapped {
     pub dedupe: bool,
 }
 
+/// How many feeds a connector tracks, and for how long an idle one (the connector's
+/// `max_tracked_feeds` and `evict_idle_feeds_after_hours`).
+#[derive(Debug, Clone, Copy)]
+pub struct Tracking {
+    /// At most this many feeds.
+    pub max_tracked_feeds: usize,
+    /// A feed without an event for this many hours is forgotten (0: never).
+    pub evict_idle_feeds_after_hours: u64,
+}
+
 /// The embedded store's file of `connector` under `data_dir`.
 pub fn embedded_store_path(data_dir: &Path, connector: &str) -> std::path::PathBuf {
     data_dir.join("dedupe").join(format!("{connector}.db"))
@@ -56,14 +66,17 @@ pub fn embedded_store_path(data_dir: &Path, connector: &str) -> std::path::PathB
 pub async fn wrap(
     connector: &str,
     dedupe: Option<&DedupeConfig>,
-    max_tracked_feeds: usize,
+    tracking: Tracking,
     data_dir: &Path,
     inner: Arc<dyn Sink>,
     metrics: Metrics,
 ) -> Result<Wrapped, SeenStoreError> {
+    let idle = (tracking.evict_idle_feeds_after_hours > 0)
+        .then(|| Duration::from_secs(tracking.evict_idle_feeds_after_hours * 3_600));
     let monitor = Arc::new(FeedMonitor::new(
         connector,
-        max_tracked_feeds,
+        tracking.max_tracked_feeds,
+        idle,
         metrics.clone(),
     ));
     let dedupe = match dedupe {

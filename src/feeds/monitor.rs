@@ -6,11 +6,14 @@
 //! a feed (plus the duplicates acknowledged without publishing), so the numbers describe what
 //! reached the bus. The number of feeds is capped (`max_tracked_feeds`): a producer choosing
 //! labels cannot grow memory or metric series without bound; events of feeds past the cap are
-//! counted under `_other`.
+//! counted under `_other`. A feed idle for `evict_idle_feeds_after_hours` is forgotten (its
+//! series removed, its slot freed): producers that retire labels do not fill the cap for good,
+//! and a retired feed's stall alert ends. Its dedupe store rows stay until the window drops
+//! them, so a returning feed is still deduplicated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -25,9 +28,13 @@ pub const OTHER: &str = "_other";
 pub struct FeedMonitor {
     connector: String,
     max_tracked: usize,
+    idle_eviction: Option<Duration>,
     metrics: Metrics,
     tracked: Mutex<Tracked>,
 }
+
+/// How often `record` looks for idle feeds (admission at the cap looks at once).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Tracked {
@@ -35,32 +42,95 @@ struct Tracked {
     other: FeedCounts,
     /// Whether the cap was reported (once per process).
     capped: bool,
+    /// Feeds forgotten for being idle, since the process started.
+    evicted: u64,
+    /// When idle feeds were last looked for.
+    last_sweep: Option<SystemTime>,
+}
+
+/// The monitor's settings, for the bookkeeping under its lock.
+struct Limits<'a> {
+    connector: &'a str,
+    max: usize,
+    idle_eviction: Option<Duration>,
+    metrics: &'a Metrics,
 }
 
 impl Tracked {
-    /// Admits `feed` if the cap leaves room; says so once when it does not.
-    fn admit(&mut self, feed: &str, max: usize, connector: &str, metrics: &Metrics) -> bool {
+    /// Admits `feed` if the cap leaves room (after forgetting idle feeds when it does not);
+    /// says so once when there is none.
+    fn admit(&mut self, feed: &str, now: SystemTime, limits: &Limits<'_>) -> bool {
         if self.feeds.contains_key(feed) {
             return true;
         }
-        if self.feeds.len() >= max {
+        if self.feeds.len() >= limits.max {
+            self.evict_idle(now, limits, None);
+        }
+        if self.feeds.len() >= limits.max {
             if !self.capped {
                 self.capped = true;
-                tracing::warn!(%connector, max_tracked_feeds = max, "feed cap reached: events of further EntityEventSource labels are published unchecked and counted as feed _other");
+                tracing::warn!(connector = %limits.connector, max_tracked_feeds = limits.max, "feed cap reached: events of further EntityEventSource labels are published unchecked and counted as feed _other");
             }
             return false;
         }
-        self.feeds.insert(Arc::from(feed), FeedState::default());
-        metrics.feeds_tracked(connector, self.feeds.len());
+        let state = FeedState {
+            active_at: now,
+            ..FeedState::default()
+        };
+        self.feeds.insert(Arc::from(feed), state);
+        limits
+            .metrics
+            .feeds_tracked(limits.connector, self.feeds.len());
         true
+    }
+
+    /// Forgets every feed without activity (admission or event) for `idle_eviction`, except
+    /// `active` (the feed being recorded: it is active now).
+    fn evict_idle(&mut self, now: SystemTime, limits: &Limits<'_>, active: Option<&str>) {
+        self.last_sweep = Some(now);
+        let Some(idle) = limits.idle_eviction else {
+            return;
+        };
+        let before = self.feeds.len();
+        self.feeds.retain(|feed, state| {
+            // A clock set back counts as no time passed.
+            let quiet = now.duration_since(state.active_at).unwrap_or_default();
+            let keep = quiet < idle || active == Some(&**feed);
+            if !keep {
+                tracing::info!(connector = %limits.connector, feed = %label(feed), idle_hours = quiet.as_secs() / 3_600, "feed forgotten after being idle (evict_idle_feeds_after_hours)");
+                limits.metrics.feed_forgotten(limits.connector, &label(feed));
+            }
+            keep
+        });
+        let evicted = before - self.feeds.len();
+        if evicted > 0 {
+            self.evicted += evicted as u64;
+            self.capped = false; // report the cap again if it is reached again
+            limits
+                .metrics
+                .feeds_tracked(limits.connector, self.feeds.len());
+        }
     }
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct FeedState {
     high_water_mark: Option<i64>,
     last_event: Option<SystemTime>,
+    /// The feed's last activity: its admission or its last event.
+    active_at: SystemTime,
     totals: FeedCounts,
+}
+
+impl Default for FeedState {
+    fn default() -> Self {
+        FeedState {
+            high_water_mark: None,
+            last_event: None,
+            active_at: UNIX_EPOCH,
+            totals: FeedCounts::default(),
+        }
+    }
 }
 
 /// One feed as the admin view shows it.
@@ -95,6 +165,9 @@ pub struct ConnectorFeeds {
     pub feeds: Vec<FeedView>,
     /// Events of feeds past the cap (published unchecked).
     pub untracked_events: u64,
+    /// Feeds forgotten after `evict_idle_feeds_after_hours` without an event, since the
+    /// process started.
+    pub evicted_feeds: u64,
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -103,14 +176,30 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 impl FeedMonitor {
-    /// No feeds yet; at most `max_tracked` will be tracked.
-    pub fn new(connector: &str, max_tracked: usize, metrics: Metrics) -> FeedMonitor {
+    /// No feeds yet; at most `max_tracked` will be tracked, and a feed without activity for
+    /// `idle_eviction` is forgotten (`None`: never).
+    pub fn new(
+        connector: &str,
+        max_tracked: usize,
+        idle_eviction: Option<Duration>,
+        metrics: Metrics,
+    ) -> FeedMonitor {
         metrics.feeds_tracked(connector, 0);
         FeedMonitor {
             connector: connector.to_owned(),
             max_tracked,
+            idle_eviction,
             metrics,
             tracked: Mutex::new(Tracked::default()),
+        }
+    }
+
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            connector: &self.connector,
+            max: self.max_tracked,
+            idle_eviction: self.idle_eviction,
+            metrics: &self.metrics,
         }
     }
 
@@ -122,7 +211,7 @@ impl FeedMonitor {
     /// Whether `feed` (`""` for no label) is tracked: it already is, or the cap leaves room and
     /// it is admitted now.
     pub fn admit(&self, feed: &str) -> bool {
-        (self.lock()).admit(feed, self.max_tracked, &self.connector, &self.metrics)
+        (self.lock()).admit(feed, SystemTime::now(), &self.limits())
     }
 
     /// Resumes a feed from its store (start-up): admits it and sets its high-water mark.
@@ -148,9 +237,25 @@ impl FeedMonitor {
     /// Records what one send did to `feed` (admitted if the cap leaves room): the sequences
     /// published, in order, and the duplicates and conflicts met. `feed` is `""` for no label.
     pub fn record(&self, feed: &str, published: &[i64], duplicates: u64, conflicts: u64) {
-        let now = SystemTime::now();
+        self.record_at(feed, published, duplicates, conflicts, SystemTime::now());
+    }
+
+    fn record_at(
+        &self,
+        feed: &str,
+        published: &[i64],
+        duplicates: u64,
+        conflicts: u64,
+        now: SystemTime,
+    ) {
         let mut t = self.lock();
-        t.admit(feed, self.max_tracked, &self.connector, &self.metrics);
+        let limits = self.limits();
+        let due = (t.last_sweep)
+            .is_none_or(|at| now.duration_since(at).unwrap_or_default() >= SWEEP_INTERVAL);
+        if due {
+            t.evict_idle(now, &limits, Some(feed));
+        }
+        t.admit(feed, now, &limits);
         let Some(state) = t.feeds.get_mut(feed) else {
             t.other.events += published.len() as u64;
             t.other.duplicates += duplicates;
@@ -185,6 +290,7 @@ impl FeedMonitor {
         }
         if !published.is_empty() || duplicates > 0 || conflicts > 0 {
             state.last_event = Some(now);
+            state.active_at = now;
         }
         let totals = &mut state.totals;
         totals.events += counts.events;
@@ -226,6 +332,7 @@ impl FeedMonitor {
             max_tracked_feeds: self.max_tracked,
             feeds,
             untracked_events: t.other.events,
+            evicted_feeds: t.evicted,
         }
     }
 }
@@ -244,86 +351,5 @@ fn label(feed: &str) -> std::borrow::Cow<'_, str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_gaps_regressions_and_the_high_water_mark() {
-        let metrics = Metrics::new();
-        let m = FeedMonitor::new("c", 2, metrics.clone());
-        assert!(m.admit("IDX"));
-        m.record("IDX", &[1101, 1111, 1112], 0, 0);
-        m.record("IDX", &[1105], 2, 1);
-        let view = m.view(true);
-        assert_eq!(
-            view.feeds,
-            vec![FeedView {
-                source: Some("IDX".into()),
-                high_water_mark: Some(1112),
-                last_event_at: view.feeds[0].last_event_at.clone(),
-                events: 4,
-                duplicates: 2,
-                conflicts: 1,
-                regressions: 1,
-                gap_sequences: 9,
-            }]
-        );
-        assert!(view.feeds[0].last_event_at.is_some());
-        let text = metrics.encode();
-        for line in [
-            "entity_bridge_feed_high_water_mark{connector=\"c\",feed=\"IDX\"} 1112",
-            "entity_bridge_feed_gap_sequences_total{connector=\"c\",feed=\"IDX\"} 9",
-            "entity_bridge_feed_regressions_total{connector=\"c\",feed=\"IDX\"} 1",
-            "entity_bridge_feed_duplicates_total{connector=\"c\",feed=\"IDX\"} 2",
-            "entity_bridge_feeds_tracked{connector=\"c\"} 1",
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
-    }
-
-    #[test]
-    fn feeds_past_the_cap_are_counted_as_other() {
-        let metrics = Metrics::new();
-        let m = FeedMonitor::new("c", 2, metrics.clone());
-        assert!(m.admit(""));
-        assert!(m.admit("a"));
-        assert!(!m.admit("b"), "the cap is reached");
-        assert!(m.admit("a"), "a tracked feed stays tracked");
-        m.record("b", &[1, 2], 0, 0);
-        m.record("", &[7], 0, 0);
-        let view = m.view(false);
-        assert_eq!(view.untracked_events, 2);
-        assert_eq!(view.feeds.len(), 2);
-        assert_eq!(view.feeds[0].source, None, "no label first");
-        let text = metrics.encode();
-        assert!(text.contains("entity_bridge_feed_events_total{connector=\"c\",feed=\"_other\"} 2"));
-        assert!(
-            text.contains("entity_bridge_feed_high_water_mark{connector=\"c\",feed=\"_none\"} 7")
-        );
-        assert!(
-            !text.contains("feed=\"b\""),
-            "no series for an untracked feed"
-        );
-    }
-
-    #[test]
-    fn a_producer_label_cannot_write_into_the_reserved_series() {
-        let metrics = Metrics::new();
-        let m = FeedMonitor::new("c", 8, metrics.clone());
-        m.record("_other", &[5], 0, 0);
-        m.record("_none", &[6], 0, 0);
-        let text = metrics.encode();
-        let hwm = |feed: &str, v: i64| {
-            format!("entity_bridge_feed_high_water_mark{{connector=\"c\",feed=\"{feed}\"}} {v}")
-        };
-        assert!(text.contains(&hwm("__other", 5)), "{text}");
-        assert!(text.contains(&hwm("__none", 6)), "{text}");
-        assert!(!text.contains("feed=\"_other\""), "{text}");
-        let view = m.view(false);
-        assert_eq!(
-            view.feeds[0].source.as_deref(),
-            Some("_none"),
-            "shown as sent"
-        );
-    }
-}
+#[path = "monitor_tests.rs"]
+mod tests;

@@ -3,7 +3,8 @@
 //!
 //! The `feed` label is the `EntityEventSource` label a producer sent (`_none` without one),
 //! capped per connector by `max_tracked_feeds`; events of further feeds are counted under
-//! `_other` and have no sequence gauges.
+//! `_other` and have no sequence gauges. A feed idle for `evict_idle_feeds_after_hours` loses
+//! its series.
 
 use prometheus::{IntCounterVec, IntGaugeVec};
 
@@ -20,6 +21,7 @@ pub(super) struct FeedMetrics {
     high_water_mark: IntGaugeVec,
     last_event: IntGaugeVec,
     tracked: IntGaugeVec,
+    evicted: IntCounterVec,
     store_errors: IntCounterVec,
 }
 
@@ -68,6 +70,11 @@ impl FeedMetrics {
             tracked: gauge(
                 "entity_bridge_feeds_tracked",
                 "Feeds a connector tracks (at most max_tracked_feeds).",
+                &["connector"],
+            ),
+            evicted: counter(
+                "entity_bridge_feeds_evicted_total",
+                "Feeds a connector forgot after evict_idle_feeds_after_hours without an event (their series removed, their slot under max_tracked_feeds freed).",
                 &["connector"],
             ),
             store_errors: counter(
@@ -125,14 +132,33 @@ impl Metrics {
         }
     }
 
+    /// Removes the series of a feed `connector` forgot (idle), and counts it.
+    pub fn feed_forgotten(&self, connector: &str, feed: &str) {
+        let m = &self.0.feeds;
+        let labels = [connector, feed];
+        for family in [
+            &m.events,
+            &m.duplicates,
+            &m.conflicts,
+            &m.regressions,
+            &m.gap_sequences,
+        ] {
+            // Absent series (never touched) are fine to skip.
+            let _ = family.remove_label_values(&labels);
+        }
+        for family in [&m.high_water_mark, &m.last_event] {
+            let _ = family.remove_label_values(&labels);
+        }
+        m.evicted.with_label_values(&[connector]).inc();
+    }
+
     /// Sets how many feeds `connector` tracks.
     pub fn feeds_tracked(&self, connector: &str, tracked: usize) {
         let tracked = i64::try_from(tracked).unwrap_or(i64::MAX);
-        self.0
-            .feeds
-            .tracked
-            .with_label_values(&[connector])
-            .set(tracked);
+        let m = &self.0.feeds;
+        m.tracked.with_label_values(&[connector]).set(tracked);
+        // Shown at 0 from the start, so an increase is visible from the first eviction.
+        m.evicted.with_label_values(&[connector]);
     }
 
     /// Counts a failed dedupe store operation (`lookup`, `mark`, `release`), or a send that

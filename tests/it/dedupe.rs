@@ -80,6 +80,7 @@ async fn resent_and_overlapping_pushes_publish_each_sequence_once() {
     assert_eq!(feed["duplicates"], 103);
     assert_eq!(feed["regressions"], 0);
     assert!(feed["last_event_at"].is_string());
+    assert_eq!(feeds["connectors"]["it"]["evicted_feeds"], 0);
     let metrics = bridge.metrics().await;
     for (series, value) in [
         (
@@ -94,6 +95,7 @@ async fn resent_and_overlapping_pushes_publish_each_sequence_once() {
             "entity_bridge_events_published_total{connector=\"it\",resource=\"Property\"}",
             110.0,
         ),
+        ("entity_bridge_feeds_evicted_total{connector=\"it\"}", 0.0),
     ] {
         assert_eq!(metric(&metrics, series), Some(value), "{series}\n{metrics}");
     }

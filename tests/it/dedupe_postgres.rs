@@ -216,7 +216,11 @@ async fn a_send_dropped_mid_flight_releases_its_claims_at_once() {
         async move {
             let sink = Arc::new(Slow(delay));
             let metrics = entity_bridge::metrics::Metrics::new();
-            entity_bridge::feeds::wrap("it", Some(&config), 64, &dir, sink, metrics)
+            let tracking = entity_bridge::feeds::Tracking {
+                max_tracked_feeds: 64,
+                evict_idle_feeds_after_hours: 168,
+            };
+            entity_bridge::feeds::wrap("it", Some(&config), tracking, &dir, sink, metrics)
                 .await
                 .unwrap()
         }
