@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::config::OnConflict;
 use super::dedupe::{Dedupe, Key};
-use super::monitor::FeedMonitor;
+use super::monitor::{FeedMonitor, Stream};
 use super::store::Identity;
 use crate::connector::{BatchHint, Message, RejectKind, SendReport, Sink, SinkError};
 use crate::metrics::Metrics;
@@ -110,32 +110,55 @@ impl Feeds {
             .unwrap_or_else(|| self.no_label.clone())
     }
 
-    /// Tells the monitor what a confirmed send did, feed by feed, in batch order.
+    /// Tells the monitor what a confirmed send did, feed by feed (and Kafka partition by
+    /// partition), in batch order.
     fn record(&self, batch: &[Message], verdicts: Option<&[Verdict]>) {
-        let mut per_feed: Vec<(Arc<str>, Vec<i64>, u64, u64)> = Vec::new();
+        /// One (feed, stream) of the batch: the sequences published, duplicates, conflicts.
+        struct Part {
+            feed: Arc<str>,
+            stream: Stream,
+            published: Vec<i64>,
+            duplicates: u64,
+            conflicts: u64,
+        }
+        let mut parts: Vec<Part> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             let feed = self.feed_of(m);
-            let at = match per_feed.iter().position(|(f, ..)| *f == feed) {
+            let stream: Stream = (m.origin.as_ref())
+                .filter(|o| o.partition >= 0)
+                .map(|o| (o.topic.clone(), o.partition));
+            let at = match (parts.iter()).position(|p| p.feed == feed && p.stream == stream) {
                 Some(at) => at,
                 None => {
-                    per_feed.push((feed, Vec::new(), 0, 0));
-                    per_feed.len() - 1
+                    parts.push(Part {
+                        feed,
+                        stream,
+                        published: Vec::new(),
+                        duplicates: 0,
+                        conflicts: 0,
+                    });
+                    parts.len() - 1
                 }
             };
-            let entry = &mut per_feed[at];
+            let part = &mut parts[at];
             match verdicts.map_or(Verdict::Publish, |v| v[i]) {
-                Verdict::Publish => entry.1.push(m.sequence),
-                Verdict::Duplicate => entry.2 += 1,
+                Verdict::Publish => part.published.push(m.sequence),
+                Verdict::Duplicate => part.duplicates += 1,
                 Verdict::ConflictPublished => {
-                    entry.1.push(m.sequence);
-                    entry.3 += 1;
+                    part.published.push(m.sequence);
+                    part.conflicts += 1;
                 }
-                Verdict::ConflictSkipped => entry.3 += 1,
+                Verdict::ConflictSkipped => part.conflicts += 1,
             }
         }
-        for (feed, published, duplicates, conflicts) in per_feed {
-            self.monitor
-                .record(&feed, &published, duplicates, conflicts);
+        for p in parts {
+            (self.monitor).record_stream(
+                &p.feed,
+                &p.stream,
+                &p.published,
+                p.duplicates,
+                p.conflicts,
+            );
         }
     }
 

@@ -2,7 +2,11 @@
 //! and the time of the last event of each producer stream of a connector.
 //!
 //! A feed is (connector, `EntityEventSource` label or none). Gaps are normal — producers
-//! compact their logs — so they are counted, never refused. Only what the sink confirmed moves
+//! compact their logs — so they are counted, never refused. A Kafka source spreads a feed over
+//! partitions, one lane each, so its events are confirmed out of the feed's order; order is
+//! judged per partition there (a [`Stream`]): an event is a regression only when it is below
+//! what its own partition already published. Gaps are counted as the feed's mark moves, so
+//! there they are an upper bound (a lane catching up fills gaps already counted). Only what the sink confirmed moves
 //! a feed (plus the duplicates acknowledged without publishing), so the numbers describe what
 //! reached the bus. The number of feeds is capped (`max_tracked_feeds`): a producer choosing
 //! labels cannot grow memory or metric series without bound; events of feeds past the cap are
@@ -113,9 +117,16 @@ impl Tracked {
     }
 }
 
+/// Where a feed's events come in order: a Kafka source's (topic, partition); `None` for one
+/// ordered stream (pushes, queues, the embedded log, poll sources).
+pub type Stream = Option<(Arc<str>, i32)>;
+
 #[derive(Clone)]
 struct FeedState {
     high_water_mark: Option<i64>,
+    /// Per partition of a Kafka source: the highest sequence it published (bounded by the
+    /// partitions the connector reads).
+    streams: HashMap<(Arc<str>, i32), i64>,
     last_event: Option<SystemTime>,
     /// The feed's last activity: its admission or its last event.
     active_at: SystemTime,
@@ -126,6 +137,7 @@ impl Default for FeedState {
     fn default() -> Self {
         FeedState {
             high_water_mark: None,
+            streams: HashMap::new(),
             last_event: None,
             active_at: UNIX_EPOCH,
             totals: FeedCounts::default(),
@@ -237,12 +249,26 @@ impl FeedMonitor {
     /// Records what one send did to `feed` (admitted if the cap leaves room): the sequences
     /// published, in order, and the duplicates and conflicts met. `feed` is `""` for no label.
     pub fn record(&self, feed: &str, published: &[i64], duplicates: u64, conflicts: u64) {
-        self.record_at(feed, published, duplicates, conflicts, SystemTime::now());
+        self.record_stream(feed, &None, published, duplicates, conflicts);
+    }
+
+    /// [`Self::record`] for events that came in order from `stream`.
+    pub fn record_stream(
+        &self,
+        feed: &str,
+        stream: &Stream,
+        published: &[i64],
+        duplicates: u64,
+        conflicts: u64,
+    ) {
+        let now = SystemTime::now();
+        self.record_at(feed, stream, published, duplicates, conflicts, now);
     }
 
     fn record_at(
         &self,
         feed: &str,
+        stream: &Stream,
         published: &[i64],
         duplicates: u64,
         conflicts: u64,
@@ -277,13 +303,26 @@ impl FeedMonitor {
             ..FeedCounts::default()
         };
         for &sequence in published {
+            // Below what its own stream published: the producer's order went back. Below the
+            // feed's mark only: another partition's lane got ahead.
+            let behind = match stream {
+                Some(key) => {
+                    let last = state.streams.entry(key.clone()).or_insert(sequence);
+                    let behind = sequence < *last;
+                    *last = (*last).max(sequence);
+                    behind
+                }
+                None => state.high_water_mark.is_some_and(|hwm| sequence < hwm),
+            };
+            if behind {
+                counts.regressions += 1;
+            }
             match state.high_water_mark {
                 Some(hwm) if sequence > hwm => {
                     // Both positive, so the difference fits.
                     counts.gap_sequences += (sequence - hwm - 1) as u64;
                     state.high_water_mark = Some(sequence);
                 }
-                Some(hwm) if sequence < hwm => counts.regressions += 1,
                 Some(_) => {}
                 None => state.high_water_mark = Some(sequence),
             }

@@ -86,18 +86,18 @@ fn idle_feeds_are_forgotten_and_free_their_slot() {
     let hour = Duration::from_secs(3_600);
     let m = FeedMonitor::new("c", 2, Some(hour), metrics.clone());
     let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    m.record_at("a", &[10], 0, 0, t0);
-    m.record_at("b", &[20], 0, 0, t0);
-    m.record_at("c", &[30], 0, 0, t0 + hour / 2);
+    m.record_at("a", &None, &[10], 0, 0, t0);
+    m.record_at("b", &None, &[20], 0, 0, t0);
+    m.record_at("c", &None, &[30], 0, 0, t0 + hour / 2);
     assert_eq!(m.view(false).untracked_events, 1, "full, nobody idle yet");
 
     // Two hours on: `a` sends again (and stays), `b` has been idle too long.
-    m.record_at("a", &[11], 0, 0, t0 + 2 * hour);
+    m.record_at("a", &None, &[11], 0, 0, t0 + 2 * hour);
     let text = metrics.encode();
     assert!(!text.contains("feed=\"b\""), "b's series are gone:\n{text}");
     assert!(text.contains("entity_bridge_feeds_evicted_total{connector=\"c\"} 1"));
     assert!(text.contains("entity_bridge_feeds_tracked{connector=\"c\"} 1"));
-    m.record_at("c", &[31], 0, 0, t0 + 2 * hour);
+    m.record_at("c", &None, &[31], 0, 0, t0 + 2 * hour);
     let view = m.view(false);
     let sources: Vec<_> = view
         .feeds
@@ -113,14 +113,14 @@ fn idle_feeds_are_forgotten_and_free_their_slot() {
         .contains("entity_bridge_feeds_tracked{connector=\"c\"} 2"));
 
     // Half an hour on, nobody is idle long enough: `d` goes unchecked.
-    m.record_at("d", &[1], 0, 0, t0 + 2 * hour + hour / 2);
+    m.record_at("d", &None, &[1], 0, 0, t0 + 2 * hour + hour / 2);
     assert_eq!(
         m.view(false).evicted_feeds,
         1,
         "a and c are half an hour idle only"
     );
     assert_eq!(m.view(false).untracked_events, 2);
-    m.record_at("d", &[2], 0, 0, t0 + 4 * hour);
+    m.record_at("d", &None, &[2], 0, 0, t0 + 4 * hour);
     assert_eq!(m.view(false).evicted_feeds, 3);
     let sources: Vec<_> = (m.view(false).feeds.iter())
         .map(|f| f.source.clone().unwrap())
@@ -133,8 +133,15 @@ fn without_eviction_feeds_stay_for_the_life_of_the_process() {
     let metrics = Metrics::new();
     let m = FeedMonitor::new("c", 1, None, metrics.clone());
     let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    m.record_at("a", &[1], 0, 0, t0);
-    m.record_at("b", &[1], 0, 0, t0 + Duration::from_secs(1_000 * 3_600));
+    m.record_at("a", &None, &[1], 0, 0, t0);
+    m.record_at(
+        "b",
+        &None,
+        &[1],
+        0,
+        0,
+        t0 + Duration::from_secs(1_000 * 3_600),
+    );
     let view = m.view(false);
     assert_eq!(view.feeds.len(), 1);
     assert_eq!(view.untracked_events, 1);
@@ -147,4 +154,32 @@ fn the_idle_time_is_bounded() {
     assert!(validate(0).is_ok(), "0: never");
     assert!(validate(87_840).is_ok());
     assert!(validate(87_841).is_err());
+}
+
+#[test]
+fn a_feed_spread_over_partitions_is_judged_per_partition() {
+    let metrics = Metrics::new();
+    let m = FeedMonitor::new("c", 8, None, metrics.clone());
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let p = |n: i32| -> Stream { Some((Arc::from("mls.Property"), n)) };
+    // Two lanes confirm interleaved stretches of one feed: nobody went back.
+    m.record_at("IDX", &p(0), &[1, 3, 5], 0, 0, t0);
+    m.record_at("IDX", &p(1), &[7, 8], 0, 0, t0);
+    m.record_at("IDX", &p(0), &[6, 9], 0, 0, t0);
+    m.record_at("IDX", &p(1), &[10], 0, 0, t0);
+    let feed = m.view(false).feeds[0].clone();
+    assert_eq!(feed.regressions, 0, "lanes getting ahead of each other");
+    assert_eq!(feed.high_water_mark, Some(10));
+    // A partition going back is a regression (a reset producer, two producers, a resend).
+    m.record_at("IDX", &p(1), &[2], 0, 0, t0);
+    assert_eq!(m.view(false).feeds[0].regressions, 1);
+    // One ordered stream: below the mark is a regression.
+    m.record_at("push", &None, &[5, 9], 0, 0, t0);
+    m.record_at("push", &None, &[7], 0, 0, t0);
+    let push = m
+        .view(false)
+        .feeds
+        .into_iter()
+        .find(|f| f.source.as_deref() == Some("push"));
+    assert_eq!(push.unwrap().regressions, 1);
 }

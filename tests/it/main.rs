@@ -14,6 +14,7 @@ mod egress_dead_letter;
 mod egress_process;
 mod embedded;
 mod fakes;
+mod feeds_order;
 mod fuzz;
 mod hostile;
 mod idp;
