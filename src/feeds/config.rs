@@ -51,7 +51,8 @@ pub enum DedupeStoreConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnConflict {
-    /// Publish the event (nothing is lost); the feed remembers its new identity.
+    /// Publish the event (nothing is lost) under its own `message_id`; the sequence stays with
+    /// the record delivered first.
     #[default]
     Publish,
     /// Refuse it: a push gets 409 naming `/value/N/EntityEventSequence` and nothing of it is

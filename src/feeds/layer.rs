@@ -275,19 +275,16 @@ impl Feeds {
         }
 
         // Delivered: remember what was published (the claims still hold, so no other send
-        // looks these sequences up before they are marked).
-        let mut marks = by_feed(
-            (sent.iter().filter(|&&i| checked[i]))
-                .map(|&i| (self.feed_of(&batch[i]), (batch[i].sequence, identities[i]))),
+        // looks these sequences up before they are marked). A published conflict is not
+        // remembered: its sequence keeps the record delivered first, so that record sent again
+        // stays a duplicate, and the conflict sent again keeps its own id. Only first copies
+        // are `Publish`, so each sequence is marked once.
+        let marks = by_feed(
+            (sent
+                .iter()
+                .filter(|&&i| checked[i] && verdicts[i] == Verdict::Publish))
+            .map(|&i| (self.feed_of(&batch[i]), (batch[i].sequence, identities[i]))),
         );
-        for (_, events) in &mut marks {
-            // A sequence published twice (a conflict inside the batch) is remembered once, with
-            // its last record: one row may be written once per statement.
-            events.reverse();
-            let mut seen = std::collections::HashSet::new();
-            events.retain(|(sequence, _)| seen.insert(*sequence));
-            events.reverse();
-        }
         // Marked after the answer, off the push's latency: the claims stay held until the
         // marks are written, so any send of these sequences meanwhile waits and then sees them
         // delivered. A crash before the write costs duplicates, never events; `flush` (shutdown)

@@ -201,9 +201,10 @@ async fn a_conflicting_sequence_is_refused_with_409_when_the_policy_says_reject(
 
 /// Regression: a conflict published under `on_conflict = "publish"` carried the `message_id`
 /// of the event it conflicts with, so a consumer deduplicating by that id dropped a genuine
-/// event. Now its id names its record; resent, it is a duplicate like any other.
+/// event. Now its id names its record and stays the same when it is sent again, and the record
+/// delivered first keeps the sequence: sent again, it is a duplicate.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_published_conflict_gets_its_own_message_id() {
+async fn a_published_conflict_gets_its_own_stable_message_id() {
     require_kafka();
     let prefix = unique("it-dedupe-conflict");
     let sink = format!("{}\n[dedupe]\n", TestBridge::kafka_sink(&prefix, ""));
@@ -214,12 +215,17 @@ async fn a_published_conflict_gets_its_own_message_id() {
     assert_eq!(post_feed(&bridge, reused).await["duplicates"], 0);
     assert_eq!(
         post_feed(&bridge, reused).await["duplicates"],
+        0,
+        "the conflict sent again is published again (under the same id)"
+    );
+    assert_eq!(
+        post_feed(&bridge, first).await["duplicates"],
         1,
-        "the conflicting record, resent, is a duplicate"
+        "the record delivered first keeps the sequence"
     );
     let topic = format!("{prefix}.Property");
     let seen = tokio::task::spawn_blocking(move || {
-        consume_until(&[&topic], Duration::from_secs(8), |s| s.len() > 2)
+        consume_until(&[&topic], Duration::from_secs(8), |s| s.len() > 3)
     })
     .await
     .unwrap();
@@ -231,19 +237,20 @@ async fn a_published_conflict_gets_its_own_message_id() {
         })
         .collect();
     ids.sort();
-    assert_eq!(ids.len(), 2, "both records once: {ids:?}");
+    assert_eq!(ids.len(), 3, "{ids:?}");
     assert_eq!(ids[0], ("K2".into(), "it/IDX Feed 123/2".into()));
     assert!(
         ids[1].0 == "K9" && ids[1].1.starts_with("it/IDX Feed 123/2~") && ids[1].1.len() == 34,
         "{ids:?}"
     );
+    assert_eq!(ids[1], ids[2], "the same id both times");
     let metrics = bridge.metrics().await;
     assert_eq!(
         metric(
             &metrics,
             "entity_bridge_feed_conflicts_total{connector=\"it\",feed=\"IDX Feed 123\"}"
         ),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
     assert!(bridge.stop().await);
