@@ -223,6 +223,23 @@ mod tests {
         assert!(err.contains("sink.topic_template"), "{err}");
     }
 
+    #[test]
+    fn feed_tracking_keys_are_bounded_and_agree_with_the_dedupe_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |top: &str, dedupe: &str| {
+            let text = format!("{top}\n{CONNECTOR}\n{dedupe}");
+            let file = write(dir.path(), "connectors/mls.toml", &text);
+            load(&[file]).map(|_| ()).map_err(|e| e.to_string())
+        };
+        with("evict_idle_feeds_after_hours = 0", "").unwrap();
+        let err = with("evict_idle_feeds_after_hours = 100000", "").unwrap_err();
+        assert!(err.contains("evict_idle_feeds_after_hours"), "{err}");
+        let err = with("", "[dedupe]\nwindow_age_hours = 0\n").unwrap_err();
+        assert!(err.contains("dedupe.window_age_hours"), "{err}");
+        let never = "evict_idle_feeds_after_hours = 0";
+        with(never, "[dedupe]\nwindow_age_hours = 0\n").unwrap();
+    }
+
     /// Regression: a secret written inline was quoted back by the error (`found string "…"`).
     #[test]
     fn errors_never_echo_a_secret_written_inline() {

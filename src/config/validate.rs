@@ -123,6 +123,20 @@ impl Config {
                 connector.evict_idle_feeds_after_hours,
             )
             .map_err(|d| invalid("evict_idle_feeds_after_hours", d))?;
+            let unaged = connector
+                .dedupe
+                .as_ref()
+                .is_some_and(|d| d.window_age_hours == 0);
+            if unaged && connector.evict_idle_feeds_after_hours > 0 {
+                // Forgotten feeds free their slot for new labels, and without an age limit
+                // their store rows would stay for ever: the store would grow with every label.
+                return Err(invalid(
+                    "dedupe.window_age_hours",
+                    "0 (no age limit) needs evict_idle_feeds_after_hours = 0: the store rows of \
+                     forgotten feeds would otherwise never be dropped"
+                        .into(),
+                ));
+            }
             match &connector.source {
                 SourceConfig::Webhook(w) => {
                     w.validate()

@@ -79,6 +79,23 @@ pub async fn wrap(
         idle,
         metrics.clone(),
     ));
+    if monitor.evicts() {
+        // Quiet feeds are forgotten even when no event arrives at all; the task ends with the
+        // monitor.
+        let weak = Arc::downgrade(&monitor);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(monitor::SWEEP_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            every.tick().await; // the first tick is immediate
+            loop {
+                every.tick().await;
+                match weak.upgrade() {
+                    Some(monitor) => monitor.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
     let dedupe = match dedupe {
         None => None,
         Some(config) => {

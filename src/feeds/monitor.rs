@@ -37,19 +37,18 @@ pub struct FeedMonitor {
     tracked: Mutex<Tracked>,
 }
 
-/// How often `record` looks for idle feeds (admission at the cap looks at once).
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often idle feeds are looked for ([`FeedMonitor::sweep`], on a timer: never on the
+/// send path).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Tracked {
     feeds: HashMap<Arc<str>, FeedState>,
     other: FeedCounts,
-    /// Whether the cap was reported (once per process).
+    /// Whether the cap was reported (again after a feed was forgotten).
     capped: bool,
     /// Feeds forgotten for being idle, since the process started.
     evicted: u64,
-    /// When idle feeds were last looked for.
-    last_sweep: Option<SystemTime>,
 }
 
 /// The monitor's settings, for the bookkeeping under its lock.
@@ -61,14 +60,13 @@ struct Limits<'a> {
 }
 
 impl Tracked {
-    /// Admits `feed` if the cap leaves room (after forgetting idle feeds when it does not);
-    /// says so once when there is none.
+    /// Admits `feed` if the cap leaves room (its activity is now either way); says so once
+    /// when there is none.
     fn admit(&mut self, feed: &str, now: SystemTime, limits: &Limits<'_>) -> bool {
-        if self.feeds.contains_key(feed) {
+        if let Some(state) = self.feeds.get_mut(feed) {
+            // A send in flight keeps its feed from being forgotten before it is recorded.
+            state.active_at = state.active_at.max(now);
             return true;
-        }
-        if self.feeds.len() >= limits.max {
-            self.evict_idle(now, limits, None);
         }
         if self.feeds.len() >= limits.max {
             if !self.capped {
@@ -88,10 +86,8 @@ impl Tracked {
         true
     }
 
-    /// Forgets every feed without activity (admission or event) for `idle_eviction`, except
-    /// `active` (the feed being recorded: it is active now).
-    fn evict_idle(&mut self, now: SystemTime, limits: &Limits<'_>, active: Option<&str>) {
-        self.last_sweep = Some(now);
+    /// Forgets every feed without activity (admission or event) for `idle_eviction`.
+    fn evict_idle(&mut self, now: SystemTime, limits: &Limits<'_>) {
         let Some(idle) = limits.idle_eviction else {
             return;
         };
@@ -99,7 +95,7 @@ impl Tracked {
         self.feeds.retain(|feed, state| {
             // A clock set back counts as no time passed.
             let quiet = now.duration_since(state.active_at).unwrap_or_default();
-            let keep = quiet < idle || active == Some(&**feed);
+            let keep = quiet < idle;
             if !keep {
                 tracing::info!(connector = %limits.connector, feed = %label(feed), idle_hours = quiet.as_secs() / 3_600, "feed forgotten after being idle (evict_idle_feeds_after_hours)");
                 limits.metrics.feed_forgotten(limits.connector, &label(feed));
@@ -220,6 +216,20 @@ impl FeedMonitor {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets the feeds idle for `idle_eviction` (called every [`SWEEP_INTERVAL`]).
+    pub fn sweep(&self) {
+        self.sweep_at(SystemTime::now());
+    }
+
+    fn sweep_at(&self, now: SystemTime) {
+        (self.lock()).evict_idle(now, &self.limits());
+    }
+
+    /// Whether idle feeds are forgotten at all (`evict_idle_feeds_after_hours` > 0).
+    pub fn evicts(&self) -> bool {
+        self.idle_eviction.is_some()
+    }
+
     /// Whether `feed` (`""` for no label) is tracked: it already is, or the cap leaves room and
     /// it is admitted now.
     pub fn admit(&self, feed: &str) -> bool {
@@ -275,13 +285,7 @@ impl FeedMonitor {
         now: SystemTime,
     ) {
         let mut t = self.lock();
-        let limits = self.limits();
-        let due = (t.last_sweep)
-            .is_none_or(|at| now.duration_since(at).unwrap_or_default() >= SWEEP_INTERVAL);
-        if due {
-            t.evict_idle(now, &limits, Some(feed));
-        }
-        t.admit(feed, now, &limits);
+        t.admit(feed, now, &self.limits());
         let Some(state) = t.feeds.get_mut(feed) else {
             t.other.events += published.len() as u64;
             t.other.duplicates += duplicates;

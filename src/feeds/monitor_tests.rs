@@ -90,9 +90,12 @@ fn idle_feeds_are_forgotten_and_free_their_slot() {
     m.record_at("b", &None, &[20], 0, 0, t0);
     m.record_at("c", &None, &[30], 0, 0, t0 + hour / 2);
     assert_eq!(m.view(false).untracked_events, 1, "full, nobody idle yet");
+    m.sweep_at(t0 + hour / 2);
+    assert_eq!(m.view(false).evicted_feeds, 0);
 
-    // Two hours on: `a` sends again (and stays), `b` has been idle too long.
+    // Two hours on: `a` sent again (and stays), `b` has been idle too long.
     m.record_at("a", &None, &[11], 0, 0, t0 + 2 * hour);
+    m.sweep_at(t0 + 2 * hour);
     let text = metrics.encode();
     assert!(!text.contains("feed=\"b\""), "b's series are gone:\n{text}");
     assert!(text.contains("entity_bridge_feeds_evicted_total{connector=\"c\"} 1"));
@@ -112,20 +115,29 @@ fn idle_feeds_are_forgotten_and_free_their_slot() {
         .encode()
         .contains("entity_bridge_feeds_tracked{connector=\"c\"} 2"));
 
-    // Half an hour on, nobody is idle long enough: `d` goes unchecked.
-    m.record_at("d", &None, &[1], 0, 0, t0 + 2 * hour + hour / 2);
-    assert_eq!(
-        m.view(false).evicted_feeds,
-        1,
-        "a and c are half an hour idle only"
-    );
-    assert_eq!(m.view(false).untracked_events, 2);
-    m.record_at("d", &None, &[2], 0, 0, t0 + 4 * hour);
-    assert_eq!(m.view(false).evicted_feeds, 3);
-    let sources: Vec<_> = (m.view(false).feeds.iter())
-        .map(|f| f.source.clone().unwrap())
-        .collect();
-    assert_eq!(sources, vec!["d"]);
+    // Nothing arrives any more: the sweep alone forgets both.
+    m.sweep_at(t0 + 4 * hour);
+    let view = m.view(false);
+    assert!(view.feeds.is_empty());
+    assert_eq!(view.evicted_feeds, 3);
+    assert!(!metrics
+        .encode()
+        .contains("entity_bridge_feed_high_water_mark"));
+}
+
+#[test]
+fn a_feed_with_a_send_in_flight_is_not_forgotten() {
+    let hour = Duration::from_secs(3_600);
+    let m = FeedMonitor::new("c", 2, Some(hour), Metrics::new());
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    m.record_at("a", &None, &[10], 0, 0, t0);
+    // The layer admits the feed when a send starts; the sweep runs before the send is recorded.
+    assert!(m.lock().admit("a", t0 + 2 * hour, &m.limits()));
+    m.sweep_at(t0 + 2 * hour);
+    m.record_at("a", &None, &[11], 0, 0, t0 + 2 * hour);
+    let view = m.view(false);
+    assert_eq!(view.evicted_feeds, 0);
+    assert_eq!(view.feeds[0].gap_sequences, 0, "its mark was kept");
 }
 
 #[test]
