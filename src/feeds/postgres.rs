@@ -99,8 +99,8 @@ impl PostgresSeen {
         ));
         let transport = postgres_tls::configure(config.tls, config.ca_file.as_deref(), &mut pg)
             .map_err(|e| open_error(e.to_string()))?;
-        let mode = postgres_tls::effective(config.tls, pg.get_hosts());
-        if postgres_tls::plain_beyond_loopback(mode, pg.get_hosts()) {
+        let mode = postgres_tls::effective(config.tls, config.ca_file.is_some(), &pg);
+        if postgres_tls::plain_beyond_loopback(mode, &pg) {
             tracing::warn!(
                 connector,
                 table = %config.table,

@@ -36,8 +36,9 @@ pub struct PostgresStoreConfig {
     /// TLS to the database: `"verify_full"` (TLS required, the certificate checked against
     /// `ca_file` or the system's trusted roots, and the host name) or `"disable"` (plain TCP,
     /// for a private network the operator trusts). Absent: `"verify_full"`, except when every
-    /// host of the connection string is loopback (`localhost`, `127.0.0.0/8`, `::1`) or a
-    /// Unix socket. An `sslmode` in the connection string must agree.
+    /// host (and `hostaddr`) of the connection string is loopback (`localhost`, `127.0.0.0/8`,
+    /// `::1`) or a Unix socket and no `ca_file` is given. An `sslmode` in the connection
+    /// string must agree.
     #[serde(default)]
     pub tls: Option<PostgresTls>,
     /// PEM file of the certificate authorities the database's certificate chains to (a

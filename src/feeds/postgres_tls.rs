@@ -78,19 +78,32 @@ fn is_loopback(host: &Host) -> bool {
     }
 }
 
-/// The mode in force: `tls` when set, else `verify_full` unless every host is loopback or a
-/// Unix socket.
-pub fn effective(tls: Option<PostgresTls>, hosts: &[Host]) -> PostgresTls {
+/// Whether every address the client may dial is on this machine: each host is loopback or a
+/// Unix socket, and so is each `hostaddr` (which the client dials instead of the host's name).
+fn all_loopback(pg: &tokio_postgres::Config) -> bool {
+    let (hosts, addrs) = (pg.get_hosts(), pg.get_hostaddrs());
+    (!hosts.is_empty() || !addrs.is_empty())
+        && hosts.iter().all(is_loopback)
+        && addrs.iter().all(|ip| ip.is_loopback())
+}
+
+/// The mode in force: `tls` when set, else `verify_full` when a `ca_file` is given or any
+/// address is beyond loopback, else `disable`.
+pub fn effective(
+    tls: Option<PostgresTls>,
+    ca_file: bool,
+    pg: &tokio_postgres::Config,
+) -> PostgresTls {
     match tls {
         Some(mode) => mode,
-        None if !hosts.is_empty() && hosts.iter().all(is_loopback) => PostgresTls::Disable,
+        None if !ca_file && all_loopback(pg) => PostgresTls::Disable,
         None => PostgresTls::VerifyFull,
     }
 }
 
 /// Whether a plain connection leaves the machine (worth a warning at start-up).
-pub fn plain_beyond_loopback(mode: PostgresTls, hosts: &[Host]) -> bool {
-    mode == PostgresTls::Disable && !hosts.iter().all(is_loopback)
+pub fn plain_beyond_loopback(mode: PostgresTls, pg: &tokio_postgres::Config) -> bool {
+    mode == PostgresTls::Disable && !all_loopback(pg)
 }
 
 /// Applies the mode to `pg` (its `sslmode`) and builds the transport.
@@ -99,7 +112,7 @@ pub fn configure(
     ca_file: Option<&Path>,
     pg: &mut tokio_postgres::Config,
 ) -> Result<Transport, TlsSetupError> {
-    let mode = effective(tls, pg.get_hosts());
+    let mode = effective(tls, ca_file.is_some(), pg);
     let (chosen, wanted) = match mode {
         PostgresTls::VerifyFull => ("verify_full", SslMode::Require),
         PostgresTls::Disable => ("disable", SslMode::Disable),
@@ -178,30 +191,43 @@ mod tests {
 
     #[test]
     fn loopback_hosts_default_to_plain_and_others_to_verified_tls() {
-        let local = pg("postgres://u@127.0.0.1:5432/db");
-        assert_eq!(effective(None, local.get_hosts()), PostgresTls::Disable);
-        let named = pg("host=localhost user=u");
-        assert_eq!(effective(None, named.get_hosts()), PostgresTls::Disable);
-        let v6 = pg("postgres://u@[::1]/db");
-        assert_eq!(effective(None, v6.get_hosts()), PostgresTls::Disable);
-        let socket = pg("host=/var/run/postgresql user=u");
-        assert_eq!(effective(None, socket.get_hosts()), PostgresTls::Disable);
-        let remote = pg("postgres://u@db.internal:5432/db");
-        assert_eq!(effective(None, remote.get_hosts()), PostgresTls::VerifyFull);
-        let mixed = pg("host=127.0.0.1,db.internal user=u");
-        assert_eq!(effective(None, mixed.get_hosts()), PostgresTls::VerifyFull);
+        let mode = |url: &str| effective(None, false, &pg(url));
+        assert_eq!(mode("postgres://u@127.0.0.1:5432/db"), PostgresTls::Disable);
+        assert_eq!(mode("host=localhost user=u"), PostgresTls::Disable);
+        assert_eq!(mode("postgres://u@[::1]/db"), PostgresTls::Disable);
         assert_eq!(
-            effective(Some(PostgresTls::Disable), remote.get_hosts()),
+            mode("host=/var/run/postgresql user=u"),
             PostgresTls::Disable
         );
+        assert_eq!(
+            mode("postgres://u@db.internal:5432/db"),
+            PostgresTls::VerifyFull
+        );
+        assert_eq!(
+            mode("host=127.0.0.1,db.internal user=u"),
+            PostgresTls::VerifyFull
+        );
+        // The client dials hostaddr, whatever the host's name says.
+        assert_eq!(
+            mode("host=localhost hostaddr=10.0.0.5 user=u"),
+            PostgresTls::VerifyFull
+        );
+        assert_eq!(mode("hostaddr=10.0.0.5 user=u"), PostgresTls::VerifyFull);
+        assert_eq!(mode("hostaddr=127.0.0.1 user=u"), PostgresTls::Disable);
+        // A CA file says TLS is wanted, loopback or not (a tunnel, a sidecar).
+        let local = pg("postgres://u@127.0.0.1:5432/db");
+        assert_eq!(effective(None, true, &local), PostgresTls::VerifyFull);
+        let remote = pg("postgres://u@db.internal:5432/db");
+        assert_eq!(
+            effective(Some(PostgresTls::Disable), false, &remote),
+            PostgresTls::Disable
+        );
+        assert!(plain_beyond_loopback(PostgresTls::Disable, &remote));
         assert!(plain_beyond_loopback(
             PostgresTls::Disable,
-            remote.get_hosts()
+            &pg("hostaddr=10.0.0.5 user=u")
         ));
-        assert!(!plain_beyond_loopback(
-            PostgresTls::Disable,
-            local.get_hosts()
-        ));
+        assert!(!plain_beyond_loopback(PostgresTls::Disable, &local));
     }
 
     #[test]

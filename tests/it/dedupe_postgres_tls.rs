@@ -15,7 +15,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::dedupe_postgres::{postgres_url, Table};
-use crate::tls::pki;
+use crate::tls::{pki, pki_for};
 
 /// PostgreSQL's `SSLRequest`: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -196,6 +196,27 @@ async fn the_shared_store_works_over_verified_tls_and_refuses_an_unknown_certifi
         "the refusal says why: {err}"
     );
     assert_eq!(front.handshakes.load(Ordering::SeqCst), before);
+
+    // A certificate for another name, from a trusted CA: refused too.
+    let elsewhere = pki_for(&["db.example.invalid"]);
+    let named = TlsFront::start(&elsewhere.cert_pem, &elsewhere.key_pem).await;
+    let named_ca = dir.path().join("named-ca.pem");
+    std::fs::write(&named_ca, &elsewhere.ca_pem).unwrap();
+    let named_url = dir.path().join("named-url");
+    std::fs::write(&named_url, named.url("127.0.0.1")).unwrap();
+    let mismatch = store(
+        &table,
+        &named_url,
+        &format!("ca_file = {:?}\n", named_ca.display().to_string()),
+    )
+    .unwrap();
+    let err = mismatch
+        .claim("IDX", &events)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    assert_eq!(named.handshakes.load(Ordering::SeqCst), 0);
 
     // Plain TCP to a TLS-only server is refused by the server, not silently downgraded.
     let plain = store(&table, &url_file, "tls = \"disable\"\n").unwrap();
