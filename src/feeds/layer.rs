@@ -30,7 +30,8 @@ use tokio_util::task::TaskTracker;
 
 use super::config::OnConflict;
 use super::dedupe::{Dedupe, Key};
-use super::monitor::{FeedMonitor, Stream};
+use super::monitor::FeedMonitor;
+use super::order::Stream;
 use super::store::Identity;
 use crate::connector::{BatchHint, Message, RejectKind, SendReport, Sink, SinkError};
 use crate::metrics::Metrics;

@@ -12,6 +12,7 @@ mod config;
 mod dedupe;
 mod layer;
 pub mod monitor;
+pub mod order;
 mod postgres;
 mod postgres_config;
 mod postgres_tls;
@@ -79,9 +80,9 @@ pub async fn wrap(
         idle,
         metrics.clone(),
     ));
-    if monitor.evicts() {
-        // Quiet feeds are forgotten even when no event arrives at all; the task ends with the
-        // monitor.
+    {
+        // Gaps are counted and quiet feeds forgotten even when no event arrives at all; the
+        // task ends with the monitor.
         let weak = Arc::downgrade(&monitor);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(monitor::SWEEP_INTERVAL);

@@ -2,18 +2,16 @@
 //! and the time of the last event of each producer stream of a connector.
 //!
 //! A feed is (connector, `EntityEventSource` label or none). Gaps are normal — producers
-//! compact their logs — so they are counted, never refused. A Kafka source spreads a feed over
-//! partitions, one lane each, so its events are confirmed out of the feed's order; order is
-//! judged per partition there (a [`Stream`]): an event is a regression only when it is below
-//! what its own partition already published. Gaps are counted as the feed's mark moves, so
-//! there they are an upper bound (a lane catching up fills gaps already counted). Only what the sink confirmed moves
-//! a feed (plus the duplicates acknowledged without publishing), so the numbers describe what
-//! reached the bus. The number of feeds is capped (`max_tracked_feeds`): a producer choosing
-//! labels cannot grow memory or metric series without bound; events of feeds past the cap are
-//! counted under `_other`. A feed idle for `evict_idle_feeds_after_hours` is forgotten (its
-//! series removed, its slot freed): producers that retire labels do not fill the cap for good,
-//! and a retired feed's stall alert ends. Its dedupe store rows stay until the window drops
-//! them, so a returning feed is still deduplicated.
+//! compact their logs — so they are counted, never refused; how confirmations out of the
+//! feed's order (Kafka lanes, concurrent pushes) are told from gaps and regressions is
+//! [`super::order`]. Only what the sink confirmed moves a feed (plus the duplicates
+//! acknowledged without publishing), so the numbers describe what reached the bus. The number
+//! of feeds is capped (`max_tracked_feeds`): a producer choosing labels cannot grow memory or
+//! metric series without bound; events of feeds past the cap are counted under `_other`. A
+//! feed idle for `evict_idle_feeds_after_hours` is forgotten (its series removed, its slot
+//! freed): producers that retire labels do not fill the cap for good, and a retired feed's
+//! stall alert ends. Its dedupe store rows stay until the window drops them, so a returning
+//! feed is still deduplicated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::order::{FeedOrder, Stream};
 use crate::metrics::{FeedCounts, Metrics};
 
 /// The `feed` label value of events without an `EntityEventSource` label.
@@ -37,9 +36,9 @@ pub struct FeedMonitor {
     tracked: Mutex<Tracked>,
 }
 
-/// How often idle feeds are looked for ([`FeedMonitor::sweep`], on a timer: never on the
-/// send path).
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often gaps past their reorder window are counted and idle feeds looked for
+/// ([`FeedMonitor::sweep`], on a timer: never on the send path).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Tracked {
@@ -113,16 +112,9 @@ impl Tracked {
     }
 }
 
-/// Where a feed's events come in order: a Kafka source's (topic, partition); `None` for one
-/// ordered stream (pushes, queues, the embedded log, poll sources).
-pub type Stream = Option<(Arc<str>, i32)>;
-
 #[derive(Clone)]
 struct FeedState {
-    high_water_mark: Option<i64>,
-    /// Per partition of a Kafka source: the highest sequence it published (bounded by the
-    /// partitions the connector reads).
-    streams: HashMap<(Arc<str>, i32), i64>,
+    order: FeedOrder,
     last_event: Option<SystemTime>,
     /// The feed's last activity: its admission or its last event.
     active_at: SystemTime,
@@ -132,8 +124,7 @@ struct FeedState {
 impl Default for FeedState {
     fn default() -> Self {
         FeedState {
-            high_water_mark: None,
-            streams: HashMap::new(),
+            order: FeedOrder::default(),
             last_event: None,
             active_at: UNIX_EPOCH,
             totals: FeedCounts::default(),
@@ -216,18 +207,33 @@ impl FeedMonitor {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets the feeds idle for `idle_eviction` (called every [`SWEEP_INTERVAL`]).
+    /// Counts the gaps whose reorder window passed and forgets the feeds idle for
+    /// `idle_eviction` (called every [`SWEEP_INTERVAL`]).
     pub fn sweep(&self) {
         self.sweep_at(SystemTime::now());
     }
 
     fn sweep_at(&self, now: SystemTime) {
-        (self.lock()).evict_idle(now, &self.limits());
-    }
-
-    /// Whether idle feeds are forgotten at all (`evict_idle_feeds_after_hours` > 0).
-    pub fn evicts(&self) -> bool {
-        self.idle_eviction.is_some()
+        let mut t = self.lock();
+        // Gaps whose reorder window passed while the feed sent nothing more.
+        for (feed, state) in t.feeds.iter_mut() {
+            let gaps = state.order.settle(now);
+            if gaps > 0 {
+                state.totals.gap_sequences += gaps;
+                let counts = FeedCounts {
+                    gap_sequences: gaps,
+                    ..FeedCounts::default()
+                };
+                self.metrics.feed_observed(
+                    &self.connector,
+                    &label(feed),
+                    counts,
+                    state.order.high_water_mark(),
+                    state.last_event.map(unix),
+                );
+            }
+        }
+        t.evict_idle(now, &self.limits());
     }
 
     /// Whether `feed` (`""` for no label) is tracked: it already is, or the cap leaves room and
@@ -243,7 +249,7 @@ impl FeedMonitor {
         }
         let mut t = self.lock();
         if let Some(state) = t.feeds.get_mut(feed) {
-            state.high_water_mark = Some(high_water_mark);
+            state.order.resume(high_water_mark);
             let counts = FeedCounts::default();
             let label = label(feed);
             self.metrics.feed_observed(
@@ -306,31 +312,9 @@ impl FeedMonitor {
             conflicts,
             ..FeedCounts::default()
         };
-        for &sequence in published {
-            // Below what its own stream published: the producer's order went back. Below the
-            // feed's mark only: another partition's lane got ahead.
-            let behind = match stream {
-                Some(key) => {
-                    let last = state.streams.entry(key.clone()).or_insert(sequence);
-                    let behind = sequence < *last;
-                    *last = (*last).max(sequence);
-                    behind
-                }
-                None => state.high_water_mark.is_some_and(|hwm| sequence < hwm),
-            };
-            if behind {
-                counts.regressions += 1;
-            }
-            match state.high_water_mark {
-                Some(hwm) if sequence > hwm => {
-                    // Both positive, so the difference fits.
-                    counts.gap_sequences += (sequence - hwm - 1) as u64;
-                    state.high_water_mark = Some(sequence);
-                }
-                Some(_) => {}
-                None => state.high_water_mark = Some(sequence),
-            }
-        }
+        let order = state.order.observe(stream, published, now);
+        counts.regressions = order.regressions;
+        counts.gap_sequences = order.gap_sequences;
         if !published.is_empty() || duplicates > 0 || conflicts > 0 {
             state.last_event = Some(now);
             state.active_at = now;
@@ -345,7 +329,7 @@ impl FeedMonitor {
             &self.connector,
             &label(feed),
             counts,
-            state.high_water_mark,
+            state.order.high_water_mark(),
             state.last_event.map(unix),
         );
     }
@@ -358,7 +342,7 @@ impl FeedMonitor {
             .iter()
             .map(|(feed, s)| FeedView {
                 source: (!feed.is_empty()).then(|| feed.to_string()),
-                high_water_mark: s.high_water_mark,
+                high_water_mark: s.order.high_water_mark(),
                 last_event_at: s
                     .last_event
                     .map(|at| humantime::format_rfc3339_seconds(at).to_string()),

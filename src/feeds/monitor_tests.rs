@@ -1,14 +1,22 @@
 //! The monitor's counting, its cap and the eviction of idle feeds (with an explicit clock).
 
 use super::*;
+use crate::feeds::order::REORDER_WINDOW;
 
 #[test]
 fn counts_gaps_regressions_and_the_high_water_mark() {
     let metrics = Metrics::new();
     let m = FeedMonitor::new("c", 2, None, metrics.clone());
+    let t0 = SystemTime::now();
     assert!(m.admit("IDX"));
-    m.record("IDX", &[1101, 1111, 1112], 0, 0);
-    m.record("IDX", &[1105], 2, 1);
+    m.record_at("IDX", &None, &[1101, 1111, 1112], 0, 0, t0);
+    // Late, within the reorder window: it fills a gap, it is no regression.
+    m.record_at("IDX", &None, &[1105], 2, 1, t0 + Duration::from_secs(1));
+    // The other skipped numbers count once their window passed (here by the sweep).
+    m.sweep_at(t0 + REORDER_WINDOW);
+    // An old number after that: the producer went back.
+    let later = t0 + REORDER_WINDOW + Duration::from_secs(1);
+    m.record_at("IDX", &None, &[1103], 0, 0, later);
     let view = m.view(true);
     assert_eq!(
         view.feeds,
@@ -16,18 +24,18 @@ fn counts_gaps_regressions_and_the_high_water_mark() {
             source: Some("IDX".into()),
             high_water_mark: Some(1112),
             last_event_at: view.feeds[0].last_event_at.clone(),
-            events: 4,
+            events: 5,
             duplicates: 2,
             conflicts: 1,
             regressions: 1,
-            gap_sequences: 9,
+            gap_sequences: 8,
         }]
     );
     assert!(view.feeds[0].last_event_at.is_some());
     let text = metrics.encode();
     for line in [
         "entity_bridge_feed_high_water_mark{connector=\"c\",feed=\"IDX\"} 1112",
-        "entity_bridge_feed_gap_sequences_total{connector=\"c\",feed=\"IDX\"} 9",
+        "entity_bridge_feed_gap_sequences_total{connector=\"c\",feed=\"IDX\"} 8",
         "entity_bridge_feed_regressions_total{connector=\"c\",feed=\"IDX\"} 1",
         "entity_bridge_feed_duplicates_total{connector=\"c\",feed=\"IDX\"} 2",
         "entity_bridge_feeds_tracked{connector=\"c\"} 1",
@@ -185,9 +193,9 @@ fn a_feed_spread_over_partitions_is_judged_per_partition() {
     // A partition going back is a regression (a reset producer, two producers, a resend).
     m.record_at("IDX", &p(1), &[2], 0, 0, t0);
     assert_eq!(m.view(false).feeds[0].regressions, 1);
-    // One ordered stream: below the mark is a regression.
+    // One stream: below the mark, once its reorder window passed, is a regression.
     m.record_at("push", &None, &[5, 9], 0, 0, t0);
-    m.record_at("push", &None, &[7], 0, 0, t0);
+    m.record_at("push", &None, &[7], 0, 0, t0 + REORDER_WINDOW);
     let push = m
         .view(false)
         .feeds

@@ -49,12 +49,12 @@ impl FeedMetrics {
             ),
             regressions: counter(
                 "entity_bridge_feed_regressions_total",
-                "Published events below their feed's high-water mark that were not known duplicates, by connector and feed.",
+                "Published events that went back in their feed's order (below the high-water mark and not a late gap filler; on a Kafka source below their own partition's mark) and were not known duplicates, by connector and feed.",
                 feed,
             ),
             gap_sequences: counter(
                 "entity_bridge_feed_gap_sequences_total",
-                "Sequence numbers skipped between consecutive published events of a feed (informational: producers compact their logs), by connector and feed.",
+                "Sequence numbers skipped between consecutive published events of a feed, counted when they have not arrived 30 s after the high-water mark passed them (informational: producers compact their logs), by connector and feed.",
                 feed,
             ),
             high_water_mark: gauge(

@@ -1,6 +1,7 @@
 //! Sequence monitoring on a Kafka source: one feed spread over three partitions is confirmed
-//! lane by lane, out of the feed's order, and that is not a regression; a partition whose
-//! sequence goes back is.
+//! lane by lane, out of the feed's order, and that makes neither regressions nor gaps; a
+//! number the producer skipped is a gap, and a partition whose sequence goes back is a
+//! regression.
 
 use std::time::Duration;
 
@@ -24,7 +25,9 @@ async fn lanes_confirming_out_of_the_feeds_order_are_not_regressions() {
     let mut egress = Egress::new("it-feeds-order", &receiver.url, &dir);
     egress.sink_extra = "max_events = 10".into();
     create_topic(&egress.topic, 3).await;
+    // The producer skipped 150: one gap, and no other.
     let events: Vec<(String, i64, String)> = (1..=300)
+        .filter(|s| *s != 150)
         .map(|s| {
             let key = format!("k{}", s % 10);
             let e = event(&key, s, 10);
@@ -33,7 +36,7 @@ async fn lanes_confirming_out_of_the_feeds_order_are_not_regressions() {
         .collect();
     produce(&egress.topic, &events, Some("IDX")).await;
     let bridge = TestBridge::start_connector(&egress.toml()).await;
-    receiver.wait_delivered(300, Duration::from_secs(60)).await;
+    receiver.wait_delivered(299, Duration::from_secs(60)).await;
     let in_order = |requests: &[crate::receiver::Received]| {
         let mut last = 0;
         requests
@@ -45,12 +48,25 @@ async fn lanes_confirming_out_of_the_feeds_order_are_not_regressions() {
         !in_order(&receiver.requests()),
         "the lanes did overtake each other (else this test proves nothing)"
     );
-    let feeds = bridge.feeds().await;
+    // Gaps count once their reorder window (30 s) has passed: wait for the one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let feeds = loop {
+        let feeds = bridge.feeds().await;
+        if feeds["connectors"]["it"]["feeds"][0]["gap_sequences"] != 0 {
+            break feeds;
+        }
+        assert!(std::time::Instant::now() < deadline, "{feeds}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let feed = &feeds["connectors"]["it"]["feeds"][0];
     assert_eq!(feed["source"], "IDX");
-    assert_eq!(feed["events"], 300);
+    assert_eq!(feed["events"], 299);
     assert_eq!(feed["high_water_mark"], 300);
     assert_eq!(feed["regressions"], 0, "{feeds}");
+    assert_eq!(
+        feed["gap_sequences"], 1,
+        "only 150: numbers a lagging lane brought later are not gaps: {feeds}"
+    );
 
     // The producer starts over (a reset log): every partition goes back.
     let reset: Vec<(String, i64, String)> = (1..=30)
@@ -65,7 +81,7 @@ async fn lanes_confirming_out_of_the_feeds_order_are_not_regressions() {
     loop {
         let feeds = bridge.feeds().await;
         let feed = &feeds["connectors"]["it"]["feeds"][0];
-        if feed["events"] == 330 {
+        if feed["events"] == 329 {
             assert_eq!(feed["regressions"], 30, "{feeds}");
             break;
         }
