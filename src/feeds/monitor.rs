@@ -224,13 +224,7 @@ impl FeedMonitor {
                     gap_sequences: gaps,
                     ..FeedCounts::default()
                 };
-                self.metrics.feed_observed(
-                    &self.connector,
-                    &label(feed),
-                    counts,
-                    state.order.high_water_mark(),
-                    state.last_event.map(unix),
-                );
+                self.observed(feed, state, counts);
             }
         }
         t.evict_idle(now, &self.limits());
@@ -325,6 +319,11 @@ impl FeedMonitor {
         totals.conflicts += counts.conflicts;
         totals.regressions += counts.regressions;
         totals.gap_sequences += counts.gap_sequences;
+        self.observed(feed, state, counts);
+    }
+
+    /// Adds `counts` to a tracked feed's series, with its mark and last event time.
+    fn observed(&self, feed: &str, state: &FeedState, counts: FeedCounts) {
         self.metrics.feed_observed(
             &self.connector,
             &label(feed),

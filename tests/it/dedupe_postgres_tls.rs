@@ -128,6 +128,14 @@ fn store(table: &Table, url_file: &std::path::Path, extra: &str) -> Result<Postg
     PostgresSeen::open(&config, "it", window).map_err(|e| e.to_string())
 }
 
+/// The store settings that ask for verified TLS against the CA in `ca_file`.
+fn verified_by(ca_file: &std::path::Path) -> String {
+    format!(
+        "tls = \"verify_full\"\nca_file = {:?}\n",
+        ca_file.display().to_string()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shared_store_works_over_verified_tls_and_refuses_an_unknown_certificate() {
     let table = Table::new().await;
@@ -140,15 +148,7 @@ async fn the_shared_store_works_over_verified_tls_and_refuses_an_unknown_certifi
     std::fs::write(&url_file, front.url("localhost")).unwrap();
 
     // `localhost` is loopback, so TLS is asked for explicitly.
-    let trusted = store(
-        &table,
-        &url_file,
-        &format!(
-            "tls = \"verify_full\"\nca_file = {:?}\n",
-            ca.display().to_string()
-        ),
-    )
-    .unwrap();
+    let trusted = store(&table, &url_file, &verified_by(&ca)).unwrap();
     let events: Vec<(i64, i64)> = (1..=5).map(|s| (s, 3)).collect();
     trusted.claim("IDX", &events).await.expect("claim over TLS");
     trusted.mark("IDX", &events).await.expect("mark over TLS");
@@ -158,15 +158,7 @@ async fn the_shared_store_works_over_verified_tls_and_refuses_an_unknown_certifi
 
     // The same front by IP address: the certificate names 127.0.0.1 too.
     std::fs::write(&url_file, front.url("127.0.0.1")).unwrap();
-    let by_ip = store(
-        &table,
-        &url_file,
-        &format!(
-            "tls = \"verify_full\"\nca_file = {:?}\n",
-            ca.display().to_string()
-        ),
-    )
-    .unwrap();
+    let by_ip = store(&table, &url_file, &verified_by(&ca)).unwrap();
     assert_eq!(
         by_ip.high_water_marks().await.unwrap(),
         vec![("IDX".into(), 5)]
@@ -177,15 +169,7 @@ async fn the_shared_store_works_over_verified_tls_and_refuses_an_unknown_certifi
     let other_ca = dir.path().join("other-ca.pem");
     std::fs::write(&other_ca, &stranger.ca_pem).unwrap();
     let before = front.handshakes.load(Ordering::SeqCst);
-    let untrusted = store(
-        &table,
-        &url_file,
-        &format!(
-            "tls = \"verify_full\"\nca_file = {:?}\n",
-            other_ca.display().to_string()
-        ),
-    )
-    .unwrap();
+    let untrusted = store(&table, &url_file, &verified_by(&other_ca)).unwrap();
     let err = untrusted
         .claim("IDX", &events)
         .await
