@@ -375,11 +375,17 @@ impl SeenStore for PostgresSeen {
 
     async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError> {
         let t = &self.table;
+        // Feeds still inside the window, the most recently marked first (they get the
+        // monitor's slots when the store holds more feeds than `max_tracked_feeds`).
         let sql = format!(
-            "SELECT feed, MAX(sequence) FROM {t} WHERE connector = $1 AND state = 1 GROUP BY feed"
+            "SELECT feed, MAX(sequence) FROM {t}
+             WHERE connector = $1 AND state = 1
+               AND ($2::bigint = 0 OR updated_at >= now() - $2::bigint * interval '1 millisecond')
+             GROUP BY feed ORDER BY MAX(updated_at) DESC"
         );
+        let age = self.age_ms();
         let rows = self
-            .run(async |c| c.query(&sql, &[&self.connector]).await)
+            .run(async |c| c.query(&sql, &[&self.connector, &age]).await)
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }

@@ -76,7 +76,8 @@ pub trait SeenStore: Send + Sync {
     async fn mark(&self, feed: &str, events: &[(i64, Identity)]) -> Result<(), SeenStoreError>;
     /// Gives up claims of `feed` whose send failed: the sequences stay undelivered.
     async fn release(&self, feed: &str, sequences: &[i64]) -> Result<(), SeenStoreError>;
-    /// Each remembered feed's highest delivered sequence (the monitor resumes from them).
+    /// The highest delivered sequence of each feed with marks inside the window, the most
+    /// recently marked feed first (the monitor resumes from them, up to its cap).
     async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError>;
 }
 
@@ -347,10 +348,16 @@ impl SeenStore for EmbeddedSeen {
 
     async fn high_water_marks(&self) -> Result<Vec<(String, i64)>, SeenStoreError> {
         self.blocking(|inner| {
-            let mut stmt = inner
-                .conn
-                .prepare("SELECT feed, MAX(high) FROM runs GROUP BY feed")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            // Feeds still inside the window, the most recently marked first (they get the
+            // monitor's slots when the store holds more feeds than `max_tracked_feeds`).
+            let oldest = inner.window.max_age.map_or(i64::MIN, |age| {
+                now_ms().saturating_sub(age.as_millis() as i64)
+            });
+            let mut stmt = inner.conn.prepare(
+                "SELECT feed, MAX(high) FROM runs WHERE marked_at_ms >= ?1
+                 GROUP BY feed ORDER BY MAX(marked_at_ms) DESC",
+            )?;
+            let rows = stmt.query_map(params![oldest], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -366,6 +373,36 @@ mod tests {
             events,
             max_age: None,
         }
+    }
+
+    /// At start-up the monitor resumes feeds up to its cap: the recent ones first, and none
+    /// whose marks all left the window while the bridge was down.
+    #[tokio::test]
+    async fn high_water_marks_skip_expired_feeds_and_come_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let aged = Window {
+            events: 100,
+            max_age: Some(Duration::from_secs(3_600)),
+        };
+        let store = EmbeddedSeen::open(&dir.path().join("c.db"), aged).unwrap();
+        for feed in ["retired", "older", "newer"] {
+            store.mark(feed, &[(7, 1)]).await.unwrap();
+        }
+        // Marks of "retired" two hours ago, of "older" a minute before "newer".
+        store
+            .blocking(|inner| {
+                let now = now_ms();
+                let set = "UPDATE runs SET marked_at_ms = ?1 WHERE feed = ?2";
+                inner
+                    .conn
+                    .execute(set, params![now - 7_200_000, "retired"])?;
+                inner.conn.execute(set, params![now - 60_000, "older"])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let marks = store.high_water_marks().await.unwrap();
+        assert_eq!(marks, vec![("newer".into(), 7), ("older".into(), 7)]);
     }
 
     #[tokio::test]

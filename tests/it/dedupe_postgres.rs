@@ -120,6 +120,37 @@ async fn replicas_claim_sequences_so_that_one_publishes_each() {
     assert_eq!(marks, vec![("IDX".to_owned(), 5)]);
 }
 
+/// At start-up the monitor resumes feeds up to its cap: the recent ones first, and none
+/// whose marks all left the window while the bridge was down.
+#[tokio::test(flavor = "multi_thread")]
+async fn high_water_marks_skip_expired_feeds_and_come_newest_first() {
+    let table = Table::new().await;
+    let window = Window {
+        events: 1_000,
+        max_age: Some(Duration::from_secs(3_600)),
+    };
+    let store = PostgresSeen::open(&table.config(60_000), "it", window).unwrap();
+    for feed in ["retired", "older", "newer"] {
+        store.claim(feed, &[(7, 1)]).await.unwrap();
+        store.mark(feed, &[(7, 1)]).await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let set = format!(
+        "UPDATE {} SET updated_at = now() - $1::bigint * interval '1 second' WHERE feed = $2",
+        table.name
+    );
+    client
+        .execute(&set, &[&7_200i64, &"retired"])
+        .await
+        .unwrap();
+    client.execute(&set, &[&60i64, &"older"]).await.unwrap();
+    let marks = store.high_water_marks().await.unwrap();
+    assert_eq!(marks, vec![("newer".into(), 7), ("older".into(), 7)]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_replicas_claim_is_taken_over_after_its_lease() {
     let table = Table::new().await;
