@@ -23,7 +23,7 @@ use tokio_postgres::NoTls;
 pub use super::postgres_config::PostgresStoreConfig;
 use super::postgres_tls::{self, Transport};
 use super::store::{
-    prune_every, Claimed, Identity, SeenStore, SeenStoreError, Window, PRUNE_INTERVAL,
+    count_marks, prune_every, Claimed, Identity, SeenStore, SeenStoreError, Window, PRUNE_INTERVAL,
 };
 
 /// The PostgreSQL store of one connector.
@@ -209,12 +209,8 @@ impl PostgresSeen {
     async fn prune(&self, feed: &str, marked: u64) -> Result<(), SeenStoreError> {
         let (count_due, age_due) = {
             let mut p = self.prune.lock().unwrap_or_else(|e| e.into_inner());
-            let count = p.marks.entry(feed.to_owned()).or_default();
-            *count += marked;
-            let count_due = *count >= prune_every(self.window.events);
-            if count_due {
-                *count = 0;
-            }
+            let count_due =
+                count_marks(&mut p.marks, feed, marked, prune_every(self.window.events));
             let age_due = p.last_age_prune.elapsed() >= PRUNE_INTERVAL;
             if age_due {
                 p.last_age_prune = Instant::now();

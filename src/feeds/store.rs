@@ -87,6 +87,29 @@ pub trait SeenStore: Send + Sync {
 pub fn prune_every(window_events: u64) -> u64 {
     (window_events / 8).clamp(16, 131_072)
 }
+/// Counts `marked` marks toward `feed`'s next count prune; whether it is due (the feed's
+/// counter then goes). The counters stay bounded: past
+/// [`super::config::MAX_TRACKED_FEEDS_LIMIT`] feeds they start over, since a retired label's
+/// counter would otherwise stay for the life of the process (starting over delays a prune by
+/// at most one interval).
+pub(super) fn count_marks(
+    counts: &mut HashMap<String, u64>,
+    feed: &str,
+    marked: u64,
+    every: u64,
+) -> bool {
+    if counts.len() >= super::config::MAX_TRACKED_FEEDS_LIMIT && !counts.contains_key(feed) {
+        counts.clear();
+    }
+    let count = counts.entry(feed.to_owned()).or_default();
+    *count += marked;
+    let due = *count >= every;
+    if due {
+        counts.remove(feed);
+    }
+    due
+}
+
 /// Longest time between two age prunes.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -230,10 +253,8 @@ fn find(blob: &[u8], sequence: i64) -> Option<Identity> {
 
 impl Inner {
     fn prune(&mut self, feed: &str, marked: u64) -> rusqlite::Result<()> {
-        let count = self.marks_since_prune.entry(feed.to_owned()).or_default();
-        *count += marked;
-        if *count >= prune_every(self.window.events) {
-            *count = 0;
+        let every = prune_every(self.window.events);
+        if count_marks(&mut self.marks_since_prune, feed, marked, every) {
             // Keep the newest runs holding `events` sequences: walk down from the top, then
             // delete the runs wholly below the last one kept.
             let mut stmt = self.conn.prepare_cached(
@@ -403,6 +424,18 @@ mod tests {
             .unwrap();
         let marks = store.high_water_marks().await.unwrap();
         assert_eq!(marks, vec![("newer".into(), 7), ("older".into(), 7)]);
+    }
+
+    #[test]
+    fn prune_counters_stay_bounded_whatever_labels_come_and_go() {
+        let mut counts = HashMap::new();
+        assert!(!count_marks(&mut counts, "a", 10, 16));
+        assert!(count_marks(&mut counts, "a", 10, 16), "due at 20 >= 16");
+        assert!(counts.is_empty(), "a due counter goes");
+        for i in 0..30_000 {
+            count_marks(&mut counts, &format!("label-{i}"), 1, 16);
+        }
+        assert!(counts.len() <= crate::feeds::config::MAX_TRACKED_FEEDS_LIMIT);
     }
 
     #[tokio::test]
