@@ -273,6 +273,7 @@ pub async fn metadata(
         return refused;
     }
     if wants_json(&headers, query.as_deref()) {
+        // Invariant: a `serde_json::Value` built in memory always serializes.
         let body = serde_json::to_vec(&csdl_json(&docs.records)).expect("metadata serializes");
         return odata((StatusCode::OK, body).into_response(), "application/json");
     }

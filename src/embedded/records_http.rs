@@ -120,7 +120,8 @@ fn keys(r: &RecordResource, query: Option<&str>) -> Result<(Vec<String>, Option<
 fn with_context(context: &str, data: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "{{\"@odata.context\":{}",
-        serde_json::to_string(context).expect("string")
+        // Invariant: a `&str` always serializes to a JSON string.
+        serde_json::to_string(context).expect("a str serializes")
     )
     .into_bytes();
     let body = data.trim_ascii();

@@ -196,7 +196,9 @@ impl ExternalIssuer {
     }
 
     fn key(&self, kid: &str) -> Option<(Jwk, bool)> {
-        let cache = self.cache.read().expect("jwks lock");
+        // The cache is replaced whole under the lock (no panic inside), so a poisoned lock
+        // still holds a consistent value.
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
         let c = cache.as_ref()?;
         let fresh =
             c.fetched.elapsed() < Duration::from_secs(self.config.jwks_refresh_interval_seconds);
@@ -228,7 +230,7 @@ impl ExternalIssuer {
         match fetched {
             Some(keys) => {
                 tracing::info!(issuer = %self.config.issuer, keys = keys.keys.len(), "JWKS fetched");
-                *self.cache.write().expect("jwks lock") = Some(Cached {
+                *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
                     keys,
                     fetched: Instant::now(),
                 });

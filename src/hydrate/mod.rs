@@ -77,8 +77,8 @@ pub struct Hydrate {
     /// send answered unavailable (webhook pushes: 503, the producer retries).
     refuse_failures: bool,
     /// What the last send with a failed record fetched, and when (see [`ISOLATION_WINDOW`]).
-    /// Its lock is held only to copy entries in or out (nothing under it can panic, so it is
-    /// never poisoned: the `expect`s on it are invariants).
+    /// Its lock is held only to copy entries in or out (nothing under it can panic), so a
+    /// poisoned lock still holds a consistent map and is used as is, like `strikes`.
     recent: Mutex<Option<(Instant, HashMap<String, Fetched>)>>,
     /// Failed sends of each record that failed while others arrived (pull sources).
     strikes: Mutex<HashMap<String, u32>>,
@@ -181,7 +181,7 @@ impl Hydrate {
     /// its event is dead-lettered alone. Until then the batch is retried whole: a record API
     /// that recovers in the middle of a batch loses nothing.
     fn strike(&self, fetched: &mut HashMap<String, Fetched>) {
-        let mut strikes = self.strikes.lock().expect("strikes lock");
+        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
         if strikes.len() > MAX_STRUCK_RECORDS {
             strikes.clear();
         }
@@ -266,7 +266,7 @@ impl Hydrate {
         // What an earlier send of this batch fetched (the pump re-sends the events around a
         // refused one): reused, so isolating a bad record costs no second round of requests.
         let mut fetched: HashMap<String, Fetched> = HashMap::new();
-        if let Some((at, recent)) = &*self.recent.lock().expect("recent lock") {
+        if let Some((at, recent)) = &*self.recent.lock().unwrap_or_else(|p| p.into_inner()) {
             if at.elapsed() < ISOLATION_WINDOW {
                 for url in &urls {
                     if let Some(f) = recent.get(url) {
@@ -319,10 +319,10 @@ impl Hydrate {
                 .filter(|(_, f)| !matches!(f, Fetched::Failed { lasting: false, .. }))
                 .map(|(u, f)| (u.clone(), f.clone()))
                 .collect();
-            *self.recent.lock().expect("recent lock") = Some((Instant::now(), keep));
+            *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), keep));
         }
         if self.refuse_failures {
-            let mut strikes = self.strikes.lock().expect("strikes lock");
+            let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
             for (url, f) in &fetched {
                 if !failed(f) {
                     strikes.remove(url);
