@@ -252,6 +252,11 @@ pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// The `WWW-Authenticate` challenge of a refused request.
+pub fn challenge(r: &reqwest::Response) -> String {
+    r.headers()["www-authenticate"].to_str().unwrap().to_owned()
+}
+
 /// The value of a metric line (`name{labels}`) in an exposition, if present.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

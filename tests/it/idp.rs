@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
+use crate::common::challenge;
 use crate::embedded::{post, Setup};
 
 /// An IdP key: its id, its signing key and its public JWK.
@@ -84,10 +85,6 @@ fn token(key: &IdpKey, aud: &str, exp: u64) -> String {
 
 fn push() -> &'static str {
     r#"{"value":[{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"A"}]}"#
-}
-
-fn challenge(r: &reqwest::Response) -> String {
-    r.headers()["www-authenticate"].to_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

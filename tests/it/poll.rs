@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::amqp::Rabbit;
 use crate::common::*;
 use crate::embedded::Setup;
-use crate::producer::{Misbehave, Producer};
+use crate::producer::{poll_source, Misbehave, Producer};
 use crate::receiver::OAuthPeer;
 
 const CLIENT_SECRET: &str = "cs-7f3a9c1e5b-secret";
@@ -409,19 +409,16 @@ async fn hydration_fills_data_turns_gone_records_into_tombstones_and_dead_letter
         .push_back(Misbehave::Throttle(1));
     let prefix = unique("it-hydrate");
     let dlq = unique("it-hydrate-dlq");
+    let source = poll_source(
+        "reso_poll",
+        &format!("{}/odata/EntityEvent", producer.base),
+        60_000,
+        &dlq,
+        "",
+    );
     let bridge = TestBridge::start_connector(&format!(
         r#"
-[source]
-type = "reso_poll"
-url = "{base}/odata/EntityEvent"
-idle_interval_ms = 60000
-[source.limits]
-requests_per_second = 50
-[source.dead_letter]
-type = "kafka"
-bootstrap_servers = "{kafka}"
-topic = "{dlq}"
-
+{source}
 [sink]
 {sink}
 
@@ -436,7 +433,6 @@ max_attempts = 3
 requests_per_second = 100
 "#,
         base = producer.base,
-        kafka = kafka(),
         sink = TestBridge::kafka_sink(&prefix, "").trim_start(),
     ))
     .await;
@@ -647,19 +643,16 @@ async fn a_record_api_outage_is_retried_not_dead_lettered() {
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
     let dlq = unique("it-hydrate-outage-dlq");
+    let source = poll_source(
+        "reso_poll",
+        &format!("{}/odata/EntityEvent", producer.base),
+        100,
+        &dlq,
+        "",
+    );
     let bridge = TestBridge::start_connector(&format!(
         r#"
-[source]
-type = "reso_poll"
-url = "{base}/odata/EntityEvent"
-idle_interval_ms = 100
-[source.limits]
-requests_per_second = 50
-[source.dead_letter]
-type = "kafka"
-bootstrap_servers = "{kafka}"
-topic = "{dlq}"
-
+{source}
 [sink]
 type = "embedded"
 replay_tokens = [{{ file = {token:?} }}]
@@ -675,7 +668,6 @@ max_attempts = 2
 requests_per_second = 1000
 "#,
         base = producer.base,
-        kafka = kafka(),
         token = token.display().to_string(),
     ))
     .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::*;
-use crate::producer::Producer;
+use crate::producer::{poll_source, Producer};
 
 const POISON_SETS: [&[i64]; 2] = [&[37], &[1, 50, 100]];
 
@@ -24,28 +24,9 @@ fn resource(sequence: i64, poison: &[i64]) -> &'static str {
 /// A poll connector reading `url` into `<prefix>.{ResourceName}`, dead letters to `dlq`.
 fn connector(kind: &str, url: &str, prefix: &str, dlq: &str) -> String {
     format!(
-        r#"
-[retry]
-min_backoff_ms = 20
-max_backoff_ms = 200
-
-[source]
-type = "{kind}"
-url = "{url}"
-page_size = 100
-idle_interval_ms = 60000
-[source.limits]
-requests_per_second = 50
-[source.dead_letter]
-type = "kafka"
-bootstrap_servers = "{kafka}"
-topic = "{dlq}"
-
-[sink]
-{sink}
-"#,
-        kafka = kafka(),
-        sink = TestBridge::kafka_sink(prefix, "").trim_start(),
+        "[retry]\nmin_backoff_ms = 20\nmax_backoff_ms = 200\n\n{}\n[sink]\n{}",
+        poll_source(kind, url, 60_000, dlq, "page_size = 100"),
+        TestBridge::kafka_sink(prefix, "")
     )
 }
 

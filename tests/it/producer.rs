@@ -112,6 +112,18 @@ impl Producer {
     }
 }
 
+/// A poll connector's `[source]` (and its `[source.dead_letter]` to the Kafka topic `dlq`) of
+/// type `kind` reading `url`: 50 requests a second, `idle_interval_ms` after a short page, and
+/// `extra` lines for the source.
+pub fn poll_source(kind: &str, url: &str, idle_interval_ms: u64, dlq: &str, extra: &str) -> String {
+    format!(
+        "[source]\ntype = \"{kind}\"\nurl = \"{url}\"\nidle_interval_ms = {idle_interval_ms}\n{extra}\n\
+         [source.limits]\nrequests_per_second = 50\n\
+         [source.dead_letter]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{dlq}\"\n",
+        crate::common::kafka()
+    )
+}
+
 type Params = Query<Vec<(String, String)>>;
 
 fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -201,20 +201,14 @@ async fn refusals_follow_rfc_6749_and_6750() {
         .await
         .unwrap();
     assert_eq!(none.status(), 401);
-    let challenge = none.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let challenge = crate::common::challenge(&none);
     assert!(
         challenge.starts_with("Bearer") && !challenge.contains("error="),
         "{challenge}"
     );
     let bad = post_with_token(&webhook, "eyJhbGciOiJIUzI1NiJ9.e30.x", &push(1)).await;
     assert_eq!(bad.status(), 401);
-    let challenge = bad.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let challenge = crate::common::challenge(&bad);
     assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
     bridge.stop().await;
 }
@@ -239,10 +233,7 @@ async fn tokens_expire_rotate_and_stay_with_their_connector() {
     assert_eq!(post_with_token(&mls, &token, &push(1)).await.status(), 200);
     let refused = post_with_token(&other, &token, &push(1)).await;
     assert_eq!(refused.status(), 401, "a token for another connector");
-    let challenge = refused.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let challenge = crate::common::challenge(&refused);
     assert!(challenge.contains("another connector"), "{challenge}");
     bridge.stop().await;
 
@@ -272,10 +263,7 @@ async fn tokens_expire_rotate_and_stay_with_their_connector() {
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(issued.elapsed())).await;
     let expired = post_with_token(&mls, &token, &push(4)).await;
     assert_eq!(expired.status(), 401);
-    let challenge = expired.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let challenge = crate::common::challenge(&expired);
     assert!(challenge.contains("expired"), "{challenge}");
     bridge.stop().await;
 }
