@@ -176,13 +176,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         })?;
         let sink = wrapped.sink.clone();
         if let SourceConfig::Webhook(w) = &connector.source {
-            let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
-            let mut webhook =
-                WebhookConnector::build(name, w, body_timeout, sink.clone(), metrics.clone())
-                    .map_err(|source| AppError::Secret {
-                        connector: name.clone(),
-                        source,
-                    })?;
+            let mut webhook = WebhookConnector::build(name, w, sink.clone(), metrics.clone())
+                .map_err(|source| AppError::Secret {
+                    connector: name.clone(),
+                    source,
+                })?;
             if wrapped.dedupe {
                 webhook = webhook.reporting_duplicates();
             }
@@ -254,8 +252,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let stop = shutdown.clone();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let limits = config.http.connections.clone();
+    let body_timeout = Duration::from_millis(config.http.body_read_timeout_ms);
     let webhook_task = tokio::spawn(async move {
-        crate::http::serve::serve(webhook_listener, webhook_app, tls, &limits, stop).await
+        let serve = crate::http::serve::serve;
+        serve(
+            webhook_listener,
+            webhook_app,
+            tls,
+            &limits,
+            body_timeout,
+            stop,
+        )
+        .await
     });
     let admin_app = admin::router(AdminState {
         metrics: metrics.clone(),
@@ -266,8 +274,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     });
     let stop = admin_stop.clone();
     let limits = config.admin.connections.clone();
+    let body_timeout = Duration::from_millis(config.admin.body_read_timeout_ms);
     let admin_task = tokio::spawn(async move {
-        crate::http::serve::serve(admin_listener, admin_app, None, &limits, stop).await
+        let serve = crate::http::serve::serve;
+        serve(admin_listener, admin_app, None, &limits, body_timeout, stop).await
     });
     let supervisors = (tasks.into_iter())
         .map(|(ctx, first)| {

@@ -88,8 +88,9 @@ pub struct HttpConfig {
     /// Serve HTTPS from these PEM files (`[http.tls]`). Absent: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::http::TlsConfig>,
-    /// Time a push's body may take to arrive once its headers are read (408 and the connection
-    /// closed beyond it, so a slow body frees its request slot).
+    /// Time a request's body may take to arrive once its headers are read, on every route of
+    /// the listener (pushes, the token endpoint, …) and every HTTP/2 stream: 408 and the
+    /// connection closed beyond it, so a slow body frees its request slot and connection.
     #[serde(default = "default_body_read_timeout_ms")]
     pub body_read_timeout_ms: u64,
     /// Connection limits and timeouts (`[http.connections]`).
@@ -133,6 +134,10 @@ pub struct AdminConfig {
     /// Timeout of each sink's readiness probe behind `/readyz`.
     #[serde(default = "default_ready_timeout_ms")]
     pub ready_timeout_ms: u64,
+    /// Time a request's body may take to arrive once its headers are read (408 and the
+    /// connection closed beyond it).
+    #[serde(default = "default_admin_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
     /// Connection limits and timeouts (`[admin.connections]`).
     #[serde(default = "crate::http::ConnectionsConfig::admin")]
     pub connections: crate::http::ConnectionsConfig,
@@ -143,6 +148,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen_addr: default_admin_listen(),
             ready_timeout_ms: default_ready_timeout_ms(),
+            body_read_timeout_ms: default_admin_body_read_timeout_ms(),
             connections: crate::http::ConnectionsConfig::admin(),
         }
     }
@@ -150,6 +156,10 @@ impl Default for AdminConfig {
 
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8081))
+}
+
+fn default_admin_body_read_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_ready_timeout_ms() -> u64 {

@@ -69,14 +69,13 @@ impl Config {
                 .validate()
                 .map_err(|(k, d)| listener(format!("{section}.connections.{k}"), d))?;
         }
-        if !(1..=crate::http::MAX_TIMEOUT_MS).contains(&self.http.body_read_timeout_ms) {
-            return Err(listener(
-                "http.body_read_timeout_ms".into(),
-                "must be between 1 and 86400000 (one day)".into(),
-            ));
-        }
         // Durations from config are added to `Instant::now()`: bounded, never an overflow.
         for (key, ms) in [
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            (
+                "admin.body_read_timeout_ms",
+                self.admin.body_read_timeout_ms,
+            ),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
             ("admin.ready_timeout_ms", self.admin.ready_timeout_ms),
         ] {

@@ -51,6 +51,23 @@ pub enum BodyError {
     /// The connection failed or the compressed body was corrupt.
     #[error("cannot read request body: {0}")]
     Unreadable(String),
+    /// The body did not arrive within the listener's `body_read_timeout_ms`.
+    #[error("{0}")]
+    Timeout(super::deadline::BodyDeadlineExceeded),
+}
+
+impl BodyError {
+    /// A failed read of the request body's frames.
+    fn read(error: axum::Error) -> BodyError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = cause {
+            if let Some(deadline) = e.downcast_ref::<super::deadline::BodyDeadlineExceeded>() {
+                return BodyError::Timeout(*deadline);
+            }
+            cause = e.source();
+        }
+        BodyError::Unreadable(error.to_string())
+    }
 }
 
 /// Buffers kept between requests (see the module docs).
@@ -313,7 +330,7 @@ impl BodyPool {
 
 async fn read_plain(mut body: Body, mut out: Collector<'_>) -> Result<(), BodyError> {
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        let frame = frame.map_err(BodyError::read)?;
         if let Some(data) = frame.data_ref() {
             out.accept(data)?;
         }
@@ -324,7 +341,7 @@ async fn read_plain(mut body: Body, mut out: Collector<'_>) -> Result<(), BodyEr
 async fn read_gzip(mut body: Body, mut out: Collector<'_>) -> Result<(), BodyError> {
     let mut decoder = MultiGzDecoder::new(&mut out);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        let frame = frame.map_err(BodyError::read)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };

@@ -4,6 +4,7 @@ pub mod admin;
 mod auth;
 mod body;
 mod config;
+pub mod deadline;
 pub mod jwks;
 pub mod jwt;
 pub mod problem;

@@ -12,8 +12,12 @@
 //!   `keep_alive_idle_timeout_ms`, or `header_read_timeout_ms` after a next request's first
 //!   byte if its headers are not complete by then (HTTP/1.1; HTTP/2 clients send frames between
 //!   requests, so only the idle rule applies there);
-//! - while a request is in flight the watchdog leaves the connection alone: the body has its own
-//!   timeout (`body_read_timeout_ms`, in the webhook handler) and the sink its own.
+//! - while a request is in flight the watchdog leaves the connection alone: its body has the
+//!   listener's `body_read_timeout_ms` from the moment its headers are read, on every route and
+//!   every HTTP/2 stream ([`super::deadline`]), and the sink its own timeouts.
+//!
+//! Each request carries its peer's address as axum's `ConnectInfo<SocketAddr>` (limits keyed
+//! by peer, logs of refused attempts).
 //!
 //! A connection closes with a linger (`close_linger_ms`, see [`Tracked`]), so an answer given
 //! before a body was read (401, 413, 415, 429, all with `Connection: close`) reaches the client
@@ -25,13 +29,14 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -47,17 +52,20 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::config::ConnectionsConfig;
+use super::deadline::{self, DeadlineBody};
 
 /// The prefix of the HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `stop` is cancelled, then
-/// finishes gracefully (see the module docs).
+/// finishes gracefully (see the module docs). Every request body must arrive within
+/// `body_timeout` of its headers.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<ServerConfig>>,
     limits: &ConnectionsConfig,
+    body_timeout: Duration,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let builder = Arc::new(builder(limits));
@@ -65,6 +73,7 @@ pub async fn serve(
         header: Duration::from_millis(limits.header_read_timeout_ms),
         idle: Duration::from_millis(limits.keep_alive_idle_timeout_ms),
         linger: Duration::from_millis(limits.close_linger_ms),
+        body: body_timeout,
     };
     let tls = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -74,9 +83,9 @@ pub async fn serve(
             slot = slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
             () = stop.cancelled() => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the listener survives.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -93,6 +102,7 @@ pub async fn serve(
             tls: tls.clone(),
             timeouts,
             watcher: graceful.watcher(),
+            peer,
         };
         tokio::spawn(async move {
             connection.run(stream).await;
@@ -127,6 +137,7 @@ struct Timeouts {
     header: Duration,
     idle: Duration,
     linger: Duration,
+    body: Duration,
 }
 
 struct Connection {
@@ -135,6 +146,7 @@ struct Connection {
     tls: Option<TlsAcceptor>,
     timeouts: Timeouts,
     watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
 }
 
 impl Connection {
@@ -168,13 +180,24 @@ impl Connection {
             tls: _,
             timeouts,
             watcher,
+            peer,
         } = self;
         let requests = activity.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let router = router.clone();
             let done = Busy::start(&requests);
+            let (parts, body) = request.into_parts();
+            let (body, expired) = DeadlineBody::new(body, timeouts.body);
+            let mut request = Request::from_parts(parts, Body::new(body));
+            request.extensions_mut().insert(ConnectInfo(peer));
             async move {
-                let response = router.oneshot(request.map(Body::new)).await;
+                let response = router.oneshot(request).await.map(|response| {
+                    if expired.fired() {
+                        deadline::timed_out(response, timeouts.body)
+                    } else {
+                        response
+                    }
+                });
                 drop(done);
                 response
             }

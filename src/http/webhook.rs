@@ -2,14 +2,14 @@
 //!
 //! Order of checks, cheapest first, so unauthenticated or malformed traffic costs little:
 //! bearer token (401) → content type and coding (415) → in-flight request slot (429) → body,
-//! read within `body_read_timeout_ms` (408), its declared and decoded size (413) and the
+//! read within the listener's `body_read_timeout_ms` (408, [`super::deadline`]), its declared and decoded size (413) and the
 //! in-flight byte budget taken as it arrives (429) → `EntityEventSource` header and payload
 //! validation (400) → `sink.send`. Every answer given before the body was read whole says
 //! `Connection: close`, so a producer that reuses connections sees the answer, not a reset. The answer is 200 only after the sink confirmed every event; a sink that is
 //! saturated gives 429 and an unreachable bus 503, both with `Retry-After`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -38,7 +38,6 @@ pub struct WebhookConnector {
     sink: Arc<dyn Sink>,
     parse: ParseOptions,
     limits: BodyLimits,
-    body_timeout: Duration,
     bodies: Arc<BodyPool>,
     requests: Arc<Semaphore>,
     bytes: ByteBudget,
@@ -65,12 +64,10 @@ impl WebhookConnector {
         self
     }
 
-    /// Resolves the tokens and wires the connector to its sink. `body_timeout` is the
-    /// listener's `body_read_timeout_ms`.
+    /// Resolves the tokens and wires the connector to its sink.
     pub fn build(
         name: &str,
         config: &WebhookSourceConfig,
-        body_timeout: Duration,
         sink: Arc<dyn Sink>,
         metrics: Metrics,
     ) -> Result<Self, SecretError> {
@@ -92,7 +89,6 @@ impl WebhookConnector {
                 max_bytes: config.max_body_bytes,
                 max_ratio: config.max_decompression_ratio,
             },
-            body_timeout,
             bodies: BodyPool::new(),
             requests: Arc::new(Semaphore::new(config.max_in_flight_requests)),
             bytes: ByteBudget::new(config.max_in_flight_bytes)
@@ -163,21 +159,8 @@ impl WebhookConnector {
         let _in_flight = scopeguard(move || in_flight.dec());
 
         let read = self.bodies.read(body, coding, self.limits, &self.bytes);
-        let (body, _byte_budget) = match tokio::time::timeout(self.body_timeout, read).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => return Err(self.body_problem(e)),
-            Err(_) => {
-                self.metrics.request_rejected(&self.name, "timeout");
-                return Err(Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the request body did not arrive within {} ms",
-                        self.body_timeout.as_millis()
-                    ),
-                )
-                .close_connection());
-            }
-        };
+        // The listener bounds the read (`body_read_timeout_ms`, see `http::deadline`).
+        let (body, _byte_budget) = read.await.map_err(|e| self.body_problem(e))?;
         let source_label = source_label(&headers).inspect_err(|_| {
             self.metrics.request_rejected(&self.name, "invalid");
         })?;
@@ -219,6 +202,7 @@ impl WebhookConnector {
             }
             BodyError::OverBudget => return self.overloaded(&error.to_string()).close_connection(),
             BodyError::Unreadable(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
         };
         self.metrics.request_rejected(&self.name, outcome);
         Problem::new(status, error.to_string()).close_connection()

@@ -2,6 +2,7 @@
 
 mod amqp;
 mod bench_smoke;
+mod body_deadline;
 mod cli;
 mod common;
 mod contract;
