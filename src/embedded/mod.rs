@@ -19,6 +19,7 @@ pub mod config;
 mod cursors;
 pub mod metadata;
 pub mod odata;
+mod reads;
 pub mod records;
 mod records_http;
 mod render;

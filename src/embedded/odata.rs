@@ -149,6 +149,12 @@ pub fn parse_query(raw: Option<&str>) -> Result<ReplayQuery, QueryError> {
                         ),
                     ));
                 }
+                // Every name is one of a few fields now, so a repeat shows within the first few.
+                let twice = (fields.iter().enumerate())
+                    .find_map(|(i, f)| fields[..i].contains(f).then_some(f));
+                if let Some(twice) = twice {
+                    return Err(error("$select", format!("`{twice}` is named twice")));
+                }
                 q.select = Some(fields);
             }
             "$top" => q.top = Some(number(&key, value)?),

@@ -3,6 +3,13 @@
 //! '…'` or `in ('…', …)` (at most [`MAX_KEYS`] keys), with the same tokens as the replay
 //! resource. A record is the `Data` object of the latest event of its key, byte for byte, with
 //! `@odata.context` in front.
+//!
+//! Reads run like replay pages ([`Reads`]: the log's slots, its query deadline, a blocking
+//! thread for the read and the answer). A collection names each key once however often the
+//! filter repeats it (first occurrence order); `$top` and `$skip` bound which keys are read,
+//! and the answer holds records until `replay_max_page_bytes` is spent (one always fits), then
+//! `@odata.nextLink` asks for the rest with `$skip`. (A filter of 100 copies of one 1 MiB key
+//! answered 100 MiB.)
 
 use std::sync::Arc;
 
@@ -10,7 +17,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::store::Log;
+use super::reads::Reads;
 use crate::http::problem::Problem;
 use crate::http::TokenSet;
 
@@ -23,10 +30,26 @@ pub struct RecordResource {
     pub resource: String,
     /// Its key field, e.g. `ListingKey`.
     pub key_field: String,
-    /// The log.
-    pub log: Arc<Log>,
+    /// The log's bounded reads (shared with its replay resource).
+    pub reads: Arc<Reads>,
     /// Who may read.
     pub tokens: TokenSet,
+    /// The collection's URL for next links: `http.public_base_url` (or nothing), the service
+    /// root, the resource.
+    pub link_base: String,
+}
+
+/// What a collection request asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Wanted {
+    /// The filter as given (repeated in next links).
+    filter: String,
+    /// Distinct keys, in the order first named.
+    keys: Vec<String>,
+    /// `$top`: most records answered over all pages.
+    top: Option<usize>,
+    /// `$skip`: keys passed over.
+    skip: usize,
 }
 
 fn bad(option: &str, detail: impl Into<String>) -> Problem {
@@ -73,22 +96,22 @@ fn list(text: &str) -> Option<Vec<String>> {
 }
 
 /// The keys a collection request asks for: `$filter=<key> eq '…'` or `<key> in (…)`.
-fn keys(r: &RecordResource, query: Option<&str>) -> Result<(Vec<String>, Option<usize>), Problem> {
-    let (mut filter, mut top) = (None, None);
+fn keys(r: &RecordResource, query: Option<&str>) -> Result<Wanted, Problem> {
+    let (mut filter, mut top, mut skip) = (None, None, None);
+    let number = |option: &str, v: &str| {
+        v.parse::<usize>()
+            .map_err(|_| bad(option, "must be a non-negative integer"))
+    };
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
             "$filter" if filter.is_none() => filter = Some(v.into_owned()),
-            "$top" if top.is_none() => {
-                top = Some(
-                    v.parse::<usize>()
-                        .map_err(|_| bad("$top", "must be a non-negative integer"))?,
-                )
-            }
+            "$top" if top.is_none() => top = Some(number("$top", &v)?),
+            "$skip" if skip.is_none() => skip = Some(number("$skip", &v)?),
             "$format" if v == "json" || v == "application/json" => {}
             other => {
                 return Err(bad(
                     other,
-                    "unsupported here (supported: $filter on the key, $top)",
+                    "unsupported here (supported: $filter on the key, $top, $skip)",
                 ))
             }
         }
@@ -100,20 +123,30 @@ fn keys(r: &RecordResource, query: Option<&str>) -> Result<(Vec<String>, Option<
         .strip_prefix(r.key_field.as_str())
         .ok_or_else(|| bad("$filter", need.clone()))?
         .trim_start();
-    let keys = if let Some(v) = rest.strip_prefix("eq ") {
+    let named = if let Some(v) = rest.strip_prefix("eq ") {
         vec![literal(v).ok_or_else(|| bad("$filter", need.clone()))?]
     } else if let Some(v) = rest.strip_prefix("in ") {
         list(v).ok_or_else(|| bad("$filter", need.clone()))?
     } else {
         return Err(bad("$filter", need));
     };
-    if keys.len() > MAX_KEYS {
+    if named.len() > MAX_KEYS {
         return Err(bad(
             "$filter",
             format!("at most {MAX_KEYS} keys per request"),
         ));
     }
-    Ok((keys, top))
+    let mut seen = std::collections::HashSet::new();
+    let keys = named
+        .into_iter()
+        .filter(|k| seen.insert(k.clone()))
+        .collect();
+    Ok(Wanted {
+        filter,
+        keys,
+        top,
+        skip: skip.unwrap_or(0),
+    })
 }
 
 /// `data` (an object's bytes) with `@odata.context` as its first member.
@@ -133,20 +166,6 @@ fn with_context(context: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn read(r: &RecordResource, keys: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, Problem> {
-    let resource = r.resource.clone();
-    r.log
-        .read(move |conn| super::records::read(conn, &resource, &keys))
-        .await
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the records cannot be read right now; retry later",
-            )
-            .retry_after(5)
-        })
-}
-
 /// `GET {root}<Resource>('<key>')`: the path parameter holds `'<key>')`.
 pub async fn one(
     State(r): State<Arc<RecordResource>>,
@@ -161,7 +180,11 @@ pub async fn one(
                 "the key must be a quoted string, e.g. ('235021')",
             )
         })?;
-        let found = read(&r, vec![key.clone()]).await?;
+        let resource = r.resource.clone();
+        let wanted = [key.clone()];
+        let found = (r.reads)
+            .run(move |conn| super::records::read(conn, &resource, &wanted))
+            .await?;
         let Some((_, data)) = found.into_iter().next() else {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
@@ -189,27 +212,74 @@ pub async fn many(
 ) -> Response {
     let answer = async {
         let no_metadata = super::metadata::admit(&r.tokens, &headers)?;
-        let (keys, top) = keys(&r, query.as_deref())?;
-        let mut found = read(&r, keys).await?;
-        found.truncate(top.unwrap_or(MAX_KEYS));
+        let wanted = keys(&r, query.as_deref())?;
+        let me = r.clone();
+        let body = (r.reads)
+            .run(move |conn| me.collection(conn, &wanted, no_metadata))
+            .await?;
+        Ok::<_, Problem>(super::metadata::odata_json(body, no_metadata))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+impl RecordResource {
+    /// The collection answer for `wanted`, built within the byte budget.
+    fn collection(
+        &self,
+        conn: &rusqlite::Connection,
+        wanted: &Wanted,
+        no_metadata: bool,
+    ) -> rusqlite::Result<Vec<u8>> {
+        let from = wanted.skip.min(wanted.keys.len());
+        let until = match wanted.top {
+            Some(top) => from.saturating_add(top).min(wanted.keys.len()),
+            None => wanted.keys.len(),
+        };
+        let budget = self.reads.max_bytes;
         let mut body = Vec::new();
         body.push(b'{');
         if !no_metadata {
             body.extend_from_slice(
-                format!("\"@odata.context\":\"$metadata#{}\",", r.resource).as_bytes(),
+                format!("\"@odata.context\":\"$metadata#{}\",", self.resource).as_bytes(),
             );
         }
         body.extend_from_slice(b"\"value\":[");
-        for (i, (_, data)) in found.iter().enumerate() {
-            if i > 0 {
+        let start = body.len();
+        // Keys are read one at a time, and reading stops when the budget is spent: memory is
+        // the budget plus one record, whatever the filter names.
+        let mut next = None;
+        let mut served = 0;
+        for (i, key) in wanted.keys[from..until].iter().enumerate() {
+            let found = super::records::read(conn, &self.resource, std::slice::from_ref(key))?;
+            let Some((_, data)) = found.into_iter().next() else {
+                continue;
+            };
+            if served > 0 && body.len() - start + data.len() + 1 > budget {
+                next = Some(from + i);
+                break;
+            }
+            if served > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(data);
+            body.extend_from_slice(&data);
+            served += 1;
         }
-        body.extend_from_slice(b"]}");
-        Ok::<_, Problem>(super::metadata::odata_json(body, no_metadata))
-    };
-    answer.await.unwrap_or_else(IntoResponse::into_response)
+        body.push(b']');
+        if let Some(skip) = next {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("$filter", &wanted.filter);
+            if wanted.top.is_some() {
+                query.append_pair("$top", &(until - skip).to_string());
+            }
+            query.append_pair("$skip", &skip.to_string());
+            let link = format!("{}?{}", self.link_base, query.finish().replace("%24", "$"));
+            body.extend_from_slice(b",\"@odata.nextLink\":");
+            // Invariant: a `String` always serializes to a JSON string.
+            body.extend_from_slice(&serde_json::to_vec(&link).expect("string serializes"));
+        }
+        body.push(b'}');
+        Ok(body)
+    }
 }
 
 #[cfg(test)]

@@ -16,14 +16,14 @@
 //! checked like the webhook's (constant time). A token opens only the logs its connector writes.
 //!
 //! Bounded per request and per log: a page holds at most `replay_max_page_size` events and
-//! about `replay_max_page_bytes` bytes; at most `replay_max_concurrent_requests` requests run
-//! at once (429 beyond); `$skip` is capped (`replay_max_skip`); the database work of a request
-//! is interrupted after `replay_query_timeout_ms` (503). Readers use their own WAL connections,
-//! so a replay never blocks the writer. `@odata.nextLink` is relative, or built from
+//! about `replay_max_page_bytes` bytes, stored and rendered; `$skip` is capped
+//! (`replay_max_skip`); every read runs through the log's [`Reads`] (slots, a blocking thread
+//! for the query and the rendering, the query deadline). Readers use their own WAL
+//! connections, so a replay never blocks the writer. `@odata.nextLink` is relative, or built from
 //! `http.public_base_url`; never from the request's `Host`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -32,6 +32,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::odata::{parse_query, ReplayQuery};
+use super::reads::Reads;
 pub use super::render::render_event;
 use super::replay_query::{query_page, Page, PageLimits};
 use super::store::Log;
@@ -41,12 +42,6 @@ use crate::http::problem::{Item, Problem};
 use crate::http::TokenSet;
 use crate::metrics::Metrics;
 
-/// `Retry-After` of a 503 when the store cannot be read.
-const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 5;
-/// `Retry-After` of a 429 when every replay slot of the log is taken.
-const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
-/// SQLite virtual-machine steps between two looks at the query deadline.
-const PROGRESS_STEPS: std::ffi::c_int = 1_000;
 /// Annotation carrying the producer's own `EntityEventSequence`.
 pub const SOURCE_SEQUENCE_ANNOTATION: &str = "@EntityBridge.SourceEntityEventSequence";
 /// Annotation carrying the push's `EntityEventSource` header.
@@ -61,12 +56,10 @@ struct Replay {
     root: String,
     /// `http.public_base_url` without its trailing `/`; empty: relative links.
     base: String,
-    log: Arc<Log>,
+    reads: Arc<Reads>,
     tokens: TokenSet,
     limits: PageLimits,
     max_skip: u64,
-    query_timeout: Duration,
-    slots: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
 }
 
@@ -123,12 +116,21 @@ pub async fn replay_router(
             .as_ref()
             .map(|r| r.served())
             .unwrap_or_default();
+        // One set of read slots per log: replay pages and records share them.
+        let reads = Arc::new(Reads::new(
+            &connector,
+            log,
+            sink.replay_max_concurrent_requests,
+            Duration::from_millis(sink.replay_query_timeout_ms),
+            sink.replay_max_page_bytes,
+        ));
         for (resource, key_field) in &served {
             let records = Arc::new(super::records_http::RecordResource {
                 resource: resource.clone(),
                 key_field: key_field.clone(),
-                log: log.clone(),
+                reads: reads.clone(),
                 tokens: TokenSet::new(&secrets),
+                link_base: format!("{base}{root}{resource}"),
             });
             router = router
                 .route(
@@ -161,17 +163,13 @@ pub async fn replay_router(
             records: served.iter().map(|(r, _)| r.clone()).collect(),
             root: root.clone(),
             base: base.to_owned(),
-            log,
+            reads,
             tokens: TokenSet::new(&secrets),
             limits: PageLimits {
                 events: sink.replay_max_page_size as u64,
                 bytes: sink.replay_max_page_bytes,
             },
             max_skip: sink.replay_max_skip,
-            query_timeout: Duration::from_millis(sink.replay_query_timeout_ms),
-            slots: Arc::new(tokio::sync::Semaphore::new(
-                sink.replay_max_concurrent_requests,
-            )),
             metrics: metrics.clone(),
         });
         router = router
@@ -236,55 +234,19 @@ impl Replay {
         super::metadata::admit(&self.tokens, headers)
     }
 
-    /// Reads the page `q` asks for, within the log's limits.
-    async fn fetch(&self, q: &ReplayQuery) -> Result<Page, Problem> {
-        // Held until the database work ends, even when the client goes away first.
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many replay requests for this log at once; retry later",
-            )
-            .retry_after(BUSY_RETRY_AFTER_SECONDS)
-        })?;
-        let limits = PageLimits {
+    /// The page limits of `q`: the log's, and `$top`.
+    fn page_limits(&self, q: &ReplayQuery) -> PageLimits {
+        PageLimits {
             events: q.top.unwrap_or(u64::MAX).min(self.limits.events),
             ..self.limits
-        };
-        let query = q.clone();
-        let deadline = Instant::now() + self.query_timeout;
-        let page = self
-            .log
-            .read(move |conn| {
-                let _slot = slot;
-                conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
-                let page = query_page(conn, &query, limits);
-                conn.progress_handler(0, None::<fn() -> bool>);
-                page
-            })
-            .await
-            .map_err(|e| {
-                if matches!(e, super::store::StoreError::Interrupted) {
-                    tracing::warn!(connector = %self.connector, timeout_ms = self.query_timeout.as_millis() as u64, "replay query interrupted at replay_query_timeout_ms");
-                    return Problem::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the query took longer than this log allows (replay_query_timeout_ms); \
-                         narrow it with $filter=EntityEventSequence gt N or leave out $count",
-                    )
-                    .retry_after(UNAVAILABLE_RETRY_AFTER_SECONDS);
-                }
-                tracing::warn!(connector = %self.connector, error = %e, "replay query failed");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the event log cannot be read right now; retry later",
-                )
-                .retry_after(UNAVAILABLE_RETRY_AFTER_SECONDS)
-            })?;
-        self.metrics
-            .replay_events(&self.connector, page.events.len() as u64);
-        Ok(page)
+        }
     }
 
-    async fn serve(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Response, Problem> {
+    async fn serve(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Response, Problem> {
         let no_metadata = self.check(headers)?;
         let q = parse_query(query).map_err(query_problem)?;
         if q.skip > self.max_skip {
@@ -302,14 +264,27 @@ impl Replay {
                 ),
             }]));
         }
-        let page = self.fetch(&q).await?;
-        let next = self.next_link(&q, &page);
+        let me = self.clone();
+        let (body, events) = (self.reads)
+            .run(move |conn| {
+                let page = query_page(conn, &q, me.page_limits(&q))?;
+                Ok(me.render_page(&q, page, no_metadata))
+            })
+            .await?;
+        self.metrics.replay_events(&self.connector, events);
+        Ok(super::metadata::odata_json(body, no_metadata))
+    }
+
+    /// The answer body of `page` and how many of its events it holds: rendering stops once the
+    /// rendered events pass the page's byte budget (one always fits), and the next link then
+    /// continues after the last one rendered.
+    fn render_page(&self, q: &ReplayQuery, mut page: Page, no_metadata: bool) -> (Vec<u8>, u64) {
+        let budget = self.limits.bytes;
         let mut body = Vec::with_capacity(
-            128 + page
-                .events
-                .iter()
+            128 + (page.events.iter())
                 .map(|e| e.payload.len() + 64)
-                .sum::<usize>(),
+                .sum::<usize>()
+                .min(budget.saturating_add(4096)),
         );
         body.push(b'{');
         if !no_metadata {
@@ -319,20 +294,31 @@ impl Replay {
             body.extend_from_slice(format!("\"@odata.count\":{count},").as_bytes());
         }
         body.extend_from_slice(b"\"value\":[");
+        let start = body.len();
+        let mut rendered = 0;
         for (i, event) in page.events.iter().enumerate() {
+            let mark = body.len();
             if i > 0 {
                 body.push(b',');
             }
             let url = self.record_url(event);
             render_event(&mut body, event, q.select.as_deref(), url.as_deref());
+            if i > 0 && body.len() - start > budget {
+                body.truncate(mark);
+                page.more = true;
+                break;
+            }
+            rendered = i + 1;
         }
+        page.events.truncate(rendered);
         body.push(b']');
-        if let Some(link) = next {
+        if let Some(link) = self.next_link(q, &page) {
             body.extend_from_slice(b",\"@odata.nextLink\":");
+            // Invariant: a `String` always serializes to a JSON string.
             body.extend_from_slice(&serde_json::to_vec(&link).expect("string serializes"));
         }
         body.push(b'}');
-        Ok(super::metadata::odata_json(body, no_metadata))
+        (body, rendered as u64)
     }
 
     /// Where the log serves `event`'s record (`[sink.records]`), if it does.

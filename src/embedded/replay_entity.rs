@@ -1,15 +1,16 @@
-//! One event by its key: `GET <path>(<sequence>)`, an OData single entity.
+//! One event by its key: `GET <path>(<sequence>)`, an OData single entity, read and rendered
+//! under the log's read limits ([`super::Reads`]).
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::{parse_query, query_problem, render_event, Replay, ReplayQuery};
+use super::{parse_query, query_page, query_problem, render_event, Replay, ReplayQuery};
 use crate::http::problem::Problem;
 
 impl Replay {
     /// `GET <path>(<sequence>)`: one event by its key (the log position), `$select` allowed.
     pub(super) async fn serve_entity(
-        &self,
+        self: &std::sync::Arc<Self>,
         headers: &HeaderMap,
         key: &str,
         query: Option<&str>,
@@ -39,25 +40,36 @@ impl Replay {
             select: options.select,
             ..ReplayQuery::default()
         };
-        let page = self.fetch(&q).await?;
-        let Some(event) = page.events.first() else {
+        let me = self.clone();
+        let body = (self.reads)
+            .run(move |conn| {
+                let page = query_page(conn, &q, me.page_limits(&q))?;
+                Ok(page.events.first().map(|event| {
+                    let mut rendered = Vec::with_capacity(event.payload.len() + 128);
+                    let url = me.record_url(event);
+                    render_event(&mut rendered, event, q.select.as_deref(), url.as_deref());
+                    let mut body = Vec::with_capacity(rendered.len() + 64);
+                    body.push(b'{');
+                    if !no_metadata {
+                        body.extend_from_slice(
+                            b"\"@odata.context\":\"$metadata#EntityEvent/$entity\"",
+                        );
+                        if rendered.len() > 2 {
+                            body.push(b',');
+                        }
+                    }
+                    body.extend_from_slice(&rendered[1..]);
+                    body
+                }))
+            })
+            .await?;
+        let Some(body) = body else {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 format!("no event {position} in this log (never written, or removed by retention)"),
             ));
         };
-        let mut rendered = Vec::with_capacity(event.payload.len() + 128);
-        let url = self.record_url(event);
-        render_event(&mut rendered, event, q.select.as_deref(), url.as_deref());
-        let mut body = Vec::with_capacity(rendered.len() + 64);
-        body.push(b'{');
-        if !no_metadata {
-            body.extend_from_slice(b"\"@odata.context\":\"$metadata#EntityEvent/$entity\"");
-            if rendered.len() > 2 {
-                body.push(b',');
-            }
-        }
-        body.extend_from_slice(&rendered[1..]);
+        self.metrics.replay_events(&self.connector, 1);
         Ok(crate::embedded::metadata::odata_json(body, no_metadata))
     }
 }

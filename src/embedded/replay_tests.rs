@@ -26,7 +26,12 @@ fn rendering_swaps_the_sequence_and_keeps_everything_else() {
 }
 
 /// A replay resource over a fresh log of `events` small events.
-async fn replay(dir: &std::path::Path, events: usize, timeout: Duration, slots: usize) -> Replay {
+async fn replay(
+    dir: &std::path::Path,
+    events: usize,
+    timeout: Duration,
+    slots: usize,
+) -> Arc<Replay> {
     let log = Log::open(&dir.join("replay.db")).unwrap();
     let batch: Vec<crate::connector::Message> = (1..=events as i64)
         .map(|i| crate::connector::Message {
@@ -45,23 +50,26 @@ async fn replay(dir: &std::path::Path, events: usize, timeout: Duration, slots: 
     for chunk in batch.chunks(1000) {
         log.append("t", chunk).await.unwrap();
     }
-    Replay {
+    over(log, timeout, slots)
+}
+
+/// A replay resource over `log`.
+fn over(log: Arc<Log>, timeout: Duration, slots: usize) -> Arc<Replay> {
+    Arc::new(Replay {
         connector: "t".into(),
         path: "/EntityEvent".into(),
         records: Vec::new(),
         root: "/".into(),
         base: String::new(),
-        log,
+        reads: Arc::new(Reads::new("t", log, slots, timeout, 4 << 20)),
         tokens: TokenSet::new(&[crate::secret::Secret::new("tok")]),
         limits: PageLimits {
             events: 1000,
             bytes: 4 << 20,
         },
         max_skip: 100_000,
-        query_timeout: timeout,
-        slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         metrics: Metrics::new(),
-    }
+    })
 }
 
 fn bearer() -> HeaderMap {
@@ -89,7 +97,7 @@ fn status(result: Result<Response, Problem>) -> (u16, Option<String>) {
 async fn requests_beyond_the_concurrency_cap_get_429() {
     let dir = tempfile::tempdir().unwrap();
     let replay = replay(dir.path(), 3, Duration::from_secs(5), 1).await;
-    let held = replay.slots.clone().try_acquire_owned().unwrap();
+    let held = replay.reads.take_slot();
     assert_eq!(
         status(replay.serve(&bearer(), None).await),
         (429, Some("1".into()))
@@ -106,14 +114,13 @@ async fn a_query_past_its_time_limit_is_interrupted_with_503() {
     let (code, retry) = status(replay.serve(&bearer(), Some("$count=true")).await);
     assert_eq!((code, retry.as_deref()), (503, Some("5")));
     // The connection goes back to the pool without the handler: the next query is fine.
-    let mut patient = replay;
-    patient.query_timeout = Duration::from_secs(30);
+    let patient = over(replay.reads.log.clone(), Duration::from_secs(30), 4);
     assert_eq!(
         status(patient.serve(&bearer(), Some("$count=true")).await).0,
         200
     );
     assert_eq!(
-        patient.slots.available_permits(),
+        replay.reads.available_slots(),
         4,
         "every slot is back once the work ended"
     );

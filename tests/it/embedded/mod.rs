@@ -2,6 +2,7 @@
 //! embedded source → Kafka and → the webhook push sink, a full store answering 503, and the default run as a new user
 //! does it (the real binary, no arguments, the repository's own default config).
 
+mod bounded_reads;
 mod egress;
 mod full;
 mod metadata;
