@@ -34,7 +34,8 @@ impl std::fmt::Debug for TokenSet {
     }
 }
 
-fn digest(token: &[u8]) -> [u8; 32] {
+/// The SHA-256 digest secrets are kept and compared as.
+pub(super) fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 

@@ -13,6 +13,8 @@ pub mod serve;
 pub mod tls;
 pub mod token;
 mod token_config;
+mod token_guard;
+mod token_request;
 pub mod webhook;
 
 use std::sync::Arc;

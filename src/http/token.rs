@@ -4,23 +4,27 @@
 //! response or a §5.2 error, always `Cache-Control: no-store`.
 //!
 //! Client secrets are kept as SHA-256 digests and compared in constant time, an unknown client
-//! costing the same comparison as a known one. The endpoint is rate limited (all clients
-//! together). Nothing presented — secret, token — is logged; refusals are counted by outcome.
+//! costing the same comparison as a known one. Failed attempts are limited per peer address
+//! and per client id, issued tokens per client ([`super::token_guard`]): a client that
+//! authenticates is never refused because of someone else's failures. A refused attempt is
+//! logged with the client id (configured ids only), the peer and the reason, never what was
+//! presented (secret, token), and counted by outcome.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use bytes::Bytes;
-use governor::DefaultDirectRateLimiter;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::auth::digest;
 use super::jwt::Issuer;
 use super::token_config::TokenEndpointConfig;
+use super::token_guard::Guard;
+use super::token_request::{basic, no_store, OAuthError, Presented};
 use crate::metrics::Metrics;
 use crate::secret::SecretError;
 
@@ -38,100 +42,8 @@ pub struct TokenEndpoint {
     connector: String,
     issuer: Arc<Issuer>,
     clients: Vec<Client>,
-    limiter: DefaultDirectRateLimiter,
+    guard: Guard,
     metrics: Metrics,
-}
-
-/// An RFC 6749 §5.2 error.
-#[derive(Debug)]
-struct OAuthError {
-    status: StatusCode,
-    code: &'static str,
-    description: String,
-    /// `WWW-Authenticate` for a client that authenticated with HTTP Basic.
-    basic_challenge: bool,
-    retry_after: Option<u64>,
-}
-
-impl OAuthError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        OAuthError {
-            status,
-            code,
-            description: description.into(),
-            basic_challenge: false,
-            retry_after: None,
-        }
-    }
-}
-
-fn no_store(response: &mut Response) {
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "error_description": self.description});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        no_store(&mut response);
-        if self.basic_challenge {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"entity-bridge\""),
-            );
-        }
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
-}
-
-fn digest(secret: &[u8]) -> [u8; 32] {
-    Sha256::digest(secret).into()
-}
-
-/// Client credentials as presented: (id, secret, by HTTP Basic).
-type Presented = (String, String, bool);
-
-/// `Authorization: Basic` credentials, each part form-decoded (RFC 6749 §2.3.1).
-fn basic(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let bad = || {
-        let mut e = OAuthError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "the Authorization header is not valid HTTP Basic client authentication",
-        );
-        e.basic_challenge = true;
-        e
-    };
-    let value = value.to_str().map_err(|_| bad())?;
-    let Some(encoded) = value
-        .get(..6)
-        .filter(|s| s.eq_ignore_ascii_case("basic "))
-        .map(|_| value[6..].trim())
-    else {
-        return Err(bad());
-    };
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-    let decode = |s: &str| -> String {
-        form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Ok(Some((decode(id), decode(secret))))
 }
 
 impl TokenEndpoint {
@@ -141,21 +53,32 @@ impl TokenEndpoint {
         config: &TokenEndpointConfig,
         issuer: Arc<Issuer>,
         metrics: Metrics,
-    ) -> Result<TokenEndpoint, SecretError> {
+    ) -> Result<TokenEndpoint, TokenBuildError> {
         let clients = (config.clients.iter())
             .map(|c| {
+                let secret = c.client_secret.resolve()?;
+                if secret.expose().len() < super::token_guard::MIN_CLIENT_SECRET_BYTES {
+                    return Err(TokenBuildError::ShortSecret {
+                        client_id: c.client_id.clone(),
+                    });
+                }
                 Ok(Client {
                     id: c.client_id.clone(),
-                    digest: digest(c.client_secret.resolve()?.expose().as_bytes()),
+                    digest: digest(secret.expose().as_bytes()),
                     scopes: c.scopes.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, SecretError>>()?;
+            .collect::<Result<Vec<_>, TokenBuildError>>()?;
         Ok(TokenEndpoint {
             connector: connector.to_owned(),
             issuer,
+            guard: Guard::new(
+                config.failed_attempts_per_peer_per_minute,
+                config.failed_attempts_per_client_per_minute,
+                config.requests_per_second,
+                clients.len(),
+            ),
             clients,
-            limiter: super::quota::limiter(config.requests_per_second).0,
             metrics,
         })
     }
@@ -163,6 +86,31 @@ impl TokenEndpoint {
     fn refuse(&self, e: OAuthError) -> Response {
         self.metrics.token_request(&self.connector, e.code);
         e.into_response()
+    }
+
+    /// A refusal before the client authenticated: a failed attempt of `peer` (and of the
+    /// configured client it named), logged; `429` once over a budget.
+    fn failed(&self, e: OAuthError, peer: IpAddr, client: Option<usize>) -> Response {
+        let client_id = client.map_or("<unknown>", |i| self.clients[i].id.as_str());
+        match self.guard.failed(peer, client) {
+            Ok(()) => {
+                tracing::info!(connector = %self.connector, client_id, %peer, reason = e.code, detail = %e.description, "token request refused");
+                self.refuse(e)
+            }
+            Err(over) => {
+                if over.first {
+                    tracing::warn!(connector = %self.connector, client_id, %peer, retry_after_seconds = over.retry_after_seconds, "failed token requests over budget; further failures answered 429 (token_endpoint.failed_attempts_per_*_per_minute)");
+                }
+                let mut e = OAuthError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "temporarily_unavailable",
+                    "too many failed token requests; retry later",
+                );
+                e.retry_after = Some(over.retry_after_seconds);
+                self.metrics.token_request(&self.connector, "throttled");
+                e.into_response()
+            }
+        }
     }
 
     /// The client's credentials from the header or the form (one way only).
@@ -200,15 +148,15 @@ impl TokenEndpoint {
         }
     }
 
-    /// The client these credentials belong to, compared in constant time.
-    fn authenticate(&self, id: &str, secret: &str) -> Option<&Client> {
+    /// The client these credentials belong to (its index), compared in constant time.
+    fn authenticate(&self, id: &str, secret: &str) -> Option<usize> {
         let presented = digest(secret.as_bytes());
         let mut found = None;
-        for c in &self.clients {
+        for (i, c) in self.clients.iter().enumerate() {
             let same_id = c.id.as_bytes().ct_eq(id.as_bytes());
             let same_secret = c.digest.ct_eq(&presented);
             if bool::from(same_id & same_secret) {
-                found = Some(c);
+                found = Some(i);
             }
         }
         if self.clients.is_empty() {
@@ -218,19 +166,13 @@ impl TokenEndpoint {
         found
     }
 
-    fn answer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Response, OAuthError> {
-        if let Err(not_until) = self.limiter.check() {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            let mut e = OAuthError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "temporarily_unavailable",
-                "too many token requests; retry later",
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            return Err(e);
-        }
+    /// The client the request authenticates, with the form; else the refusal and the
+    /// configured client it named, if any.
+    fn authenticated(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(usize, Vec<(String, String)>), (OAuthError, Option<usize>)> {
         let form_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -248,30 +190,32 @@ impl TokenEndpoint {
                 "client authentication is required (HTTP Basic, or client_id and client_secret in a form-encoded body)",
             );
             e.basic_challenge = true;
-            return Err(e);
+            return Err((e, None));
         }
         if form_type != Some(true) {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the request must be application/x-www-form-urlencoded",
+            return Err((
+                OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the request must be application/x-www-form-urlencoded",
+                ),
+                None,
             ));
         }
         let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
         let mut names: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "a parameter appears more than once",
+            return Err((
+                OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "a parameter appears more than once",
+                ),
+                None,
             ));
         }
-        let (id, secret, _by_basic) = self.presented(headers, &form)?;
-        let grant = form
-            .iter()
-            .find(|(k, _)| k == "grant_type")
-            .map(|(_, v)| v.as_str());
+        let (id, secret, _by_basic) = self.presented(headers, &form).map_err(|e| (e, None))?;
         let Some(client) = self.authenticate(&id, &secret) else {
             let mut e = OAuthError::new(
                 StatusCode::UNAUTHORIZED,
@@ -280,8 +224,30 @@ impl TokenEndpoint {
             );
             // RFC 7235: every 401 carries a challenge, whichever way the client authenticated.
             e.basic_challenge = true;
-            return Err(e);
+            let named = self.clients.iter().position(|c| c.id == id);
+            return Err((e, named));
         };
+        Ok((client, form))
+    }
+
+    fn answer(&self, headers: &HeaderMap, peer: IpAddr, body: &[u8]) -> Response {
+        let (index, form) = match self.authenticated(headers, body) {
+            Ok(found) => found,
+            Err((e, named)) => return self.failed(e, peer, named),
+        };
+        match self.grant(index, &form) {
+            Ok(response) => response,
+            Err(e) => self.refuse(e),
+        }
+    }
+
+    /// The token for the authenticated client `index`, or why not.
+    fn grant(&self, index: usize, form: &[(String, String)]) -> Result<Response, OAuthError> {
+        let client = &self.clients[index];
+        let grant = form
+            .iter()
+            .find(|(k, _)| k == "grant_type")
+            .map(|(_, v)| v.as_str());
         match grant {
             Some("client_credentials") => {}
             Some(_) => {
@@ -315,6 +281,15 @@ impl TokenEndpoint {
             ));
         }
         let scope = (!requested.is_empty()).then(|| requested.join(" "));
+        if let Err(wait) = self.guard.issue(index) {
+            let mut e = OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "this client asks for tokens too often (token_endpoint.requests_per_second); retry later",
+            );
+            e.retry_after = Some(wait.as_secs().max(1));
+            return Err(e);
+        }
         let (token, expires_in) = self.issuer.issue(&client.id, scope.clone());
         self.metrics.token_request(&self.connector, "issued");
         tracing::info!(connector = %self.connector, client_id = %client.id, expires_in, "access token issued");
@@ -341,6 +316,15 @@ pub enum TokenBuildError {
     /// A signing key is unusable.
     #[error("token_endpoint.{0}")]
     Key(#[from] super::jwt::KeyError),
+    /// A client secret is too short to resist guessing.
+    #[error(
+        "token_endpoint.clients: the client_secret of `{client_id}` must be at least {} bytes",
+        super::token_guard::MIN_CLIENT_SECRET_BYTES
+    )]
+    ShortSecret {
+        /// The client.
+        client_id: String,
+    },
 }
 
 /// The issuer (for the connector's token check) and the endpoint of `config`.
@@ -367,39 +351,14 @@ pub fn build_endpoint(
 /// `POST <path>/token`.
 pub async fn handle(
     State(endpoint): State<Arc<TokenEndpoint>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match endpoint.answer(&headers, &body) {
-        Ok(response) => response,
-        Err(e) => endpoint.refuse(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_basic(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-        h
-    }
-
-    #[test]
-    fn basic_credentials_are_form_decoded() {
-        // RFC 6749 §2.3.1: id and secret are form-encoded before the Basic encoding.
-        let encoded = base64::engine::general_purpose::STANDARD.encode("a%3Ab:p%40ss+word");
-        let got = basic(&with_basic(&format!("Basic {encoded}"))).unwrap();
-        assert_eq!(got, Some(("a:b".to_owned(), "p@ss word".to_owned())));
-        assert_eq!(basic(&HeaderMap::new()).unwrap(), None);
-        for bad in ["Bearer x", "Basic !!!", "Basic bm9jb2xvbg=="] {
-            let e = basic(&with_basic(bad)).unwrap_err();
-            assert_eq!(
-                (e.status, e.code),
-                (StatusCode::UNAUTHORIZED, "invalid_client"),
-                "{bad}"
-            );
-        }
-    }
+    // The listener puts every request's peer there (`serve`); nothing else calls this.
+    let peer = peer.map_or(
+        IpAddr::from([0, 0, 0, 0]),
+        |axum::Extension(ConnectInfo(p))| p.ip(),
+    );
+    endpoint.answer(&headers, peer, &body)
 }

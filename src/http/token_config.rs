@@ -22,9 +22,20 @@ pub struct TokenEndpointConfig {
     /// Clock difference tolerated when checking `exp` of a presented token.
     #[serde(default = "default_max_clock_skew_seconds")]
     pub max_clock_skew_seconds: u64,
-    /// Most token requests per second (all clients together); more get 429 with `Retry-After`.
+    /// Most tokens one client may get per second (each client on its own); more get 429 with
+    /// `Retry-After`. Failed attempts never spend it.
     #[serde(default = "default_requests_per_second")]
     pub requests_per_second: f64,
+    /// Failed attempts (unknown client, wrong secret, malformed request) one peer address may
+    /// make per minute; beyond it its failures get 429 with `Retry-After`. A client that
+    /// authenticates from that address is still served.
+    #[serde(default = "default_failed_attempts_per_minute")]
+    pub failed_attempts_per_peer_per_minute: u32,
+    /// Failed attempts per minute naming one client id (all ids that are not configured share
+    /// one budget), from any address; beyond it they get 429 with `Retry-After`. The client
+    /// itself, presenting its secret, is still served.
+    #[serde(default = "default_failed_attempts_per_minute")]
+    pub failed_attempts_per_client_per_minute: u32,
     /// The producers that may ask for tokens.
     pub clients: Vec<TokenClientConfig>,
 }
@@ -52,6 +63,9 @@ fn default_max_clock_skew_seconds() -> u64 {
 fn default_requests_per_second() -> f64 {
     10.0
 }
+fn default_failed_attempts_per_minute() -> u32 {
+    30
+}
 
 impl TokenEndpointConfig {
     /// Semantic checks; `Err((key, detail))`.
@@ -66,6 +80,20 @@ impl TokenEndpointConfig {
         let rps = self.requests_per_second;
         if !(rps.is_finite() && (0.01..=10_000.0).contains(&rps)) {
             return err("requests_per_second", "must be between 0.01 and 10000");
+        }
+        for (key, n) in [
+            (
+                "failed_attempts_per_peer_per_minute",
+                self.failed_attempts_per_peer_per_minute,
+            ),
+            (
+                "failed_attempts_per_client_per_minute",
+                self.failed_attempts_per_client_per_minute,
+            ),
+        ] {
+            if !(1..=100_000).contains(&n) {
+                return err(key, "must be between 1 and 100000");
+            }
         }
         if self.clients.is_empty() {
             return err("clients", "must name at least one client");

@@ -17,7 +17,7 @@ impl TokenMetrics {
         TokenMetrics {
             requests: registry.counter(
                 "entity_bridge_token_requests_total",
-                "Requests to a webhook connector's OAuth2 token endpoint, by connector and outcome (issued, or the RFC 6749 error: invalid_request, invalid_client, unsupported_grant_type, invalid_scope; temporarily_unavailable when rate limited).",
+                "Requests to a webhook connector's OAuth2 token endpoint, by connector and outcome (issued, or the RFC 6749 error: invalid_request, invalid_client, unsupported_grant_type, invalid_scope; temporarily_unavailable when a client asks too often; throttled: a failed attempt beyond its peer's or client id's budget, answered 429).",
                 &["connector", "outcome"],
             ),
             quota_refusals: registry.counter(

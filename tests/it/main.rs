@@ -31,3 +31,4 @@ mod receiver;
 mod supervision;
 mod tls;
 mod token;
+mod token_guard;

@@ -449,7 +449,8 @@ async fn per_producer_quotas_hold_back_the_noisy_producer_only() {
 
 /// The binary with the token endpoint, logging at trace level: the signing key, the client
 /// secret and the issued token appear in no log line, in `/metrics` or in `check`; the token
-/// endpoint's rate limit answers 429 with `Retry-After`.
+/// endpoint's rate limit answers 429 with `Retry-After`; a refused attempt is logged without
+/// what it presented.
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_secrets_and_tokens_stay_out_of_logs_metrics_and_check() {
     use crate::egress_process::BridgeProcess;
@@ -488,6 +489,19 @@ replay = false
         (429, Some("temporarily_unavailable"))
     );
     assert!(headers.contains_key("retry-after"));
+    // A refused attempt is logged with the client id, the peer and the reason, never what
+    // was presented.
+    const WRONG: &str = "wrong-secret-7a1c9e3b5d";
+    let refused = reqwest::Client::new()
+        .post(format!("{webhook}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id=vendor&client_secret={WRONG}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
 
     let metrics = reqwest::get(format!("http://{admin}/metrics"))
         .await
@@ -505,9 +519,19 @@ replay = false
     let check = String::from_utf8_lossy(&check.stdout).into_owned();
     assert!(check.contains("env = \"IT_SIGNING_KEY\""), "{check}");
     let logs = bridge.output();
+    let line = (logs.lines())
+        .find(|l| l.contains("token request refused"))
+        .unwrap_or_else(|| panic!("the refusal is logged: {logs}"));
+    for field in [
+        "client_id=\"vendor\"",
+        "peer=127.0.0.1",
+        "reason=\"invalid_client\"",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
     let signature = token.rsplit('.').next().unwrap();
     for (what, text) in [("logs", &logs), ("metrics", &metrics), ("check", &check)] {
-        for secret in [SIGNING_KEY, CLIENT_SECRET, &token, signature] {
+        for secret in [SIGNING_KEY, CLIENT_SECRET, &token, signature, WRONG] {
             assert!(!text.contains(secret), "{what} show a secret");
         }
     }
