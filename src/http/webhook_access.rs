@@ -5,15 +5,13 @@
 use axum::http::{header, HeaderMap, StatusCode};
 
 use super::WebhookConnector;
+use crate::http::jwks::Refusal;
 use crate::http::problem::Problem;
 
 impl WebhookConnector {
     /// A bearer token that is not a fixed one: an access token of the connector's token endpoint
     /// or of the external issuer. Its producer, or why it is refused.
-    pub(super) async fn check_token(
-        &self,
-        token: &str,
-    ) -> Result<String, crate::http::jwt::InvalidToken> {
+    pub(super) async fn check_token(&self, token: &str) -> Result<String, Refusal> {
         use crate::http::jwt::InvalidToken;
         let mut why = InvalidToken::Invalid;
         if let Some(issuer) = &self.issuer {
@@ -28,12 +26,14 @@ impl WebhookConnector {
         if let Some(external) = &self.external {
             match external.verify(token).await {
                 Ok(_) => return Ok(crate::http::quota::EXTERNAL_PRODUCER.to_owned()),
+                // The IdP's keys could not be fetched: the token may be good, retry later.
+                Err(unverifiable @ Refusal::Unverifiable { .. }) => return Err(unverifiable),
                 // The token endpoint's specific answer wins over "not one of the IdP's".
-                Err(e) if why == InvalidToken::Invalid => why = e,
-                Err(_) => {}
+                Err(Refusal::Invalid(e)) if why == InvalidToken::Invalid => why = e,
+                Err(Refusal::Invalid(_)) => {}
             }
         }
-        Err(why)
+        Err(Refusal::Invalid(why))
     }
 
     /// A producer over its quota: 429 with the `Retry-After` of its own quota.
@@ -69,7 +69,18 @@ impl WebhookConnector {
             None => None,
             Some(token) => match self.check_token(token).await {
                 Ok(producer) => return Ok(producer),
-                Err(e) => Some(e.to_string()),
+                Err(Refusal::Invalid(e)) => Some(e.to_string()),
+                Err(Refusal::Unverifiable {
+                    retry_after_seconds,
+                }) => {
+                    self.metrics.request_rejected(&self.name, "unavailable");
+                    return Err(Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the identity provider's signing keys cannot be fetched right now; retry later",
+                    )
+                    .retry_after(retry_after_seconds)
+                    .close_connection());
+                }
             },
         };
         self.metrics.request_rejected(&self.name, "unauthorized");

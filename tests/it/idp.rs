@@ -184,3 +184,76 @@ replay = false
     assert!(idp.fetches.load(Ordering::SeqCst) <= fetched + 2);
     bridge.stop().await;
 }
+
+/// A JWKS URL that accepts connections and never answers.
+async fn hanging_idp() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+/// Regression: while the JWKS URL hung, 40 pushes with unknown `kid`s got no answer within
+/// 14 s (20 held 80 s), and 80 of them made another connector's fixed-token push time out.
+/// Now each wait is bounded (503 + Retry-After), waits are capped, other connectors unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_idp_holds_no_push_for_long_and_delays_no_other_connector() {
+    let setup = Setup::new(&[]);
+    setup.write_connector(
+        "mls",
+        &format!(
+            "[source]\ntype = \"webhook\"\n[source.jwt]\nissuer = \"https://idp.example.test/\"\n\
+             audience = \"bridge-mls\"\njwks_url = \"{}\"\nalgorithms = [\"ES256\"]\n\
+             jwks_fetch_timeout_ms = 1000\njwks_max_waiting_requests = 20\n\n\
+             [sink]\ntype = \"embedded\"\nreplay = false\n",
+            hanging_idp().await
+        ),
+    );
+    setup.write_connector(
+        "other",
+        &format!(
+            "{}\n[sink]\ntype = \"embedded\"\nreplay = false\n",
+            setup.webhook_source("")
+        ),
+    );
+    let bridge = setup.start().await;
+    let webhook = format!("{}/webhooks/mls", bridge.base);
+    let started = std::time::Instant::now();
+    let pushes: Vec<_> = (0..80)
+        .map(|i| {
+            let (webhook, forged) = (webhook.clone(), key(&format!("unknown-{i}")));
+            let token = token(&forged, "bridge-mls", now() + 300);
+            tokio::spawn(async move {
+                let r = post(&webhook, &token, push()).await;
+                let retry = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), retry, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = std::time::Instant::now();
+    let fixed = bridge.post("/webhooks/other", push()).await;
+    assert_eq!(fixed.status(), 200);
+    let other = other.elapsed();
+    assert!(
+        other < Duration::from_millis(500),
+        "another connector's push waited {other:?}"
+    );
+    for push in pushes {
+        let (status, retry_after, answered) = push.await.unwrap();
+        assert_eq!((status, retry_after), (503, true));
+        assert!(
+            answered < Duration::from_secs(4),
+            "answered after {answered:?}"
+        );
+    }
+    bridge.stop().await;
+}
