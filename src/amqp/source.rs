@@ -85,6 +85,7 @@ impl AmqpSourceConfig {
                     coerce_numeric_record_key: self.coerce_numeric_record_key,
                     max_events: 1,
                     max_depth: self.max_json_depth,
+                    refuse_rendered_annotations: false,
                 },
                 metrics,
             },

@@ -72,7 +72,9 @@ pub fn render_event(
     let mut has_sequence = false;
     let mut has_url = false;
     for (key, value) in &members {
-        if !wanted(key) {
+        // The annotations written above replace any of the same name the event came with
+        // (another bridge's, seen through a pull source): one member per name.
+        if !wanted(key) || crate::event::RENDERED_ANNOTATIONS.contains(&key.as_str()) {
             continue;
         }
         if key == "EntityEventSequence" {

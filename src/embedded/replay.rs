@@ -43,9 +43,9 @@ use crate::http::TokenSet;
 use crate::metrics::Metrics;
 
 /// Annotation carrying the producer's own `EntityEventSequence`.
-pub const SOURCE_SEQUENCE_ANNOTATION: &str = "@EntityBridge.SourceEntityEventSequence";
+pub const SOURCE_SEQUENCE_ANNOTATION: &str = crate::event::RENDERED_ANNOTATIONS[0];
 /// Annotation carrying the push's `EntityEventSource` header.
-pub const SOURCE_LABEL_ANNOTATION: &str = "@EntityBridge.EntityEventSource";
+pub const SOURCE_LABEL_ANNOTATION: &str = crate::event::RENDERED_ANNOTATIONS[1];
 
 /// One log's replay resource.
 struct Replay {

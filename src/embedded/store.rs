@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_resource ON events (resource_name, position);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (appended_at_ms);
+-- `$filter=ResourceRecordKey eq '…'` on the replay resource (a scan of the log before).
+-- Created on open for logs written by an earlier version (once; additive, no version bump).
+CREATE INDEX IF NOT EXISTS events_by_key ON events (record_key, position);
 CREATE TABLE IF NOT EXISTS cursors (
     name          TEXT PRIMARY KEY,
     position      INTEGER NOT NULL,

@@ -33,6 +33,11 @@ where
     let sequence = sequence.map_err(|d| report(SEQUENCE, d)).ok();
     let name = name.map_err(|d| report(RESOURCE_NAME, d)).ok();
     let key = key.map_err(|d| report(RECORD_KEY, d)).ok();
+    if let (true, Some(annotation)) = (opts.refuse_rendered_annotations, fields.rendered_annotation)
+    {
+        report(annotation, Cow::Borrowed(DETAIL_RENDERED_ANNOTATION));
+        return None;
+    }
     Some((sequence?, name?, key?))
 }
 

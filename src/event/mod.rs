@@ -62,6 +62,8 @@ const DETAIL_STRING: &str = "must be a string";
 const DETAIL_NUMERIC_KEY: &str =
     "must be a string; numeric keys need coerce_numeric_record_key = true";
 const DETAIL_TOO_LONG: &str = "must be at most 255 characters";
+const DETAIL_RENDERED_ANNOTATION: &str =
+    "is an annotation the bridge adds when it serves the event; producers may not send it";
 const DETAIL_RESOURCE_CHARS: &str =
     "must be a resource name: ASCII letters, digits and `_`, not starting with a digit";
 const DETAIL_EMPTY: &str = "must not be empty";
@@ -90,7 +92,21 @@ pub struct ParseOptions {
     pub max_events: usize,
     /// Deepest nesting of objects and arrays in one event, the event object being level 1.
     pub max_depth: usize,
+    /// Refuse events that carry an annotation the bridge's replay resource adds itself
+    /// ([`RENDERED_ANNOTATIONS`]): a producer could otherwise forge what consumers read as
+    /// the bridge's word (the webhook source). Pull sources accept them: another bridge's
+    /// replay carries them, and the replay resource writes its own in their place.
+    pub refuse_rendered_annotations: bool,
 }
+
+/// Instance annotations the replay resource writes on every event: the producer's own
+/// `EntityEventSequence` and the push's `EntityEventSource` header. A payload member of one of
+/// these names is never served (the rendered one replaces it) and is refused on webhook
+/// ingress.
+pub const RENDERED_ANNOTATIONS: [&str; 2] = [
+    "@EntityBridge.SourceEntityEventSequence",
+    "@EntityBridge.EntityEventSource",
+];
 
 impl Default for ParseOptions {
     fn default() -> Self {
@@ -98,6 +114,7 @@ impl Default for ParseOptions {
             coerce_numeric_record_key: false,
             max_events: DEFAULT_MAX_EVENTS,
             max_depth: DEFAULT_MAX_DEPTH,
+            refuse_rendered_annotations: false,
         }
     }
 }

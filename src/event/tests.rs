@@ -813,3 +813,36 @@ fn deep_single_valued_member_is_named() {
     let got = violations(&body(64));
     assert_eq!(got, vec![v("/Data", &too_deep(64))]);
 }
+
+/// Regression: a producer could send the annotations the replay resource adds; replay then
+/// showed two members of one name and most parsers read the forged one.
+#[test]
+fn rendered_annotations_are_refused_on_webhook_ingress_only() {
+    let forged = r#"{"value":[
+        {"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"A"},
+        {"EntityEventSequence":2,"ResourceName":"Property","ResourceRecordKey":"B",
+         "@EntityBridge.SourceEntityEventSequence":999}]}"#;
+    let webhook = ParseOptions {
+        refuse_rendered_annotations: true,
+        ..ParseOptions::default()
+    };
+    let err = parse_payload(&Bytes::from_static(forged.as_bytes()), webhook).unwrap_err();
+    assert_eq!(
+        err.violations[0].pointer,
+        "/value/1/@EntityBridge.SourceEntityEventSequence"
+    );
+    assert!(err.violations[0]
+        .detail
+        .contains("producers may not send it"));
+    let single = r#"{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"A","@EntityBridge.EntityEventSource":"x"}"#;
+    let err = parse_payload(&Bytes::from_static(single.as_bytes()), webhook).unwrap_err();
+    assert_eq!(
+        err.violations[0].pointer,
+        "/@EntityBridge.EntityEventSource"
+    );
+    // Other bridge annotations pass (a bridge pushing to a bridge), and pull sources accept
+    // all of them: the replay resource writes its own in their place.
+    let deleted = r#"{"EntityEventSequence":1,"ResourceName":"Property","ResourceRecordKey":"A","@EntityBridge.Deleted":true}"#;
+    assert!(parse_payload(&Bytes::from_static(deleted.as_bytes()), webhook).is_ok());
+    assert_eq!(parse_ok(forged).len(), 2);
+}

@@ -244,6 +244,8 @@ pub(super) struct EventFields<'a> {
     pub(super) sequence: Slot<'a>,
     pub(super) resource_name: Slot<'a>,
     pub(super) record_key: Slot<'a>,
+    /// A member named like an annotation the replay resource adds, if any.
+    pub(super) rendered_annotation: Option<&'static str>,
 }
 
 impl<'a> EventFields<'a> {
@@ -252,6 +254,11 @@ impl<'a> EventFields<'a> {
             SEQUENCE => self.sequence.set(raw),
             RESOURCE_NAME => self.resource_name.set(raw),
             RECORD_KEY => self.record_key.set(raw),
+            other if other.starts_with("@EntityBridge.") => {
+                if let Some(name) = RENDERED_ANNOTATIONS.iter().find(|a| **a == other) {
+                    self.rendered_annotation = Some(name);
+                }
+            }
             _ => {}
         }
     }

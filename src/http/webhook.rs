@@ -84,6 +84,7 @@ impl WebhookConnector {
                 coerce_numeric_record_key: config.coerce_numeric_record_key,
                 max_events: config.max_events_per_push,
                 max_depth: config.max_json_depth,
+                refuse_rendered_annotations: true,
             },
             limits: BodyLimits {
                 max_bytes: config.max_body_bytes,

@@ -99,6 +99,8 @@ async fn build(
             coerce_numeric_record_key: false,
             max_events: 1,
             max_depth: c.max_json_depth,
+            // Another bridge's replay resource carries its annotations.
+            refuse_rendered_annotations: false,
         },
         client,
         dead_letter: Arc::new(dead_letter),

@@ -296,3 +296,27 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// Regression: a producer's `@EntityBridge.SourceEntityEventSequence` reached the replay
+/// resource next to the bridge's own. The push is refused, naming the member; nothing stored.
+#[tokio::test]
+async fn annotations_the_bridge_adds_are_refused_from_producers() {
+    let bridge = TestBridge::start("", SINK).await;
+    let forged = r#"{"value":[{"EntityEventSequence":7,"ResourceName":"Property","ResourceRecordKey":"k7","@EntityBridge.SourceEntityEventSequence":1}]}"#;
+    let (status, _, body) = problem(bridge.post(forged).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0]["pointer"],
+        "/value/0/@EntityBridge.SourceEntityEventSequence"
+    );
+    assert_eq!(bridge.post(&batch(1..=1)).await.status(), 200);
+    let metrics = bridge.metrics().await;
+    assert_eq!(
+        crate::common::metric(
+            &metrics,
+            "entity_bridge_events_rejected_total{connector=\"it\",outcome=\"invalid\"}"
+        ),
+        Some(1.0),
+        "the refusal is counted"
+    );
+}
