@@ -60,6 +60,9 @@ struct EmbeddedMetrics {
     log_events: IntGaugeVec,
     log_bytes: IntGaugeVec,
     retention_deleted: IntCounterVec,
+    records: IntGaugeVec,
+    records_bytes: IntGaugeVec,
+    records_dropped: IntCounterVec,
     cursor_lag: IntGaugeVec,
     replay_requests: IntCounterVec,
     replay_events: IntCounterVec,
@@ -203,6 +206,21 @@ impl Metrics {
             retention_deleted: counter(
                 "entity_bridge_embedded_retention_deleted_total",
                 "Events deleted from an embedded log by retention (age or size), by connector.",
+                &["connector"],
+            ),
+            records: gauge(
+                "entity_bridge_embedded_records",
+                "Records ([sink.records]) kept in the embedded log a connector's sink appends to.",
+                &["connector"],
+            ),
+            records_bytes: gauge(
+                "entity_bridge_embedded_records_bytes",
+                "Bytes of record Data kept in the embedded log a connector's sink appends to.",
+                &["connector"],
+            ),
+            records_dropped: counter(
+                "entity_bridge_embedded_records_dropped_total",
+                "Records dropped from an embedded log by the records' retention (max_age_hours, max_bytes), by connector.",
                 &["connector"],
             ),
             cursor_lag: gauge(
@@ -517,6 +535,22 @@ impl Metrics {
         let m = &self.0.embedded;
         m.log_events.with_label_values(&[connector]).set(events);
         m.log_bytes.with_label_values(&[connector]).set(bytes);
+    }
+
+    /// Sets the records kept in a log and their bytes.
+    pub fn embedded_records_size(&self, connector: &str, records: i64, bytes: i64) {
+        let m = &self.0.embedded;
+        m.records.with_label_values(&[connector]).set(records);
+        m.records_bytes.with_label_values(&[connector]).set(bytes);
+    }
+
+    /// Counts records dropped by the records' retention.
+    pub fn embedded_records_dropped(&self, connector: &str, n: u64) {
+        self.0
+            .embedded
+            .records_dropped
+            .with_label_values(&[connector])
+            .inc_by(n);
     }
 
     /// Counts events deleted by retention.

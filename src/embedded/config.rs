@@ -203,6 +203,25 @@ impl EmbeddedSinkConfig {
                     "serves records next to the replay resource: needs replay = true",
                 );
             }
+            if self.max_file_bytes > 0 && records.max_bytes == 0 {
+                return err(
+                    "records.max_bytes",
+                    "is required with max_file_bytes: records are kept until deleted, so \
+                     without a bound they would fill the file and every push would get 503",
+                );
+            }
+            if self.max_file_bytes > 0 && records.max_bytes >= self.max_file_bytes {
+                return err(
+                    "records.max_bytes",
+                    "must be less than max_file_bytes (the events need room too)",
+                );
+            }
+            if records.max_age_hours > MAX_RETENTION_HOURS {
+                return err(
+                    "records.max_age_hours",
+                    "must be at most 876000 (100 years); 0 keeps records until deleted",
+                );
+            }
         }
         if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             return err("file", "must not be empty");

@@ -33,6 +33,8 @@ pub mod token;
 mod writer;
 
 #[cfg(test)]
+mod cap_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{EmbeddedSinkConfig, EmbeddedSourceConfig, StartPosition};

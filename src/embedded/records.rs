@@ -5,8 +5,10 @@
 //!
 //! The latest arrival wins (the log's order). An event marked as a delete
 //! (`"@EntityBridge.Deleted": true`, or a message the bridge marked so) removes the record: it
-//! answers 404 from then on. Retention deletes old events, never records, so the latest record of
-//! every key stays until it is deleted.
+//! answers 404 from then on. Event retention deletes old events, never records, so the latest
+//! record of every key stays until it is deleted — or until the records' own retention
+//! (`max_age_hours`, `max_bytes`: least recently updated first) drops it
+//! ([`super::retention`]).
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,15 @@ pub struct RecordsConfig {
     /// `ListingKey`, `Member` → `MemberKey`, …; otherwise `<Resource>Key`).
     #[serde(default)]
     pub key_fields: BTreeMap<String, String>,
+    /// Drop records not updated for this many hours (0 = keep each until its key is deleted).
+    /// Event retention never drops records; this does.
+    #[serde(default)]
+    pub max_age_hours: u64,
+    /// Drop the least recently updated records while the records' `Data` bytes exceed this (0 =
+    /// no bound). Required with the sink's `max_file_bytes`: records are kept until deleted, so
+    /// without a bound they would fill the file and every push would get 503.
+    #[serde(default)]
+    pub max_bytes: u64,
 }
 
 /// The Data Dictionary's key field of `resource`.
@@ -130,16 +141,76 @@ pub fn change(m: &Message) -> Change<'_> {
     }
 }
 
-/// The records table (created with the log's schema).
+/// The records table (created with the log's schema; [`migrate`] brings older tables up).
+/// `data_len` and `updated_at_ms` serve retention: the records' bytes are kept in `meta`
+/// (`records_bytes`, `record_count`) as they change, and the least recently updated go first.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     resource_name TEXT    NOT NULL,
     record_key    TEXT    NOT NULL,
     position      INTEGER NOT NULL,
     data          BLOB    NOT NULL,
+    updated_at_ms INTEGER NOT NULL DEFAULT 0,
+    data_len      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (resource_name, record_key)
 ) WITHOUT ROWID;
 ";
+
+/// Brings a records table of an earlier version up to [`SCHEMA`] (its columns for retention,
+/// filled from the data; records of unknown age count as updated now) and makes sure the
+/// counters in `meta` exist. Idempotent; runs at every open.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut columns = Vec::new();
+    let mut info = conn.prepare("PRAGMA table_info(records)")?;
+    let mut rows = info.query([])?;
+    while let Some(row) = rows.next()? {
+        columns.push(row.get::<_, String>(1)?);
+    }
+    if !columns.iter().any(|c| c == "data_len") {
+        conn.execute_batch(
+            "ALTER TABLE records ADD COLUMN updated_at_ms INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE records ADD COLUMN data_len INTEGER NOT NULL DEFAULT 0;",
+        )?;
+        conn.execute(
+            "UPDATE records SET data_len = length(data), updated_at_ms = ?1",
+            [super::store::now_ms()],
+        )?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS records_by_age ON records (updated_at_ms);")?;
+    let counted: i64 = conn.query_row(
+        "SELECT count(*) FROM meta WHERE key = 'records_bytes'",
+        [],
+        |r| r.get(0),
+    )?;
+    if counted == 0 {
+        conn.execute(
+            "INSERT INTO meta (key, value) SELECT 'records_bytes', coalesce(sum(data_len), 0) FROM records",
+            [],
+        )?;
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) SELECT 'record_count', count(*) FROM records",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
+/// Adds to the records' counters in `meta`.
+pub fn add_record_meta(conn: &Connection, records: i64, bytes: i64) -> rusqlite::Result<()> {
+    let mut update = conn.prepare_cached("UPDATE meta SET value = value + ?2 WHERE key = ?1")?;
+    update.execute(params!["record_count", records])?;
+    update.execute(params!["records_bytes", bytes])?;
+    Ok(())
+}
+
+/// The stored size of a record, if there is one.
+fn stored_len(conn: &Connection, resource: &str, key: &str) -> rusqlite::Result<Option<i64>> {
+    let mut find = conn.prepare_cached(
+        "SELECT data_len FROM records WHERE resource_name = ?1 AND record_key = ?2",
+    )?;
+    let mut rows = find.query(params![resource, key])?;
+    rows.next()?.map(|r| r.get(0)).transpose()
+}
 
 /// Applies `m` (appended at `position`) to the records of the served `resources`.
 pub fn apply(
@@ -153,22 +224,32 @@ pub fn apply(
     }
     match change(m) {
         Change::Upsert(data) => {
+            let before = stored_len(conn, &m.resource_name, &m.record_key)?;
             let mut upsert = conn.prepare_cached(
-                "INSERT OR REPLACE INTO records (resource_name, record_key, position, data) \
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO records \
+                 (resource_name, record_key, position, data, updated_at_ms, data_len) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
+            let len = data.len() as i64;
             upsert.execute(params![
                 m.resource_name,
                 m.record_key,
                 position,
-                data.as_bytes()
+                data.as_bytes(),
+                super::store::now_ms(),
+                len
             ])?;
+            add_record_meta(conn, i64::from(before.is_none()), len - before.unwrap_or(0))?;
         }
         Change::Delete => {
+            let Some(before) = stored_len(conn, &m.resource_name, &m.record_key)? else {
+                return Ok(());
+            };
             let mut delete = conn.prepare_cached(
                 "DELETE FROM records WHERE resource_name = ?1 AND record_key = ?2",
             )?;
             delete.execute(params![m.resource_name, m.record_key])?;
+            add_record_meta(conn, -1, -before)?;
         }
         Change::Keep => {}
     }

@@ -20,12 +20,72 @@ use crate::metrics::Metrics;
 const CHUNK: i64 = 5_000;
 
 /// What a log keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Delete events appended longer ago than this.
     pub max_age: Option<Duration>,
     /// Delete the oldest events while stored payload bytes exceed this.
     pub max_bytes: Option<u64>,
+    /// Drop records (`[sink.records]`) not updated for this long.
+    pub records_max_age: Option<Duration>,
+    /// Drop the least recently updated records while their bytes exceed this.
+    pub records_max_bytes: Option<u64>,
+}
+
+impl RetentionPolicy {
+    /// Whether the policy deletes anything at all.
+    pub fn is_active(&self) -> bool {
+        self.max_age.is_some()
+            || self.max_bytes.is_some()
+            || self.records_max_age.is_some()
+            || self.records_max_bytes.is_some()
+    }
+}
+
+/// One records retention transaction: drops at most [`CHUNK`] of the least recently updated
+/// records the policy no longer keeps. Returns the records dropped.
+pub fn step_records(
+    conn: &Connection,
+    policy: RetentionPolicy,
+    now_ms: i64,
+) -> rusqlite::Result<i64> {
+    let mut cutoff = i64::MIN;
+    if let Some(age) = policy.records_max_age {
+        cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+    }
+    let mut excess = 0i64;
+    if let Some(max_bytes) = policy.records_max_bytes {
+        let stored: i64 = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'records_bytes'",
+            [],
+            |r| r.get(0),
+        )?;
+        excess = stored.saturating_sub(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    }
+    // The oldest first: those past the age, then more while bytes are in excess.
+    let mut oldest = conn.prepare_cached(
+        "SELECT resource_name, record_key, updated_at_ms, data_len FROM records \
+         ORDER BY updated_at_ms LIMIT ?1",
+    )?;
+    let mut rows = oldest.query([CHUNK])?;
+    let mut doomed: Vec<(String, String, i64)> = Vec::new();
+    let mut freed = 0i64;
+    while let Some(row) = rows.next()? {
+        let (updated, len): (i64, i64) = (row.get(2)?, row.get(3)?);
+        if updated >= cutoff && freed >= excess {
+            break;
+        }
+        freed += len;
+        doomed.push((row.get(0)?, row.get(1)?, len));
+    }
+    drop(rows);
+    let mut delete =
+        conn.prepare_cached("DELETE FROM records WHERE resource_name = ?1 AND record_key = ?2")?;
+    for (resource, key, _) in &doomed {
+        delete.execute(params![resource, key])?;
+    }
+    super::records::add_record_meta(conn, -(doomed.len() as i64), -freed)?;
+    Ok(doomed.len() as i64)
 }
 
 /// One retention transaction: deletes at most [`CHUNK`] of the oldest events the policy no
@@ -94,8 +154,8 @@ pub fn step(
     Ok((events, bytes))
 }
 
-/// Applies the policy until nothing more is due; returns the events deleted.
-pub async fn run_once(log: &Log, policy: RetentionPolicy) -> Result<i64, StoreError> {
+/// Applies the policy until nothing more is due; returns the events and the records deleted.
+pub async fn run_once(log: &Log, policy: RetentionPolicy) -> Result<(i64, i64), StoreError> {
     let mut total = 0;
     loop {
         let (events, _) = log.write(move |conn| step(conn, policy, now_ms())).await?;
@@ -104,11 +164,21 @@ pub async fn run_once(log: &Log, policy: RetentionPolicy) -> Result<i64, StoreEr
             break;
         }
     }
-    if total > 0 {
+    let mut records = 0;
+    while policy.records_max_age.is_some() || policy.records_max_bytes.is_some() {
+        let dropped = log
+            .write(move |conn| step_records(conn, policy, now_ms()))
+            .await?;
+        records += dropped;
+        if dropped < CHUNK {
+            break;
+        }
+    }
+    if total > 0 || records > 0 {
         log.write(|conn| conn.execute_batch("PRAGMA incremental_vacuum"))
             .await?;
     }
-    Ok(total)
+    Ok((total, records))
 }
 
 /// Starts the background retention of `log`, reporting under `connector`. Ends when `cancel`
@@ -126,10 +196,11 @@ pub fn spawn(
         loop {
             let Some(strong) = log.upgrade() else { break };
             match run_once(&strong, policy).await {
-                Ok(0) => {}
-                Ok(deleted) => {
-                    tracing::info!(%connector, deleted, "retention deleted the oldest events");
+                Ok((0, 0)) => {}
+                Ok((deleted, records)) => {
+                    tracing::info!(%connector, deleted, records, "retention deleted the oldest events and records");
                     metrics.embedded_retention_deleted(&connector, deleted as u64);
+                    metrics.embedded_records_dropped(&connector, records as u64);
                 }
                 Err(e) => tracing::warn!(%connector, error = %e, "retention failed; will retry"),
             }
@@ -176,6 +247,7 @@ mod tests {
         let forever = RetentionPolicy {
             max_age: Some(Duration::from_secs(u64::MAX)),
             max_bytes: None,
+            ..RetentionPolicy::default()
         };
         assert_eq!(
             log.write(move |c| step(c, forever, now)).await.unwrap(),
@@ -184,6 +256,7 @@ mod tests {
         let age = RetentionPolicy {
             max_age: Some(Duration::from_secs(5)),
             max_bytes: None,
+            ..RetentionPolicy::default()
         };
         assert_eq!(
             log.write(move |c| step(c, age, now)).await.unwrap(),
@@ -193,9 +266,10 @@ mod tests {
         let size = RetentionPolicy {
             max_age: None,
             max_bytes: Some(250),
+            ..RetentionPolicy::default()
         };
         // 400 bytes stored, 250 allowed: the two oldest go.
-        assert_eq!(run_once(&log, size).await.unwrap(), 2);
+        assert_eq!(run_once(&log, size).await.unwrap(), (2, 0));
         let shared = log.shared();
         use std::sync::atomic::Ordering::SeqCst;
         assert_eq!(shared.events.load(SeqCst), 2);

@@ -49,9 +49,15 @@ impl EmbeddedSinkConfig {
             max_age: (self.retention_max_age_hours > 0)
                 .then(|| Duration::from_secs(self.retention_max_age_hours.saturating_mul(3600))),
             max_bytes: (self.retention_max_bytes > 0).then_some(self.retention_max_bytes),
+            records_max_age: (self.records.as_ref())
+                .filter(|r| r.max_age_hours > 0)
+                .map(|r| Duration::from_secs(r.max_age_hours.saturating_mul(3600))),
+            records_max_bytes: (self.records.as_ref())
+                .filter(|r| r.max_bytes > 0)
+                .map(|r| r.max_bytes),
         };
         let mut guard = None;
-        if (policy.max_age.is_some() || policy.max_bytes.is_some()) && log.claim_retention() {
+        if policy.is_active() && log.claim_retention() {
             let cancel = CancellationToken::new();
             retention::spawn(
                 &log,

@@ -225,6 +225,7 @@ impl Log {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::records::SCHEMA)?;
+        super::records::migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let shared = Arc::new(Shared::default());
         let writer = Writer::start(conn, shared.clone(), WRITE_QUEUE_CAPACITY)?;
@@ -263,6 +264,11 @@ impl Log {
             connector,
             self.shared.events.load(Ordering::SeqCst),
             self.shared.payload_bytes.load(Ordering::SeqCst),
+        );
+        metrics.embedded_records_size(
+            connector,
+            self.shared.records.load(Ordering::SeqCst),
+            self.shared.records_bytes.load(Ordering::SeqCst),
         );
     }
 
@@ -348,16 +354,28 @@ impl Log {
         .await
     }
 
-    /// Limits the database file to `max_file_bytes` (0 = no limit).
+    /// Limits the log's files to `max_file_bytes` together (0 = no limit): an eighth (at least
+    /// two pages) is the write-ahead log's share, the rest the database's. The database stops
+    /// at its pages (`max_page_count`); the write-ahead log is checkpointed and truncated to
+    /// its share (`wal_autocheckpoint`, `journal_size_limit`), and the writer refuses a group
+    /// while it is still over (readers holding it back), so the files never pass the cap by
+    /// more than one group commit.
     pub async fn set_max_file_bytes(&self, max_file_bytes: u64) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
         self.write(move |conn| {
             let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-            let pages = if max_file_bytes == 0 {
-                u32::MAX as i64 - 1
-            } else {
-                (max_file_bytes as i64 / page_size).max(1)
-            };
-            conn.pragma_update(None, "max_page_count", pages)
+            if max_file_bytes == 0 {
+                shared.max_wal_bytes.store(0, Ordering::SeqCst);
+                conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+                conn.pragma_update(None, "journal_size_limit", -1)?;
+                return conn.pragma_update(None, "max_page_count", u32::MAX as i64 - 1);
+            }
+            let max = i64::try_from(max_file_bytes).unwrap_or(i64::MAX);
+            let wal = (max / 8).max(2 * page_size);
+            shared.max_wal_bytes.store(wal, Ordering::SeqCst);
+            conn.pragma_update(None, "wal_autocheckpoint", (wal / page_size / 2).max(1))?;
+            conn.pragma_update(None, "journal_size_limit", wal)?;
+            conn.pragma_update(None, "max_page_count", ((max - wal) / page_size).max(1))
         })
         .await
     }

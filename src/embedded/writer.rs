@@ -35,6 +35,12 @@ pub struct Shared {
     pub payload_bytes: AtomicI64,
     /// Highest position deleted by retention (0 when none).
     pub retention_through: AtomicI64,
+    /// Records kept (`[sink.records]`).
+    pub records: AtomicI64,
+    /// Bytes of the records' `Data`.
+    pub records_bytes: AtomicI64,
+    /// The write-ahead log's share of `max_file_bytes` (0: no cap).
+    pub max_wal_bytes: AtomicI64,
     /// Woken after each commit that appended events.
     pub appended: Notify,
 }
@@ -110,7 +116,8 @@ fn run(mut conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
         }
         let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
         let before = shared.last_position.load(Ordering::SeqCst);
-        let outcome = commit_group(&mut conn, group, &mut finishers);
+        let refuse = wal_within_share(&conn, &shared).err();
+        let outcome = commit_group(&mut conn, group, &mut finishers, refuse);
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, jobs = finishers.len(), "embedded log write failed; nothing of it was committed");
             if !conn.is_autocommit() {
@@ -128,10 +135,13 @@ fn run(mut conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
     }
 }
 
+/// Runs the group in one transaction and commits it, or rolls it all back when `refuse` says
+/// why it may not be committed (the jobs run only to produce their finishers).
 fn commit_group(
     conn: &mut Connection,
     group: Vec<Job>,
     finishers: &mut Vec<Finish>,
+    refuse: Option<StoreError>,
 ) -> Result<(), StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in group {
@@ -151,8 +161,38 @@ fn commit_group(
             }
         }
     }
+    if let Some(refused) = refuse {
+        tx.rollback()?;
+        return Err(refused);
+    }
     tx.commit()?;
     Ok(())
+}
+
+/// Whether the write-ahead log is within its share of `max_file_bytes`, checkpointing and
+/// truncating it first when it is not. (Its index, `-shm`, is a fixed 32 KiB per 4 MiB of log
+/// and not counted.)
+fn wal_within_share(conn: &Connection, shared: &Shared) -> Result<(), StoreError> {
+    let share = shared.max_wal_bytes.load(Ordering::SeqCst);
+    if share <= 0 {
+        return Ok(());
+    }
+    let Some(path) = conn.path().filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let size = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len() as i64);
+    if size() <= share {
+        return Ok(());
+    }
+    // Readers may hold frames back; then the log stays over until they are done.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    if size() <= share {
+        return Ok(());
+    }
+    Err(StoreError::Full(format!(
+        "the write-ahead log is over its share of max_file_bytes ({share} bytes) while readers \
+         hold it; retry later"
+    )))
 }
 
 /// Reloads [`Shared`] from the committed state.
@@ -173,5 +213,11 @@ fn refresh(conn: &Connection, shared: &Shared) -> rusqlite::Result<()> {
     shared
         .retention_through
         .store(meta("retention_through")?, Ordering::SeqCst);
+    shared
+        .records
+        .store(meta("record_count")?, Ordering::SeqCst);
+    shared
+        .records_bytes
+        .store(meta("records_bytes")?, Ordering::SeqCst);
     Ok(())
 }
