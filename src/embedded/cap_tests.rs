@@ -188,3 +188,37 @@ fn a_capped_log_with_records_needs_a_records_bound() {
     );
     config("max_bytes = 262144").validate().unwrap();
 }
+
+/// A log written before records had a retention opens with its records counted and aged.
+#[tokio::test]
+async fn an_older_records_table_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE records (resource_name TEXT NOT NULL, record_key TEXT NOT NULL,
+                 position INTEGER NOT NULL, data BLOB NOT NULL,
+                 PRIMARY KEY (resource_name, record_key)) WITHOUT ROWID;
+             INSERT INTO records VALUES ('Property', 'a', 1, '{\"R\":1}'), ('Property', 'b', 2, '{}');",
+        )
+        .unwrap();
+    }
+    let log = Log::open(&path).unwrap();
+    let shared = log.shared();
+    assert_eq!(shared.records.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        shared
+            .records_bytes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        9
+    );
+    let aged: i64 = log
+        .read(|c| c.query_row("SELECT min(updated_at_ms) FROM records", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert!(
+        aged > 0,
+        "records of unknown age count as updated at the migration"
+    );
+}
