@@ -136,6 +136,12 @@ replay = false
         "sub": "listhub", "nbf": now() + 600, "exp": now() + 900});
     let early = jsonwebtoken::encode(&header, &early, &first.signing).unwrap();
     assert_eq!(post(&webhook, &early, push()).await.status(), 401);
+    // Regression (GHSA-h395-gr6q-cpjc, jsonwebtoken < 10.3): an `nbf` sent as a string was
+    // taken as absent, so a token not valid yet passed.
+    let stringly = serde_json::json!({"iss": "https://idp.example.test/", "aud": "bridge-mls",
+        "sub": "listhub", "nbf": (now() + 600).to_string(), "exp": now() + 900});
+    let stringly = jsonwebtoken::encode(&header, &stringly, &first.signing).unwrap();
+    assert_eq!(post(&webhook, &stringly, push()).await.status(), 401);
     let expired = post(&webhook, &token(&first, "bridge-mls", now() - 5), push()).await;
     assert_eq!(expired.status(), 401);
     assert!(
