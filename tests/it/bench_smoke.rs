@@ -46,7 +46,9 @@ async fn every_benchmark_scenario_runs_on_tiny_sizes() {
             .lines()
             .find(|l| l.starts_with(&format!("{scenario}: ratio = bridge / ceiling = ")))
             .unwrap_or_else(|| panic!("no ratio line for {scenario}:\n{stdout}"));
+        // The figures of a smoke run mean nothing (a busy machine printed `0.00` once and
+        // failed CI): the scenario ran to its end and printed a number.
         let ratio: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(ratio > 0.0, "{line}");
+        assert!(ratio.is_finite() && ratio >= 0.0, "{line}");
     }
 }

@@ -102,6 +102,10 @@ pub struct Opts {
 }
 
 /// A name unique to this run (topics, groups, scratch dirs).
+/// How long a scenario may go without progress (an event arriving) before it fails: runs are
+/// bounded by progress, not by a fixed window, so a busy machine is slow but never fails.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
