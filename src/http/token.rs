@@ -28,6 +28,9 @@ use super::token_request::{basic, no_store, OAuthError, Presented};
 use crate::metrics::Metrics;
 use crate::secret::SecretError;
 
+/// A form-encoded request's fields, in order.
+type Form = Vec<(String, String)>;
+
 /// Largest token request body accepted.
 pub const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
 
@@ -172,7 +175,7 @@ impl TokenEndpoint {
         &self,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<(usize, Vec<(String, String)>), (OAuthError, Option<usize>)> {
+    ) -> Result<(usize, Form), (OAuthError, Option<usize>)> {
         let form_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
