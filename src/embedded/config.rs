@@ -65,6 +65,11 @@ pub struct EmbeddedSinkConfig {
     /// scan): past it the request is interrupted and answered 503 with `Retry-After`.
     #[serde(default = "default_replay_query_timeout_ms")]
     pub replay_query_timeout_ms: u64,
+    /// Index the events' `ResourceRecordKey`, so `$filter=ResourceRecordKey eq '…'` reads the
+    /// index instead of scanning the log. Costs appends about a third of their throughput;
+    /// without it that filter is refused (400) rather than scanning.
+    #[serde(default = "default_true")]
+    pub replay_index_record_keys: bool,
     /// Extra bearer tokens accepted by the replay resource, by reference (consumers that are
     /// not producers). The tokens of webhook connectors writing to this log are accepted too.
     #[serde(default)]
@@ -93,6 +98,7 @@ impl Default for EmbeddedSinkConfig {
             replay_query_timeout_ms: default_replay_query_timeout_ms(),
             replay_tokens: Vec::new(),
             records: None,
+            replay_index_record_keys: true,
         }
     }
 }

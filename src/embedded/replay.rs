@@ -60,6 +60,8 @@ struct Replay {
     tokens: TokenSet,
     limits: PageLimits,
     max_skip: u64,
+    /// Whether `ResourceRecordKey eq` has an index to read (`replay_index_record_keys`).
+    keys_indexed: bool,
     metrics: Metrics,
 }
 
@@ -170,6 +172,7 @@ pub async fn replay_router(
                 bytes: sink.replay_max_page_bytes,
             },
             max_skip: sink.replay_max_skip,
+            keys_indexed: sink.replay_index_record_keys,
             metrics: metrics.clone(),
         });
         router = router
@@ -262,6 +265,19 @@ impl Replay {
                      $filter=EntityEventSequence gt N",
                     self.max_skip
                 ),
+            }]));
+        }
+        if q.record_key.is_some() && !self.keys_indexed {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported or invalid query option `$filter`",
+            )
+            .with_errors([Item {
+                pointer: None,
+                header: None,
+                detail: "`ResourceRecordKey eq` is not available on this log: it does not \
+                         index record keys (replay_index_record_keys = false)"
+                    .into(),
             }]));
         }
         let me = self.clone();

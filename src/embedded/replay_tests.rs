@@ -50,6 +50,7 @@ async fn replay(
     for chunk in batch.chunks(1000) {
         log.append("t", chunk).await.unwrap();
     }
+    log.set_key_index(true).await.unwrap();
     over(log, timeout, slots)
 }
 
@@ -68,6 +69,7 @@ fn over(log: Arc<Log>, timeout: Duration, slots: usize) -> Arc<Replay> {
             bytes: 4 << 20,
         },
         max_skip: 100_000,
+        keys_indexed: true,
         metrics: Metrics::new(),
     })
 }
@@ -170,6 +172,26 @@ async fn a_record_key_filter_reads_an_index_not_the_log() {
         work < 200,
         "{work} hundred VM steps for one key, newest first"
     );
+    // A log that opts out of the index refuses the filter rather than scanning.
+    replay.reads.log.set_key_index(false).await.unwrap();
+    let unindexed = Arc::new(Replay {
+        connector: "t".into(),
+        path: "/EntityEvent".into(),
+        records: Vec::new(),
+        root: "/".into(),
+        base: String::new(),
+        reads: replay.reads.clone(),
+        tokens: TokenSet::new(&[crate::secret::Secret::new("tok")]),
+        limits: replay.limits,
+        max_skip: 100_000,
+        keys_indexed: false,
+        metrics: Metrics::new(),
+    });
+    let headers = bearer();
+    let refused = unindexed.serve(&headers, Some("$filter=ResourceRecordKey eq 'K7'"));
+    assert_eq!(status(refused.await).0, 400);
+    let other = unindexed.serve(&headers, Some("$filter=EntityEventSequence gt 5"));
+    assert_eq!(status(other.await).0, 200);
 }
 
 /// An event that came with a bridge annotation (another bridge's replay, through a pull

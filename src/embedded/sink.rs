@@ -45,6 +45,9 @@ impl EmbeddedSinkConfig {
         log.set_max_file_bytes(self.max_file_bytes)
             .await
             .map_err(fail)?;
+        log.set_key_index(self.replay_index_record_keys)
+            .await
+            .map_err(fail)?;
         let policy = RetentionPolicy {
             max_age: (self.retention_max_age_hours > 0)
                 .then(|| Duration::from_secs(self.retention_max_age_hours.saturating_mul(3600))),

@@ -44,9 +44,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_resource ON events (resource_name, position);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (appended_at_ms);
--- `$filter=ResourceRecordKey eq '…'` on the replay resource (a scan of the log before).
--- Created on open for logs written by an earlier version (once; additive, no version bump).
-CREATE INDEX IF NOT EXISTS events_by_key ON events (record_key, position);
 CREATE TABLE IF NOT EXISTS cursors (
     name          TEXT PRIMARY KEY,
     position      INTEGER NOT NULL,
@@ -376,6 +373,20 @@ impl Log {
             conn.pragma_update(None, "wal_autocheckpoint", (wal / page_size / 2).max(1))?;
             conn.pragma_update(None, "journal_size_limit", wal)?;
             conn.pragma_update(None, "max_page_count", ((max - wal) / page_size).max(1))
+        })
+        .await
+    }
+
+    /// Keeps (or drops) the index of record keys that `$filter=ResourceRecordKey eq '…'` reads
+    /// (`replay_index_record_keys`). Building it over an existing log takes one pass; keeping
+    /// it costs appends about a third of their throughput (docs/benchmarks.md).
+    pub async fn set_key_index(&self, on: bool) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute_batch(if on {
+                "CREATE INDEX IF NOT EXISTS events_by_key ON events (record_key)"
+            } else {
+                "DROP INDEX IF EXISTS events_by_key"
+            })
         })
         .await
     }
