@@ -5,10 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::embedded::{Setup, TOKEN};
+use crate::hostile::read_until_closed;
 
 const SIGNING_KEY: &str = "signing-key-2f7c1e9a4b6d8f0a2c4e6b8d0f1a3c5e";
 
@@ -39,21 +40,6 @@ fn setup(max_connections: usize) -> Setup {
     setup
 }
 
-/// Reads until the server closes the connection; `None` when it stays open past `wait`.
-async fn answer_then_close(stream: &mut TcpStream, wait: Duration) -> Option<String> {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&seen).into_owned()),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// Regression: six connections declaring a 4000-byte token request and sending `grant_type=`
 /// stayed open for good (at `max_connections`, the whole listener was locked out).
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +59,7 @@ async fn trickled_token_requests_get_408_and_free_the_listener() {
     }
     let started = Instant::now();
     for stream in &mut slow {
-        let answer = answer_then_close(stream, Duration::from_secs(10))
+        let answer = read_until_closed(stream, Duration::from_secs(10))
             .await
             .expect("a trickled token request is answered and its connection closed");
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");

@@ -51,7 +51,7 @@ async fn problem(
 }
 
 /// Reads from `stream` until the server closes it; `None` when it stays open past `wait`.
-async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+pub async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> Option<String> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + wait;
