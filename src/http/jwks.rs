@@ -308,7 +308,8 @@ impl ExternalIssuer {
     /// ago (`None`: no fetch now).
     fn fetch(self: &Arc<Self>) -> Option<SharedFetch> {
         let mut state = self.fetching();
-        if let Some(current) = &state.current {
+        // A fetch that ended without clearing itself (its task panicked) is not in flight.
+        if let Some(current) = state.current.as_ref().filter(|f| f.peek().is_none()) {
             return Some(current.clone());
         }
         let min = Duration::from_secs(self.config.jwks_min_refresh_interval_seconds);

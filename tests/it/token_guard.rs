@@ -100,12 +100,7 @@ async fn a_guesser_is_held_back_and_real_clients_keep_getting_tokens() {
     assert_eq!(ask(&from(3), &url, "another-wrong-guess").await.0, 429);
     assert_eq!(ask(&from(3), &url, SECRET).await.0, 200);
 
-    let metrics = reqwest::get(format!("{}/metrics", bridge.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = bridge.metrics().await;
     let outcome = |o: &str| {
         metric(
             &metrics,

@@ -109,6 +109,16 @@ impl Bridge {
         get_json(&format!("{}/EntityEvent{query}", self.base), Some(TOKEN)).await
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(mut self) {
         assert!(
             self.running.take().unwrap().shutdown().await,
