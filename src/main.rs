@@ -48,8 +48,11 @@ fn main() -> ExitCode {
         Command::Run(a) => (a, false),
         Command::Check(a) => (a, true),
     };
-    let config = match config::load(&args.config) {
-        Ok((config, _sources)) => config,
+    // `check` and `run` refuse a configuration the same way, with the same message.
+    let config = match config::load(&args.config).and_then(|(config, sources)| {
+        entity_bridge::app::preflight(&config, &|name| sources.file_of(name)).map(|()| config)
+    }) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("entity-bridge: invalid configuration: {e}");
             return ExitCode::from(2);
@@ -75,7 +78,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "entity-bridge failed");
+            tracing::error!(error = causes(&e), "entity-bridge failed");
             ExitCode::from(1)
         }
     }
@@ -157,4 +160,20 @@ impl Signals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The error and its causes, `: `-joined, leaving out a cause whose text the message before it
+/// already holds (most errors here print their cause in their own message).
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }

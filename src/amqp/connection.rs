@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ConnectionConfig, DEFAULT_URL};
 use super::topology::TopologyConfig;
 use crate::metrics::Metrics;
-use crate::secret::{Secret, SecretError};
+use crate::secret::{Secret, SecretError, SecretRef};
 
 /// Why an AMQP sink or source could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +73,18 @@ struct Supervisor {
     state: watch::Sender<Option<Live>>,
 }
 
-/// Resolves and parses the URL; returns it with its printable `host:port/vhost`.
-fn resolve_url(config: &ConnectionConfig) -> Result<(AMQPUri, String), AmqpBuildError> {
-    let secret = match &config.url {
+/// Resolves and parses a URL reference (`None`: [`DEFAULT_URL`]); what start-up checks.
+pub fn check_url(url: Option<&SecretRef>) -> Result<AMQPUri, AmqpBuildError> {
+    let secret = match url {
         Some(reference) => reference.resolve()?,
         None => Secret::new(DEFAULT_URL),
     };
-    let uri: AMQPUri = secret.expose().parse().map_err(|_| AmqpBuildError::Url)?;
+    secret.expose().parse().map_err(|_| AmqpBuildError::Url)
+}
+
+/// Resolves and parses the URL; returns it with its printable `host:port/vhost`.
+fn resolve_url(config: &ConnectionConfig) -> Result<(AMQPUri, String), AmqpBuildError> {
+    let uri = check_url(config.url.as_ref())?;
     let endpoint = format!(
         "{}:{}/{}",
         uri.authority.host, uri.authority.port, uri.vhost

@@ -11,7 +11,7 @@ mod source;
 pub mod topology;
 
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, ExchangeType, OnUnroutable, DEFAULT_URL};
-pub use connection::AmqpBuildError;
+pub use connection::{check_url, AmqpBuildError};
 pub use dead_letter::{AmqpDeadLetter, AmqpDeadLetterConfig};
 pub use sink::{properties, AmqpSink};
 pub use source::AmqpSource;

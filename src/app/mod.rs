@@ -19,9 +19,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod preflight;
 mod prepare;
 mod replay;
+pub mod routes;
 mod tasks;
+
+pub use preflight::{preflight, secret_refs};
 
 use crate::build::{BuildContext, BuildError};
 use crate::config::{Config, SourceConfig};
@@ -73,6 +77,13 @@ pub enum AppError {
         /// Why.
         source: crate::feeds::SeenStoreError,
     },
+    /// The configuration refers to something that does not resolve (a secret, a key, a
+    /// route); [`preflight`] names the key to fix.
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+    /// An admin token (`admin.tokens`) could not be read.
+    #[error("admin.tokens: {0}")]
+    AdminToken(crate::secret::SecretError),
     /// `[http.tls]`: the certificate or key could not be loaded.
     #[error("http.tls: {0}")]
     Tls(#[source] crate::http::tls::TlsError),
@@ -106,6 +117,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 
 /// Builds every connector and starts both listeners.
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    // The same checks as `entity-bridge check` (the command runs them before this, with the
+    // file names): nothing below may fail on what the configuration alone decides.
+    preflight(&config, &|name| format!("connector `{name}`")).map_err(AppError::Config)?;
     // Resolves embedded log files under `data_dir` and generates missing webhook tokens.
     let (config, token_notices) = prepare::prepare(config).map_err(AppError::Embedded)?;
     let metrics = Metrics::new();
@@ -265,7 +279,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         )
         .await
     });
+    let admin_tokens = (config.admin.tokens.iter())
+        .map(|t| t.resolve())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(AppError::AdminToken)?;
     let admin_app = admin::router(AdminState {
+        tokens: (!admin_tokens.is_empty()).then(|| crate::http::TokenSet::new(&admin_tokens)),
+        metrics_without_token: config.admin.metrics_without_token,
         metrics: metrics.clone(),
         connectors: readiness,
         feeds: feed_views,

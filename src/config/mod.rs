@@ -128,9 +128,20 @@ fn default_http_listen() -> SocketAddr {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address and port of the admin endpoints (`/metrics`, `/healthz`, `/readyz`).
+    /// Address and port of the admin endpoints (`/metrics`, `/healthz`, `/readyz`, `/feeds`).
+    /// Loopback by default; any other address needs `tokens`.
     #[serde(default = "default_admin_listen")]
     pub listen_addr: SocketAddr,
+    /// Bearer tokens of the admin endpoints, by reference (`{ env = "…" }` or `{ file = "…" }`;
+    /// several allow rotation). Required when `listen_addr` is not a loopback address. When set,
+    /// every request needs one (401 without), except the orchestrator probes `/healthz` and
+    /// `/readyz` and, with `metrics_without_token`, `/metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<crate::secret::SecretRef>,
+    /// Serve `/metrics` without a token, for a scraper that cannot send one. Off: Prometheus
+    /// sends a token (`authorization` in its scrape config, see deploy/prometheus).
+    #[serde(default)]
+    pub metrics_without_token: bool,
     /// Timeout of each sink's readiness probe behind `/readyz`.
     #[serde(default = "default_ready_timeout_ms")]
     pub ready_timeout_ms: u64,
@@ -147,6 +158,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen_addr: default_admin_listen(),
+            tokens: Vec::new(),
+            metrics_without_token: false,
             ready_timeout_ms: default_ready_timeout_ms(),
             body_read_timeout_ms: default_admin_body_read_timeout_ms(),
             connections: crate::http::ConnectionsConfig::admin(),
@@ -155,7 +168,7 @@ impl Default for AdminConfig {
 }
 
 fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8081))
+    SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 
 fn default_admin_body_read_timeout_ms() -> u64 {

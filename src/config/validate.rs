@@ -86,6 +86,18 @@ impl Config {
                 ));
             }
         }
+        if !self.admin.listen_addr.ip().is_loopback() && self.admin.tokens.is_empty() {
+            return Err(listener(
+                "admin.tokens".into(),
+                format!(
+                    "are required when admin.listen_addr ({}) is not a loopback address: the \
+                     admin listener shows every connector's feeds and metrics (give it \
+                     `tokens = [{{ env = \"ENTITY_BRIDGE_ADMIN_TOKEN\" }}]`, or listen on \
+                     127.0.0.1)",
+                    self.admin.listen_addr
+                ),
+            ));
+        }
         if let Some(base) = &self.http.public_base_url {
             check_public_base_url(base).map_err(|d| listener("http.public_base_url".into(), d))?;
         }

@@ -193,10 +193,6 @@ pub const MAX_RETENTION_HOURS: u64 = 876_000;
 /// Smallest accepted `max_file_bytes` (the schema alone takes a few pages).
 pub const MIN_FILE_BYTES: u64 = 64 * 1024;
 
-fn valid_path(path: &str) -> bool {
-    path.starts_with('/') && !path.contains(['{', '}', '*', '?', '#'])
-}
-
 impl EmbeddedSinkConfig {
     /// Semantic checks; `Err((key, detail))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -246,11 +242,8 @@ impl EmbeddedSinkConfig {
         if self.max_file_bytes != 0 && self.max_file_bytes < MIN_FILE_BYTES {
             return err("max_file_bytes", "must be 0 (no cap) or at least 65536");
         }
-        if !valid_path(&self.replay_path) {
-            return err(
-                "replay_path",
-                "must start with `/` and contain no `{`, `}`, `*`, `?` or `#`",
-            );
+        if !crate::http::valid_route_path(&self.replay_path) {
+            return err("replay_path", crate::http::ROUTE_PATH_RULE);
         }
         if !(1..=10_000).contains(&self.replay_max_page_size) {
             return err("replay_max_page_size", "must be between 1 and 10000");

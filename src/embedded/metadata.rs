@@ -154,6 +154,62 @@ pub fn service_root(replay_path: &str) -> String {
     }
 }
 
+/// The GET routes of one log on the webhook listener, as [`super::replay_router`] registers
+/// them and as the start-up checks look for collisions (`app::routes`).
+pub struct LogRoutes {
+    /// The replay collection: `<replay_path>`.
+    pub collection: String,
+    /// One event: `<replay_path>({key}`.
+    pub entity: String,
+    /// Per record resource: the resource, its key field, one record `<root><Resource>({key}`
+    /// and the collection `<root><Resource>`.
+    pub records: Vec<RecordRoutes>,
+    /// The service root (`/` for `/EntityEvent`); its documents are `<root>` and
+    /// `<root>$metadata`, served by the first log of a root.
+    pub root: String,
+}
+
+/// The routes of one record resource.
+pub struct RecordRoutes {
+    /// The resource (`Property`).
+    pub resource: String,
+    /// Its key field (`ListingKey`).
+    pub key_field: String,
+    /// One record: `<root><Resource>({key}`.
+    pub one: String,
+    /// The collection: `<root><Resource>`.
+    pub many: String,
+}
+
+impl LogRoutes {
+    /// The routes of the log `sink` writes.
+    pub fn of(sink: &super::EmbeddedSinkConfig) -> Self {
+        let path = sink.replay_path.clone();
+        let root = service_root(&path);
+        let served = (sink.records.as_ref())
+            .map(|r| r.served())
+            .unwrap_or_default();
+        LogRoutes {
+            entity: format!("{path}({{key}}"),
+            records: (served.into_iter())
+                .map(|(resource, key_field)| RecordRoutes {
+                    one: format!("{root}{resource}({{key}}"),
+                    many: format!("{root}{resource}"),
+                    resource,
+                    key_field,
+                })
+                .collect(),
+            collection: path,
+            root,
+        }
+    }
+
+    /// The metadata document's path: `<root>$metadata`.
+    pub fn metadata(&self) -> String {
+        format!("{}$metadata", self.root)
+    }
+}
+
 /// What the metadata and service documents of one root need.
 pub struct Documents {
     /// The tokens that may read them (those of the log).

@@ -108,16 +108,15 @@ pub async fn replay_router(
                 connector: connector.clone(),
                 source,
             })?;
-        let path = sink.replay_path.clone();
+        let routes = super::metadata::LogRoutes::of(&sink);
+        let path = routes.collection.clone();
         tracing::info!(%connector, %path, "replay resource ready");
         // The OData service root of the log: its metadata and service documents. The first
         // log of a root serves them (give each log its own root, e.g. `/mls/EntityEvent`).
-        let root = super::metadata::service_root(&path);
-        let served = sink
-            .records
-            .as_ref()
-            .map(|r| r.served())
-            .unwrap_or_default();
+        let root = routes.root.clone();
+        let served: Vec<(String, String)> = (routes.records.iter())
+            .map(|r| (r.resource.clone(), r.key_field.clone()))
+            .collect();
         // One set of read slots per log: replay pages and records share them.
         let reads = Arc::new(Reads::new(
             &connector,
@@ -126,23 +125,20 @@ pub async fn replay_router(
             Duration::from_millis(sink.replay_query_timeout_ms),
             sink.replay_max_page_bytes,
         ));
-        for (resource, key_field) in &served {
+        for r in &routes.records {
             let records = Arc::new(super::records_http::RecordResource {
-                resource: resource.clone(),
-                key_field: key_field.clone(),
+                resource: r.resource.clone(),
+                key_field: r.key_field.clone(),
                 reads: reads.clone(),
                 tokens: TokenSet::new(&secrets),
-                link_base: format!("{base}{root}{resource}"),
+                link_base: format!("{base}{}", r.many),
             });
             router = router
                 .route(
-                    &format!("{root}{resource}({{key}}"),
+                    &r.one,
                     get(super::records_http::one).with_state(records.clone()),
                 )
-                .route(
-                    &format!("{root}{resource}"),
-                    get(super::records_http::many).with_state(records),
-                );
+                .route(&r.many, get(super::records_http::many).with_state(records));
         }
         if roots.insert(root.clone()) {
             let docs = Arc::new(super::metadata::Documents {
@@ -152,7 +148,7 @@ pub async fn replay_router(
             });
             router = router
                 .route(
-                    &format!("{root}$metadata"),
+                    &routes.metadata(),
                     get(super::metadata::metadata).with_state(docs.clone()),
                 )
                 .route(&root, get(super::metadata::service).with_state(docs));
@@ -176,10 +172,7 @@ pub async fn replay_router(
             metrics: metrics.clone(),
         });
         router = router
-            .route(
-                &format!("{path}({{key}}"),
-                get(handle_entity).with_state(state.clone()),
-            )
+            .route(&routes.entity, get(handle_entity).with_state(state.clone()))
             .route(&path, get(handle).with_state(state));
     }
     Ok(router)

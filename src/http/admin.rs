@@ -1,13 +1,16 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, on its own port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/feeds`, on its own port.
 //!
 //! Separate from the webhook listener so Prometheus and orchestrator probes never compete with
-//! producers, and so the admin port can stay off the public network.
+//! producers, and so the admin port can stay off the public network. It listens on loopback by
+//! default; elsewhere it needs admin bearer tokens (`admin.tokens`), which every request must
+//! carry except the orchestrator probes and, where the operator opts in, `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -54,6 +57,10 @@ pub struct AdminState {
     pub ready_timeout: Duration,
     /// Cancelled when shutdown begins; `/readyz` then answers 503 so traffic drains away.
     pub shutdown: CancellationToken,
+    /// The admin tokens (`admin.tokens`, resolved); `None`: no token is asked for (loopback).
+    pub tokens: Option<super::TokenSet>,
+    /// `/metrics` is served without a token (`admin.metrics_without_token`).
+    pub metrics_without_token: bool,
 }
 
 /// Prometheus text exposition.
@@ -67,8 +74,13 @@ pub const FEEDS_PATH: &str = "/feeds";
 /// Every path the admin router serves (all `GET`).
 pub const PATHS: [&str; 4] = [METRICS_PATH, HEALTHZ_PATH, READYZ_PATH, FEEDS_PATH];
 
+/// The orchestrator probes: served without a token, so a kubelet or compose health check
+/// needs no secret.
+pub const OPEN_PATHS: [&str; 2] = [HEALTHZ_PATH, READYZ_PATH];
+
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
+    let state = Arc::new(state);
     Router::new()
         .route(METRICS_PATH, get(metrics))
         .route(HEALTHZ_PATH, get(healthz))
@@ -76,7 +88,43 @@ pub fn router(state: AdminState) -> Router {
         .route(FEEDS_PATH, get(feeds))
         .fallback(super::admin_not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
-        .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .with_state(state)
+}
+
+/// With admin tokens, every request but the open paths carries one; 401 otherwise.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(tokens) = &state.tokens else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let open = OPEN_PATHS.contains(&path) || (path == METRICS_PATH && state.metrics_without_token);
+    if open || tokens.verify(request.headers().get(header::AUTHORIZATION)) {
+        return next.run(request).await;
+    }
+    let label = PATHS
+        .iter()
+        .find(|p| **p == path)
+        .copied()
+        .unwrap_or("other");
+    state.metrics.admin_unauthorized(label);
+    let mut response = super::problem::Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "the admin listener needs a bearer token (one of admin.tokens)",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"entity-bridge-admin\""),
+    );
+    response
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

@@ -113,6 +113,18 @@ fn default_unavailable_retry_after_seconds() -> u64 {
     10
 }
 
+/// What a configured URL path must look like ([`valid_route_path`]).
+pub const ROUTE_PATH_RULE: &str = "must start with `/`, contain no `{`, `}`, `*`, `?` or `#`, \
+     and have no segment starting with `:`";
+
+/// A path the router serves literally: no pattern syntax (`{}`, `*`), no query or fragment,
+/// and no segment starting with `:` (the router refuses those as old-style captures).
+pub fn valid_route_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains(['{', '}', '*', '?', '#'])
+        && !path.split('/').any(|segment| segment.starts_with(':'))
+}
+
 impl WebhookSourceConfig {
     /// The path this connector serves.
     pub fn route_path(&self, connector: &str) -> String {
@@ -162,11 +174,8 @@ impl WebhookSourceConfig {
         }
         super::quota::validate(&self.quotas, self.tokens.len(), &named)?;
         if let Some(path) = &self.path {
-            if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) {
-                return err(
-                    "path",
-                    "must start with `/` and contain no `{`, `}`, `*`, `?` or `#`",
-                );
+            if !valid_route_path(path) {
+                return err("path", ROUTE_PATH_RULE);
             }
         }
         // No tokens is allowed: the bridge then generates one under `data_dir` on first start

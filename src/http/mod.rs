@@ -26,8 +26,8 @@ use axum::Router;
 
 pub use auth::TokenSet;
 pub use config::{
-    default_max_json_depth, ConnectionsConfig, WebhookSourceConfig, MAX_JSON_DEPTH_CEILING,
-    MAX_JSON_DEPTH_RANGE, MAX_TIMEOUT_MS,
+    default_max_json_depth, valid_route_path, ConnectionsConfig, WebhookSourceConfig,
+    MAX_JSON_DEPTH_CEILING, MAX_JSON_DEPTH_RANGE, MAX_TIMEOUT_MS, ROUTE_PATH_RULE,
 };
 pub use tls::TlsConfig;
 pub use token_config::{TokenClientConfig, TokenEndpointConfig};

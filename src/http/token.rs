@@ -57,21 +57,7 @@ impl TokenEndpoint {
         issuer: Arc<Issuer>,
         metrics: Metrics,
     ) -> Result<TokenEndpoint, TokenBuildError> {
-        let clients = (config.clients.iter())
-            .map(|c| {
-                let secret = c.client_secret.resolve()?;
-                if secret.expose().len() < super::token_guard::MIN_CLIENT_SECRET_BYTES {
-                    return Err(TokenBuildError::ShortSecret {
-                        client_id: c.client_id.clone(),
-                    });
-                }
-                Ok(Client {
-                    id: c.client_id.clone(),
-                    digest: digest(secret.expose().as_bytes()),
-                    scopes: c.scopes.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, TokenBuildError>>()?;
+        let clients = clients(config)?;
         Ok(TokenEndpoint {
             connector: connector.to_owned(),
             issuer,
@@ -330,23 +316,56 @@ pub enum TokenBuildError {
     },
 }
 
+/// The clients of `config`, secrets resolved and long enough.
+fn clients(config: &TokenEndpointConfig) -> Result<Vec<Client>, TokenBuildError> {
+    (config.clients.iter())
+        .map(|c| {
+            let secret = c.client_secret.resolve()?;
+            if secret.expose().len() < super::token_guard::MIN_CLIENT_SECRET_BYTES {
+                return Err(TokenBuildError::ShortSecret {
+                    client_id: c.client_id.clone(),
+                });
+            }
+            Ok(Client {
+                id: c.client_id.clone(),
+                digest: digest(secret.expose().as_bytes()),
+                scopes: c.scopes.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The issuer of `config`, its keys resolved and long enough.
+fn issuer(connector: &str, config: &TokenEndpointConfig) -> Result<Issuer, TokenBuildError> {
+    let signing = config.signing_key.resolve()?;
+    let previous = (config.previous_signing_keys.iter())
+        .map(|k| k.resolve())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Issuer::new(
+        connector,
+        &signing,
+        &previous,
+        Duration::from_secs(config.token_lifetime_seconds),
+        Duration::from_secs(config.max_clock_skew_seconds),
+    )?)
+}
+
+/// What [`build_endpoint`] refuses, without building anything (`entity-bridge check`).
+pub fn check_endpoint(
+    connector: &str,
+    config: &TokenEndpointConfig,
+) -> Result<(), TokenBuildError> {
+    issuer(connector, config)?;
+    clients(config).map(|_| ())
+}
+
 /// The issuer (for the connector's token check) and the endpoint of `config`.
 pub fn build_endpoint(
     connector: &str,
     config: &TokenEndpointConfig,
     metrics: Metrics,
 ) -> Result<(Arc<Issuer>, Arc<TokenEndpoint>), TokenBuildError> {
-    let signing = config.signing_key.resolve()?;
-    let previous = (config.previous_signing_keys.iter())
-        .map(|k| k.resolve())
-        .collect::<Result<Vec<_>, _>>()?;
-    let issuer = Arc::new(Issuer::new(
-        connector,
-        &signing,
-        &previous,
-        Duration::from_secs(config.token_lifetime_seconds),
-        Duration::from_secs(config.max_clock_skew_seconds),
-    )?);
+    let issuer = Arc::new(issuer(connector, config)?);
     let endpoint = TokenEndpoint::build(connector, config, issuer.clone(), metrics)?;
     Ok((issuer, Arc::new(endpoint)))
 }

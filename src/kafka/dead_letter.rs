@@ -93,6 +93,11 @@ impl KafkaDeadLetterConfig {
         copy
     }
 
+    /// The librdkafka client configuration of the writer, secrets resolved.
+    pub fn client_config(&self, connector: &str) -> Result<rdkafka::ClientConfig, KafkaBuildError> {
+        self.as_sink_config().client_config(connector)
+    }
+
     /// Builds the writer (does not contact the broker yet).
     pub fn build(
         &self,

@@ -1,5 +1,5 @@
-//! Producers of webhook connectors: what the token endpoints answered, and pushes refused by a
-//! producer's quota.
+//! Bearer tokens at work: what the token endpoints answered, pushes refused by a producer's
+//! quota, and admin requests refused for want of an admin token.
 
 use prometheus::IntCounterVec;
 
@@ -10,6 +10,7 @@ use super::Metrics;
 pub(super) struct TokenMetrics {
     requests: IntCounterVec,
     quota_refusals: IntCounterVec,
+    admin_refusals: IntCounterVec,
 }
 
 impl TokenMetrics {
@@ -25,6 +26,11 @@ impl TokenMetrics {
                 "Pushes answered 429 because their producer was over its own quota ([source.quotas]), by connector, producer (token-N or a token endpoint client id: configured names only) and quota (requests, events, in_flight).",
                 &["connector", "producer", "quota"],
             ),
+            admin_refusals: registry.counter(
+                "entity_bridge_admin_unauthorized_total",
+                "Requests to the admin listener answered 401 (no or a wrong admin token; admin.tokens), by path (an admin path, or other).",
+                &["path"],
+            ),
         }
     }
 }
@@ -36,6 +42,15 @@ impl Metrics {
             .tokens
             .quota_refusals
             .with_label_values(&[connector, producer, quota])
+            .inc();
+    }
+
+    /// Counts one admin request refused for want of a token; `path` is an admin path or `other`.
+    pub fn admin_unauthorized(&self, path: &str) {
+        self.0
+            .tokens
+            .admin_refusals
+            .with_label_values(&[path])
             .inc();
     }
 

@@ -1,8 +1,10 @@
 //! Integration tests against real brokers (one binary; run with `bash deploy/dev/test.sh`).
 
+mod admin_auth;
 mod amqp;
 mod bench_smoke;
 mod body_deadline;
+mod check_run;
 mod cli;
 mod common;
 mod contract;

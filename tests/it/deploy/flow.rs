@@ -16,6 +16,7 @@ use crate::common::{amqp_url, kafka, metric, require_amqp, require_kafka, unique
 
 const WEBHOOK_TOKEN: &str = "compose-webhook-token-3f1";
 const RECEIVER_TOKEN: &str = "compose-receiver-token-9c2";
+const ADMIN_TOKEN: &str = "compose-admin-token-5e7";
 
 /// Copies `deploy/compose/<which>` into `dir` with `rewrite` applied to every file.
 fn stage(which: &str, dir: &Path, rewrite: &dyn Fn(String) -> String) {
@@ -39,8 +40,17 @@ async fn launch(dir: &Path) -> Running {
     app::start(config).await.expect("bridge starts")
 }
 
+/// An admin path, with the admin token Prometheus sends.
 async fn text(url: &str) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
+    let client = reqwest::Client::new();
+    let answer = client
+        .get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{url}");
+    answer.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,6 +67,7 @@ async fn compose_connectors_carry_events_end_to_end() {
     let webhook_token = secret("webhook.token", WEBHOOK_TOKEN);
     let receiver_token = secret("receiver.token", RECEIVER_TOKEN);
     let amqp_file = secret("amqp.url", &amqp_url());
+    let admin_token = secret("admin.token", ADMIN_TOKEN);
 
     // What docker would provide differs: addresses, secrets, and shared broker state.
     let common = {
@@ -72,6 +83,10 @@ async fn compose_connectors_carry_events_end_to_end() {
                 .replace(
                     "{ env = \"ENTITY_BRIDGE_WEBHOOK_TOKEN\" }",
                     &format!("{{ file = {webhook_token} }}"),
+                )
+                .replace(
+                    "{ env = \"ENTITY_BRIDGE_ADMIN_TOKEN\" }",
+                    &format!("{{ file = {admin_token} }}"),
                 )
                 .replace(
                     "{ env = \"DEMO_RECEIVER_TOKEN\" }",
@@ -199,6 +214,23 @@ async fn compose_connectors_carry_events_end_to_end() {
         .unwrap();
     assert_eq!(declared.message_count(), 2);
 
+    // The admin listeners ask for the admin token, as Prometheus sends it; probes need none.
+    for admin in [bridge.admin_addr, receiver.admin_addr] {
+        for path in ["/metrics", "/feeds"] {
+            let answer = client
+                .get(format!("http://{admin}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 401, "{path} without the admin token");
+        }
+        let answer = client
+            .get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "/healthz needs no token");
+    }
     // /metrics after real traffic: labelled series and histograms exist and pass promtool.
     let bridge_metrics = text(&format!("http://{}/metrics", bridge.admin_addr)).await;
     let receiver_metrics = text(&format!("http://{}/metrics", receiver.admin_addr)).await;
