@@ -231,7 +231,7 @@ impl Hydrate {
     }
 
     /// The batch with records filled in, or why it cannot be published.
-    async fn hydrate(&self, batch: &[Message]) -> Result<Option<Vec<Message>>, SinkError> {
+    async fn hydrate(&self, batch: &[Message]) -> Result<Option<(Vec<Message>, Tally)>, SinkError> {
         let mut wanted: Vec<(usize, String)> = Vec::new();
         for (index, m) in batch.iter().enumerate() {
             // An event whose optional fields cannot be read (a ResourceRecordUrl that is no
@@ -304,8 +304,6 @@ impl Hydrate {
                         _ => None,
                     })
                     .unwrap_or_default();
-                self.metrics
-                    .hydration(&self.connector, "failed", wanted.len() as u64);
                 return Err(SinkError::Unavailable {
                     reason: format!("the record API fails for every record: {reason}"),
                 });
@@ -330,20 +328,25 @@ impl Hydrate {
             }
         }
         let mut out = batch.to_vec();
+        let mut tally = Tally::default();
         for (index, url) in &wanted {
             let m = &mut out[*index];
             match &fetched[url.as_str()] {
                 Fetched::Record(record) => {
                     m.payload = with_member(&m.payload, "Data", record);
-                    self.metrics.hydration(&self.connector, "fetched", 1);
+                    tally.fetched += 1;
                 }
                 Fetched::Gone => {
                     m.payload = with_member(&m.payload, DELETED_ANNOTATION, b"true");
                     m.delete = true;
-                    self.metrics.hydration(&self.connector, "gone", 1);
+                    tally.gone += 1;
                 }
                 Fetched::Failed { reason, lasting } => {
-                    self.metrics.hydration(&self.connector, "failed", 1);
+                    // Only a refusal for good is an event's outcome: a failure that may pass
+                    // is retried (its requests are counted by status).
+                    if *lasting {
+                        self.metrics.hydration(&self.connector, "failed", 1);
+                    }
                     tracing::warn!(connector = %self.connector, sequence = m.sequence, %reason, "record could not be fetched");
                     if *lasting {
                         return Err(SinkError::Rejected {
@@ -359,8 +362,23 @@ impl Hydrate {
                 }
             }
         }
-        Ok(Some(out))
+        Ok(Some((out, tally)))
     }
+
+    /// Counts the outcomes of a send that went through: each event once, however many sends
+    /// (retries, the pump isolating a neighbour) it took.
+    fn delivered(&self, tally: Tally) {
+        self.metrics
+            .hydration(&self.connector, "fetched", tally.fetched);
+        self.metrics.hydration(&self.connector, "gone", tally.gone);
+    }
+}
+
+/// Hydrated events of one send, counted once the send is delivered.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    fetched: u64,
+    gone: u64,
 }
 
 /// Whether a refusal means the record is gone: a `gone_statuses` status, or a 400 whose body
@@ -398,14 +416,22 @@ fn with_member(event: &[u8], name: &str, value: &[u8]) -> Bytes {
 impl Sink for Hydrate {
     async fn send(&self, batch: &[Message]) -> Result<(), SinkError> {
         match self.hydrate(batch).await? {
-            Some(filled) => self.inner.send(&filled).await,
+            Some((filled, tally)) => {
+                self.inner.send(&filled).await?;
+                self.delivered(tally);
+                Ok(())
+            }
             None => self.inner.send(batch).await,
         }
     }
 
     async fn send_report(&self, batch: &[Message]) -> Result<SendReport, SinkError> {
         match self.hydrate(batch).await? {
-            Some(filled) => self.inner.send_report(&filled).await,
+            Some((filled, tally)) => {
+                let report = self.inner.send_report(&filled).await?;
+                self.delivered(tally);
+                Ok(report)
+            }
             None => self.inner.send_report(batch).await,
         }
     }

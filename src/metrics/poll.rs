@@ -21,7 +21,7 @@ impl PollMetrics {
         PollMetrics {
             requests: registry.counter(
                 "entity_bridge_producer_requests_total",
-                "GET requests to a producer's API, by connector, role (poll: event pages, hydrate: records) and status (the HTTP status code; timeout, error for transport failures; token_error when no token could be had; invalid_page for a 200 that is not a page).",
+                "GET requests to a producer's API, each counted once, by connector, role (poll: event pages, hydrate: records) and status (the HTTP status code of an answer that was used or refused; timeout: no complete answer in time, body included; error: a transport failure or a body that broke off; too_large: a body beyond the size cap; token_error: no token could be had; invalid_page: a 200 that is not a page).",
                 &["connector", "role", "status"],
             ),
             events: registry.counter(
@@ -36,12 +36,12 @@ impl PollMetrics {
             ),
             last_page: registry.gauge(
                 "entity_bridge_poll_last_page_timestamp_seconds",
-                "Unix time of the last page a poll source read successfully (empty pages included).",
+                "Unix time of the last usable page a poll source read (empty pages included; a page repeating only events at or below the checkpoint is not usable).",
                 &["connector"],
             ),
             hydration: registry.counter(
                 "entity_bridge_hydration_total",
-                "Events without Data whose record [hydrate] fetched, by connector and outcome (fetched: Data filled in; gone: the record is deleted, the event became a delete; failed: not fetched after max_attempts or refused for good: dead-lettered by pull sources, 503 to a webhook push).",
+                "Events without Data that [hydrate] handled, each counted once, by connector and outcome (fetched: Data filled in and the event delivered; gone: the record is deleted, the event became a delete and was delivered; failed: refused for good, after max_attempts or at once: dead-lettered by pull sources, refused to a webhook push). Fetches that fail and are retried are counted only in entity_bridge_producer_requests_total.",
                 &["connector", "outcome"],
             ),
         }
@@ -58,7 +58,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Records what one page held.
+    /// Records what one page held (a page repeating old events too: they count as skipped).
     pub fn poll_page(&self, connector: &str, page: &Page) {
         let m = &self.0.poll;
         for (outcome, n) in [
@@ -70,6 +70,12 @@ impl Metrics {
                 .with_label_values(&[connector, outcome])
                 .inc_by(n as u64);
         }
+    }
+
+    /// Records that a page was read and usable (it made progress, or the feed is caught up):
+    /// what `EntityBridgePollFailing` watches.
+    pub fn poll_page_read(&self, connector: &str) {
+        let m = &self.0.poll;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -55,10 +55,35 @@ pub enum GetError {
 /// Most bytes of a refusal's body kept (to recognise a "no longer available" answer).
 pub const REFUSAL_BODY_BYTES: usize = 4096;
 
-/// A successful answer's body.
+/// A successful answer's body. Its request is counted once in
+/// `entity_bridge_producer_requests_total`: under its status when the answer is dropped, or
+/// under what the caller found wrong with the body ([`Answer::unusable`]).
 pub struct Answer {
     /// The body, decompressed.
     pub body: Bytes,
+    outcome: Outcome,
+}
+
+impl Answer {
+    /// Counts the request as `outcome` (e.g. `invalid_page`: a 200 that is not a page)
+    /// instead of its status.
+    pub fn unusable(&mut self, outcome: &'static str) {
+        self.outcome.label = outcome.into();
+    }
+}
+
+/// The one count of a request whose body was read, made when its answer is dropped.
+struct Outcome {
+    metrics: Metrics,
+    connector: String,
+    role: &'static str,
+    label: String,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        (self.metrics).outbound_get(&self.connector, self.role, &self.label);
+    }
 }
 
 /// What a [`GetClient`] is built from.
@@ -162,15 +187,18 @@ impl GetClient {
                 }
             };
             let status = response.status();
-            self.count(status.as_str());
             let verdict = classify(
                 status,
                 response.headers(),
                 self.max_retry_after,
                 SystemTime::now(),
             );
+            // A 200 is counted once its body is read: it may still time out or be too large.
+            if !matches!(verdict, Verdict::Delivered) {
+                self.count(status.as_str());
+            }
             match verdict {
-                Verdict::Delivered => return self.body(response).await,
+                Verdict::Delivered => return self.body(response, status).await,
                 Verdict::Unauthorized => {
                     let fresh = match (&self.auth, &token) {
                         (Some(auth), Some(t)) if !refreshed => auth.invalidate(t),
@@ -215,14 +243,34 @@ impl GetClient {
         }
     }
 
-    async fn body(&self, response: reqwest::Response) -> Result<Answer, GetError> {
-        let capped = read_capped(response, self.max_body_bytes)
-            .await
-            .map_err(|e| GetError::Retry(format!("reading the answer failed: {}", transport(e))))?;
+    /// Reads a successful answer's body; the request is counted `timeout`, `error` or
+    /// `too_large` here, or under `status` (or what the caller finds) with the [`Answer`].
+    async fn body(
+        &self,
+        response: reqwest::Response,
+        status: StatusCode,
+    ) -> Result<Answer, GetError> {
+        let capped = match read_capped(response, self.max_body_bytes).await {
+            Ok(capped) => capped,
+            Err(e) => {
+                self.count(if e.is_timeout() { "timeout" } else { "error" });
+                let why = transport(e);
+                return Err(GetError::Retry(format!("reading the answer failed: {why}")));
+            }
+        };
         if capped.truncated {
+            self.count("too_large");
             return Err(GetError::TooLarge(self.max_body_bytes));
         }
-        Ok(Answer { body: capped.bytes })
+        Ok(Answer {
+            body: capped.bytes,
+            outcome: Outcome {
+                metrics: self.metrics.clone(),
+                connector: self.connector.clone(),
+                role: self.role,
+                label: status.as_str().to_owned(),
+            },
+        })
     }
 
     fn count(&self, status: &str) {

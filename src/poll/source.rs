@@ -166,9 +166,11 @@ impl PollSource {
         query.extend((self.p.query.iter()).map(|(k, v)| format!("{}={}", encode(k), encode(v))));
         query.push("$orderby=EntityEventSequence%20desc&$top=1".to_owned());
         url.set_query(Some(&query.join("&")));
-        let answer = self.p.client.get(url.as_str()).await.map_err(unavailable)?;
-        let page = parse_reso_page(&answer.body, 0, self.p.parse, &self.topic)
-            .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+        let mut answer = self.p.client.get(url.as_str()).await.map_err(unavailable)?;
+        let page = parse_reso_page(&answer.body, 0, self.p.parse, &self.topic).map_err(|e| {
+            answer.unusable("invalid_page");
+            SourceError::Unavailable(e.to_string())
+        })?;
         Ok(page.last_sequence.unwrap_or(0))
     }
 
@@ -244,7 +246,7 @@ impl PollSource {
             Some(link) => link.clone(),
             None => self.first_url(position),
         };
-        let answer = match self.p.client.get(&url).await {
+        let mut answer = match self.p.client.get(&url).await {
             Ok(answer) => answer,
             Err(GetError::Gone(_) | GetError::Refused { .. }) if following => {
                 // An expired paging token: ask again by sequence.
@@ -265,14 +267,16 @@ impl PollSource {
             ),
         };
         let page = page.map_err(|e| {
-            self.p
-                .metrics
-                .outbound_get(&self.p.connector, "poll", "invalid_page");
+            answer.unusable("invalid_page");
             SourceError::Unavailable(e.to_string())
         })?;
+        drop(answer);
         self.p.health.ok(Part::Source);
         let next_link = page.next_link.as_deref().and_then(|l| self.same_origin(l));
         let last = page.last_sequence.unwrap_or(position).max(position);
+        // Counted before the progress check, so a producer repeating a page of old events
+        // shows as `skipped` events.
+        self.p.metrics.poll_page(&self.p.connector, &page);
         // Checked before anything is dead-lettered: a page that makes no progress is asked for
         // again, and must not dead-letter its events again each time.
         if page.received > 0 && last == position && next_link.is_none() {
@@ -282,7 +286,7 @@ impl PollSource {
                 page.received
             )));
         }
-        self.p.metrics.poll_page(&self.p.connector, &page);
+        self.p.metrics.poll_page_read(&self.p.connector);
         self.dead_letter_invalid(&page).await?;
         let pending = Pending {
             last,

@@ -26,6 +26,7 @@ mod openapi;
 mod order;
 mod partition;
 mod poll;
+mod poll_outcomes;
 mod poll_poison;
 mod producer;
 mod proxy;

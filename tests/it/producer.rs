@@ -27,6 +27,15 @@ pub enum Misbehave {
     Throttle(u64),
     /// The page's body stops halfway (the connection breaks).
     BreakHalfway,
+    /// A 200 whose body is JSON but not a page.
+    NotAPage,
+    /// A 200 whose body starts, then stalls for this many milliseconds.
+    StallBody(u64),
+    /// A 200 whose body is this many bytes of padding.
+    Oversized(usize),
+    /// The page answered as if the filter asked for everything: old events again (the RESO
+    /// resource only).
+    IgnoreFilter,
 }
 
 /// The producer's state, shared with the test.
@@ -165,6 +174,35 @@ fn gate(state: &ProducerState, headers: &HeaderMap, what: String) -> Result<(), 
             log(200);
             Err(Box::new(broken_body()))
         }
+        Some(Misbehave::NotAPage) => {
+            log(200);
+            Err(Box::new(axum::Json(json!([1, 2, 3])).into_response()))
+        }
+        Some(Misbehave::StallBody(ms)) => {
+            log(200);
+            let start = futures::stream::once(async {
+                Ok::<_, std::io::Error>(Bytes::from_static(b"{\"value\":["))
+            });
+            let stall = futures::stream::once(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                Ok::<_, std::io::Error>(Bytes::from_static(b"]}"))
+            });
+            let body = axum::body::Body::from_stream(futures::StreamExt::chain(start, stall));
+            Err(Box::new(
+                ([("content-type", "application/json")], body).into_response(),
+            ))
+        }
+        Some(Misbehave::Oversized(bytes)) => {
+            log(200);
+            let body = format!("{{\"value\":[],\"pad\":\"{}\"}}", "x".repeat(bytes));
+            Err(Box::new(
+                ([("content-type", "application/json")], body).into_response(),
+            ))
+        }
+        Some(Misbehave::IgnoreFilter) => {
+            log(200);
+            Err(Box::new(StatusCode::CONTINUE.into_response()))
+        }
         Some(Misbehave::Pass) | None => {
             log(200);
             Ok(())
@@ -196,8 +234,13 @@ fn after(filter: Option<&str>) -> i64 {
 
 async fn reso(State(state): State<Arc<ProducerState>>, headers: HeaderMap, q: Params) -> Response {
     let what = format!("/odata/EntityEvent?{}", serde_urlencoded(&q.0));
+    let mut ignore_filter = false;
     if let Err(answer) = gate(&state, &headers, what) {
-        return *answer;
+        // The marker of `IgnoreFilter`: answer the page from the start.
+        ignore_filter = answer.status() == StatusCode::CONTINUE;
+        if !ignore_filter {
+            return *answer;
+        }
     }
     let events = state.events.lock().unwrap().clone();
     let top: usize = param(&q.0, "$top")
@@ -210,6 +253,7 @@ async fn reso(State(state): State<Arc<ProducerState>>, headers: HeaderMap, q: Pa
     let gt = param(&q.0, "$skiptoken")
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| after(param(&q.0, "$filter")));
+    let gt = if ignore_filter { 0 } else { gt };
     let matching: Vec<&Value> = events
         .iter()
         .filter(|e| e["EntityEventSequence"].as_i64().unwrap() > gt)
