@@ -30,7 +30,8 @@ pub struct BuildContext {
     /// The connector's `[retry]` backoff.
     pub retry: RetryConfig,
     /// The sink's dead-letter destination, for a source without one of its own (a Kafka
-    /// source feeding a webhook sink dead-letters where the sink does).
+    /// source feeding a webhook sink dead-letters where the sink does; a pull source feeding
+    /// an embedded sink, into that log).
     pub sink_dead_letter: Option<DeadLetterConfig>,
     /// `data_dir`: where sources keep local state (a poll source's checkpoint).
     pub data_dir: std::path::PathBuf,

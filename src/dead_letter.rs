@@ -32,6 +32,8 @@ pub enum DeadLetterConfig {
     Kafka(KafkaDeadLetterConfig),
     /// A RabbitMQ exchange.
     Amqp(AmqpDeadLetterConfig),
+    /// A table of an embedded log (no broker needed).
+    Embedded(crate::embedded::dead_letter::EmbeddedDeadLetterConfig),
 }
 
 /// Why the dead-letter writer could not be built.
@@ -43,6 +45,9 @@ pub enum DeadLetterBuildError {
     /// The AMQP URL reference could not be read.
     #[error("url: {0}")]
     Amqp(#[from] crate::secret::SecretError),
+    /// The embedded log could not be opened.
+    #[error("file: {0}")]
+    Embedded(#[from] crate::embedded::StoreError),
 }
 
 impl DeadLetterConfig {
@@ -51,6 +56,7 @@ impl DeadLetterConfig {
         match self {
             DeadLetterConfig::Kafka(k) => k.validate(),
             DeadLetterConfig::Amqp(a) => a.validate(),
+            DeadLetterConfig::Embedded(e) => e.validate(),
         }
     }
 
@@ -59,6 +65,7 @@ impl DeadLetterConfig {
         match self {
             DeadLetterConfig::Kafka(k) => DeadLetterConfig::Kafka(k.masked()),
             DeadLetterConfig::Amqp(a) => DeadLetterConfig::Amqp(a.clone()),
+            DeadLetterConfig::Embedded(e) => DeadLetterConfig::Embedded(e.clone()),
         }
     }
 
@@ -71,6 +78,7 @@ impl DeadLetterConfig {
         let writer: Box<dyn DeadLetterWriter> = match self {
             DeadLetterConfig::Kafka(k) => Box::new(k.build(connector, metrics.clone())?),
             DeadLetterConfig::Amqp(a) => Box::new(a.build()?),
+            DeadLetterConfig::Embedded(e) => Box::new(e.build()?),
         };
         Ok(DeadLetter::new(connector, writer, metrics))
     }

@@ -86,6 +86,7 @@ struct PushMetrics {
     dead_lettered: IntCounterVec,
     batch_events: HistogramVec,
     consumer_lag: IntGaugeVec,
+    consumer_rejoins: IntCounterVec,
 }
 
 const RETRY_AFTER_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -168,6 +169,11 @@ impl Metrics {
                 "Events per webhook sink POST.",
                 &["connector"],
                 BATCH_EVENTS_BUCKETS,
+            ),
+            consumer_rejoins: counter(
+                "entity_bridge_consumer_rejoins_total",
+                "Times a Kafka source held no partition while its topics had lag nobody consumed for unassigned_rejoin_after_ms, and left to rejoin its group.",
+                &["connector"],
             ),
             consumer_lag: gauge(
                 "entity_bridge_consumer_lag",
@@ -489,6 +495,15 @@ impl Metrics {
             .consumer_lag
             .with_label_values(&[connector])
             .set(lag);
+    }
+
+    /// Counts a Kafka source leaving its group to rejoin (it held nothing while lag waited).
+    pub fn consumer_rejoin(&self, connector: &str) {
+        self.0
+            .push
+            .consumer_rejoins
+            .with_label_values(&[connector])
+            .inc();
     }
 
     /// Counts a RabbitMQ connection event (`outcome`: `opened`, `failed`, `lost`).

@@ -141,7 +141,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             stop: pump_stop.clone(),
             shutdown_timeout,
             retry: connector.retry.clone(),
-            sink_dead_letter: connector.sink.dead_letter().cloned(),
+            sink_dead_letter: connector.sink_dead_letter(),
             data_dir: config.data_dir.clone(),
         };
         let sink = (connector.sink.builder().build_sink(&build).await).map_err(|source| {
@@ -176,6 +176,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             name,
             connector.dedupe.as_ref(),
             feeds::Tracking {
+                mark_before_answer: !matches!(connector.source, SourceConfig::Webhook(_)),
                 max_tracked_feeds: connector.max_tracked_feeds,
                 evict_idle_feeds_after_hours: connector.evict_idle_feeds_after_hours,
             },
@@ -283,7 +284,30 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .map(|t| t.resolve())
         .collect::<Result<Vec<_>, _>>()
         .map_err(AppError::AdminToken)?;
+    // Connectors that dead-letter into an embedded log: `/dead-letters/{connector}` lists them.
+    let mut dead_letters = crate::http::DeadLetterLogs::new();
+    for (name, connector) in &config.connectors {
+        let embedded = (connector.source_dead_letter().into_iter())
+            .chain(connector.sink.dead_letter().cloned())
+            .find_map(|d| match d {
+                crate::dead_letter::DeadLetterConfig::Embedded(e) => e.file,
+                _ => None,
+            });
+        if let Some(file) = embedded {
+            let log = crate::embedded::Log::open_async(file)
+                .await
+                .map_err(|source| {
+                    AppError::Embedded(crate::embedded::EmbeddedError::Log {
+                        connector: name.clone(),
+                        source,
+                    })
+                })?;
+            dead_letters.insert(name.clone(), log);
+        }
+    }
     let admin_app = admin::router(AdminState {
+        dead_letters,
+        dead_letters_max_page_bytes: config.admin.dead_letters_max_page_bytes,
         tokens: (!admin_tokens.is_empty()).then(|| crate::http::TokenSet::new(&admin_tokens)),
         metrics_without_token: config.admin.metrics_without_token,
         metrics: metrics.clone(),

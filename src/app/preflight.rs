@@ -8,7 +8,6 @@
 
 use crate::config::{Config, ConfigError, ConnectorConfig, SinkConfig, SourceConfig};
 use crate::dead_letter::DeadLetterConfig;
-use crate::poll::{EventsPollConfig, ResoPollConfig};
 use crate::secret::SecretRef;
 
 /// Runs every check; the error names the file (`file_of(connector)`) and key to fix.
@@ -125,23 +124,12 @@ fn clients(name: &str, connector: &ConnectorConfig) -> Result<(), (String, Strin
         )?,
         SinkConfig::Embedded(_) | SinkConfig::Webhook(_) => {}
     }
-    let mut dead_letters: Vec<(&str, &DeadLetterConfig)> = Vec::new();
-    if let Some(d) = connector.sink.dead_letter() {
-        dead_letters.push(("sink.dead_letter", d));
-    }
     match &connector.source {
-        SourceConfig::Kafka(k) => {
-            kafka("source.librdkafka", k.client_config(name))?;
-            dead_letters.extend(k.dead_letter.iter().map(|d| ("source.dead_letter", d)));
-        }
+        SourceConfig::Kafka(k) => kafka("source.librdkafka", k.client_config(name))?,
         SourceConfig::Amqp(a) => amqp(
             url_key("source", a.url_file.is_some()),
             a.connection(name).url.as_ref(),
         )?,
-        SourceConfig::ResoPoll(ResoPollConfig(p))
-        | SourceConfig::EventsPoll(EventsPollConfig(p)) => {
-            dead_letters.extend(p.dead_letter.iter().map(|d| ("source.dead_letter", d)));
-        }
         SourceConfig::Webhook(w) => {
             if let Some(t) = &w.token_endpoint {
                 // Its errors start with the key: `token_endpoint.signing_key: …`.
@@ -154,14 +142,16 @@ fn clients(name: &str, connector: &ConnectorConfig) -> Result<(), (String, Strin
                 })?;
             }
         }
-        SourceConfig::Embedded(_) => {}
+        SourceConfig::Embedded(_) | SourceConfig::ResoPoll(_) | SourceConfig::EventsPoll(_) => {}
     }
-    for (key, dead_letter) in dead_letters {
+    for (key, dead_letter) in connector.dead_letters() {
         match dead_letter {
             DeadLetterConfig::Kafka(k) => {
                 kafka(&format!("{key}.librdkafka"), k.client_config(name))?
             }
             DeadLetterConfig::Amqp(a) => amqp(&format!("{key}.url"), a.url.as_ref())?,
+            // Which log it names is checked with the configuration (`config::validate`).
+            DeadLetterConfig::Embedded(_) => {}
         }
     }
     Ok(())

@@ -4,8 +4,10 @@
 //! ever see one.
 
 use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::dead_letter::DeadLetterConfig;
 use crate::embedded::token;
 use crate::embedded::{EmbeddedError, TokenNotice};
+use crate::poll::{EventsPollConfig, ResoPollConfig};
 
 /// Resolves log files and generates missing webhook tokens (created on first start). Returns
 /// the notices to print once the listener is bound.
@@ -28,8 +30,33 @@ pub fn prepare(mut config: Config) -> Result<(Config, Vec<TokenNotice>), Embedde
             SourceConfig::Embedded(e) => e.file = e.path(&data_dir),
             _ => {}
         }
-        if let SinkConfig::Embedded(s) = &mut connector.sink {
-            s.file = Some(s.path(&data_dir, name));
+        let own_log = match &mut connector.sink {
+            SinkConfig::Embedded(s) => {
+                s.file = Some(s.path(&data_dir, name));
+                s.file.clone()
+            }
+            _ => None,
+        };
+        // Embedded dead-letter destinations: `file` under data_dir, or the sink's own log.
+        let dead_letters = [
+            match &mut connector.source {
+                SourceConfig::Kafka(k) => k.dead_letter.as_mut(),
+                SourceConfig::ResoPoll(ResoPollConfig(p))
+                | SourceConfig::EventsPoll(EventsPollConfig(p)) => p.dead_letter.as_mut(),
+                _ => None,
+            },
+            match &mut connector.sink {
+                SinkConfig::Webhook(p) => Some(&mut p.dead_letter),
+                _ => None,
+            },
+        ];
+        for dead_letter in dead_letters.into_iter().flatten() {
+            if let DeadLetterConfig::Embedded(e) = dead_letter {
+                e.file = match &e.file {
+                    Some(f) => Some(data_dir.join(f)),
+                    None => own_log.clone(),
+                };
+            }
         }
     }
     warn_about_orphaned_default_log(&config);

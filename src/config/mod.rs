@@ -142,6 +142,11 @@ pub struct AdminConfig {
     /// sends a token (`authorization` in its scrape config, see deploy/prometheus).
     #[serde(default)]
     pub metrics_without_token: bool,
+    /// Largest page of `GET /dead-letters/{connector}` in payload bytes (a page ends early,
+    /// with a `next` link, once it holds this much; a single larger dead letter is still
+    /// served alone). 1024–268435456.
+    #[serde(default = "default_dead_letters_max_page_bytes")]
+    pub dead_letters_max_page_bytes: usize,
     /// Timeout of each sink's readiness probe behind `/readyz`.
     #[serde(default = "default_ready_timeout_ms")]
     pub ready_timeout_ms: u64,
@@ -160,6 +165,7 @@ impl Default for AdminConfig {
             listen_addr: default_admin_listen(),
             tokens: Vec::new(),
             metrics_without_token: false,
+            dead_letters_max_page_bytes: default_dead_letters_max_page_bytes(),
             ready_timeout_ms: default_ready_timeout_ms(),
             body_read_timeout_ms: default_admin_body_read_timeout_ms(),
             connections: crate::http::ConnectionsConfig::admin(),
@@ -169,6 +175,10 @@ impl Default for AdminConfig {
 
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+fn default_dead_letters_max_page_bytes() -> usize {
+    4 << 20
 }
 
 fn default_admin_body_read_timeout_ms() -> u64 {
@@ -283,6 +293,53 @@ impl SourceConfig {
             SourceConfig::ResoPoll(p) => Some(p),
             SourceConfig::EventsPoll(p) => Some(p),
         }
+    }
+}
+
+impl ConnectorConfig {
+    /// The dead-letter destinations this connector configures, with their keys.
+    pub fn dead_letters(&self) -> Vec<(&'static str, &DeadLetterConfig)> {
+        let mut out = Vec::new();
+        if let Some(d) = self.sink.dead_letter() {
+            out.push(("sink.dead_letter", d));
+        }
+        match &self.source {
+            SourceConfig::Kafka(k) => {
+                out.extend(k.dead_letter.iter().map(|d| ("source.dead_letter", d)))
+            }
+            SourceConfig::ResoPoll(ResoPollConfig(p))
+            | SourceConfig::EventsPoll(EventsPollConfig(p)) => {
+                out.extend(p.dead_letter.iter().map(|d| ("source.dead_letter", d)))
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Where a source without a dead-letter destination of its own dead-letters: the webhook
+    /// sink's, or an embedded sink's log (after `app::prepare`, whose `file` is resolved).
+    pub fn sink_dead_letter(&self) -> Option<DeadLetterConfig> {
+        match &self.sink {
+            SinkConfig::Webhook(p) => Some(p.dead_letter.clone()),
+            SinkConfig::Embedded(s) => Some(DeadLetterConfig::Embedded(
+                crate::embedded::dead_letter::EmbeddedDeadLetterConfig {
+                    file: s.file.clone(),
+                    ..Default::default()
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// The dead-letter destination the source uses: its own, or [`Self::sink_dead_letter`].
+    pub fn source_dead_letter(&self) -> Option<DeadLetterConfig> {
+        let own = match &self.source {
+            SourceConfig::Kafka(k) => k.dead_letter.clone(),
+            SourceConfig::ResoPoll(ResoPollConfig(p))
+            | SourceConfig::EventsPoll(EventsPollConfig(p)) => p.dead_letter.clone(),
+            _ => return None,
+        };
+        own.or_else(|| self.sink_dead_letter())
     }
 }
 

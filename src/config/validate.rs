@@ -86,6 +86,12 @@ impl Config {
                 ));
             }
         }
+        if !(1024..=(256 << 20)).contains(&self.admin.dead_letters_max_page_bytes) {
+            return Err(listener(
+                "admin.dead_letters_max_page_bytes".into(),
+                "must be between 1024 and 268435456".into(),
+            ));
+        }
         if !self.admin.listen_addr.ip().is_loopback() && self.admin.tokens.is_empty() {
             return Err(listener(
                 "admin.tokens".into(),
@@ -183,6 +189,12 @@ impl Config {
                         .map_err(|(k, d)| invalid(&k, d))?;
                 }
             }
+            for (key, dead_letter) in connector.dead_letters() {
+                if let crate::dead_letter::DeadLetterConfig::Embedded(e) = dead_letter {
+                    embedded_dead_letter(self, name, connector, e.file.as_deref())
+                        .map_err(|(k, d)| invalid(&format!("{key}.{k}"), d))?;
+                }
+            }
             match &connector.sink {
                 SinkConfig::Kafka(k) => {
                     k.validate()
@@ -219,14 +231,53 @@ impl Config {
     }
 }
 
-/// A source that dead-letters needs a destination: its own, or its webhook sink's.
+/// A source that dead-letters needs a destination: its own, its webhook sink's, or its
+/// embedded sink's log.
 fn dead_letter_required(own: bool, sink: &SinkConfig) -> Result<(), (String, String)> {
-    if own || matches!(sink, SinkConfig::Webhook(_)) {
+    if own || matches!(sink, SinkConfig::Webhook(_) | SinkConfig::Embedded(_)) {
         return Ok(());
     }
     Err((
         "source.dead_letter".into(),
-        "is required unless the sink is a webhook sink (whose dead_letter is used)".into(),
+        "is required unless the sink is a webhook sink (whose dead_letter is used) or an \
+         embedded sink (dead letters then go to its log)"
+            .into(),
+    ))
+}
+
+/// An embedded dead-letter destination names the log of an embedded sink of this bridge (the
+/// connector's own when `file` is absent), whose retention then applies.
+fn embedded_dead_letter(
+    config: &Config,
+    name: &str,
+    connector: &super::ConnectorConfig,
+    file: Option<&std::path::Path>,
+) -> Result<(), (String, String)> {
+    let data_dir = &config.data_dir;
+    let target = match (file, &connector.sink) {
+        (Some(f), _) => data_dir.join(f),
+        (None, SinkConfig::Embedded(s)) => s.path(data_dir, name),
+        (None, _) => {
+            return Err((
+                "file".into(),
+                "is required unless the connector's sink is embedded (then its log is used)".into(),
+            ))
+        }
+    };
+    let written = config
+        .connectors
+        .iter()
+        .any(|(n, c)| matches!(&c.sink, SinkConfig::Embedded(s) if s.path(data_dir, n) == target));
+    if written {
+        return Ok(());
+    }
+    Err((
+        "file".into(),
+        format!(
+            "`{}` is not the log of an embedded sink of this bridge: dead letters go to a log \
+             an embedded sink writes, whose retention keeps them bounded",
+            file.map(|f| f.display().to_string()).unwrap_or_default()
+        ),
     ))
 }
 

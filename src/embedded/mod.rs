@@ -17,6 +17,7 @@
 
 pub mod config;
 mod cursors;
+pub mod dead_letter;
 pub mod metadata;
 pub mod odata;
 mod reads;

@@ -174,7 +174,19 @@ pub async fn run_once(log: &Log, policy: RetentionPolicy) -> Result<(i64, i64), 
             break;
         }
     }
-    if total > 0 || records > 0 {
+    // Dead letters connectors keep in the log (`dead_letters` rows with a connector) age out
+    // with the events.
+    let mut dead_letters = 0;
+    if let Some(age) = policy.max_age {
+        let cutoff = now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        dead_letters = log
+            .write(move |conn| super::dead_letter::drop_older_than(conn, cutoff))
+            .await?;
+    }
+    if dead_letters > 0 {
+        tracing::info!(log = %log.name(), dead_letters, "retention dropped dead letters older than retention_max_age_hours");
+    }
+    if total > 0 || records > 0 || dead_letters > 0 {
         log.write(|conn| conn.execute_batch("PRAGMA incremental_vacuum"))
             .await?;
     }

@@ -222,6 +222,7 @@ impl Log {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::records::SCHEMA)?;
+        super::dead_letter::migrate(&conn)?;
         super::records::migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let shared = Arc::new(Shared::default());

@@ -11,8 +11,9 @@
 //!    (`on_conflict`). A sequence repeated inside the batch is judged against its first copy.
 //! 3. **Send** the rest to the sink, in order. A sink's `Rejected { index }` is mapped back to
 //!    the event's place in the original batch.
-//! 4. Only after the sink said `Ok`, **mark** them delivered — in the background, after the
-//!    send was answered, while the claims still hold. A failed send marks nothing (the events
+//! 4. Only after the sink said `Ok`, **mark** them delivered — for a webhook push in the
+//!    background, after the send was answered; for a pull source before the answer, since its
+//!    checkpoint moves on it — while the claims still hold. A failed send marks nothing (the events
 //!    stay unseen and are published on the retry); a failed mark or lookup costs duplicates,
 //!    never events (counted in `entity_bridge_dedupe_store_errors_total`).
 //! 5. Release the claims once marked (also when the caller goes away mid-send: the guards'
@@ -72,6 +73,8 @@ pub struct Feeds {
     no_label: Arc<str>,
     /// Marks being written after their sends were answered.
     marking: TaskTracker,
+    /// Marks are written before the answer (pull sources) instead of after it.
+    mark_before_answer: bool,
 }
 
 /// What was decided for one event of a batch.
@@ -102,7 +105,14 @@ impl Feeds {
             metrics,
             no_label: Arc::from(""),
             marking: TaskTracker::new(),
+            mark_before_answer: false,
         }
+    }
+
+    /// Writes the marks before answering a send ([`super::Tracking::mark_before_answer`]).
+    pub fn marking_before_answer(mut self) -> Feeds {
+        self.mark_before_answer = true;
+        self
     }
 
     fn feed_of(&self, m: &Message) -> Arc<str> {
@@ -292,10 +302,17 @@ impl Feeds {
         // waits for what is still being written.
         let (dedupe, connector, metrics) =
             (dedupe.clone(), self.connector.clone(), self.metrics.clone());
-        self.marking.spawn(async move {
+        let marking = async move {
             dedupe.mark(stored, &marks, &connector, &metrics).await;
             drop(local);
-        });
+        };
+        if self.mark_before_answer {
+            // A pull source moves its checkpoint on the answer: marked first, a page it asks
+            // for again after a crash is suppressed.
+            marking.await;
+        } else {
+            self.marking.spawn(marking);
+        }
         self.record(batch, Some(&verdicts));
         let count = |wanted: Verdict| verdicts.iter().filter(|v| **v == wanted).count();
         Ok(SendReport {

@@ -96,6 +96,7 @@ async fn layer_capped(
     let tracking = crate::feeds::Tracking {
         max_tracked_feeds: cap,
         evict_idle_feeds_after_hours: 168,
+        mark_before_answer: false,
     };
     wrap("c", config.as_ref(), tracking, dir, sink, Metrics::new())
         .await
@@ -353,4 +354,43 @@ async fn feeds_past_the_cap_are_published_unchecked() {
     assert_eq!(w.sink.send_report(&b).await.unwrap().duplicates, 0);
     assert_eq!(sink.sequences(), vec![1, 1, 1]);
     assert_eq!(w.monitor.view(true).untracked_events, 2);
+}
+
+/// Issue 26, item 15: a pull source moves its checkpoint as soon as a send is answered. Its
+/// marks must be in the store by then: a crash (nothing else runs after the answer here, as
+/// after a `kill -9`) would otherwise leave the page unmarked, and the page asked for again
+/// would be published twice. Before, the marks were written in the background after the answer.
+#[tokio::test(flavor = "current_thread")]
+async fn a_pull_source_s_marks_are_written_before_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Recording::default());
+    let tracking = crate::feeds::Tracking {
+        max_tracked_feeds: 64,
+        evict_idle_feeds_after_hours: 168,
+        mark_before_answer: true,
+    };
+    let config = on();
+    let w = wrap(
+        "c",
+        config.as_ref(),
+        tracking,
+        dir.path(),
+        sink,
+        Metrics::new(),
+    )
+    .await
+    .unwrap();
+    w.sink.send_report(&events(1..=10)).await.unwrap();
+    // Straight after the answer, before anything else may run: read the store's file.
+    let store = crate::feeds::embedded_store_path(dir.path(), "c");
+    let conn = rusqlite::Connection::open(store).unwrap();
+    let marked: i64 = conn
+        .query_row("SELECT coalesce(sum(events), 0) FROM runs", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        marked, 10,
+        "every delivered event is marked when the send is answered"
+    );
 }

@@ -55,6 +55,11 @@ pub struct Tracking {
     pub max_tracked_feeds: usize,
     /// A feed without an event for this many hours is forgotten (0: never).
     pub evict_idle_feeds_after_hours: u64,
+    /// Write the dedupe marks before a send is answered, not after: for pull sources, which
+    /// move their checkpoint or offset on the answer, so a crash after it can never leave a
+    /// delivered page unmarked (asked for again, it is suppressed). A webhook push is answered
+    /// first (the marks stay off its latency).
+    pub mark_before_answer: bool,
 }
 
 /// The embedded store's file of `connector` under `data_dir`.
@@ -141,6 +146,15 @@ pub async fn wrap(
         dedupe,
         metrics,
     ));
+    let sink = if tracking.mark_before_answer {
+        Arc::new(
+            Arc::into_inner(sink)
+                .expect("just built")
+                .marking_before_answer(),
+        )
+    } else {
+        sink
+    };
     Ok(Wrapped {
         sink,
         monitor,

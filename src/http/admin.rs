@@ -61,6 +61,10 @@ pub struct AdminState {
     pub tokens: Option<super::TokenSet>,
     /// `/metrics` is served without a token (`admin.metrics_without_token`).
     pub metrics_without_token: bool,
+    /// The logs of connectors whose dead letters are embedded (`/dead-letters/{connector}`).
+    pub dead_letters: super::DeadLetterLogs,
+    /// Payload bytes of one `/dead-letters` page (`admin.dead_letters_max_page_bytes`).
+    pub dead_letters_max_page_bytes: usize,
 }
 
 /// Prometheus text exposition.
@@ -71,8 +75,16 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
 /// Each connector's feeds: sequence high-water marks, last event times, duplicates.
 pub const FEEDS_PATH: &str = "/feeds";
+/// A connector's dead letters kept in an embedded log (`{connector}` is its name).
+pub const DEAD_LETTERS_PATH: &str = "/dead-letters/{connector}";
 /// Every path the admin router serves (all `GET`).
-pub const PATHS: [&str; 4] = [METRICS_PATH, HEALTHZ_PATH, READYZ_PATH, FEEDS_PATH];
+pub const PATHS: [&str; 5] = [
+    METRICS_PATH,
+    HEALTHZ_PATH,
+    READYZ_PATH,
+    FEEDS_PATH,
+    DEAD_LETTERS_PATH,
+];
 
 /// The orchestrator probes: served without a token, so a kubelet or compose health check
 /// needs no secret.
@@ -86,6 +98,7 @@ pub fn router(state: AdminState) -> Router {
         .route(HEALTHZ_PATH, get(healthz))
         .route(READYZ_PATH, get(readyz))
         .route(FEEDS_PATH, get(feeds))
+        .route(DEAD_LETTERS_PATH, get(super::admin_dead_letters::handle))
         .fallback(super::admin_not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -109,11 +122,15 @@ async fn require_token(
     if open || tokens.verify(request.headers().get(header::AUTHORIZATION)) {
         return next.run(request).await;
     }
-    let label = PATHS
-        .iter()
-        .find(|p| **p == path)
-        .copied()
-        .unwrap_or("other");
+    let label = if path.starts_with("/dead-letters/") {
+        "/dead-letters"
+    } else {
+        PATHS
+            .iter()
+            .find(|p| **p == path)
+            .copied()
+            .unwrap_or("other")
+    };
     state.metrics.admin_unauthorized(label);
     let mut response = super::problem::Problem::new(
         StatusCode::UNAUTHORIZED,

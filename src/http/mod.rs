@@ -1,6 +1,7 @@
 //! HTTP: the webhook listener (producers push here) and the admin listener (probes, metrics).
 
 pub mod admin;
+mod admin_dead_letters;
 mod auth;
 mod body;
 mod config;
@@ -24,6 +25,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
 
+pub use admin_dead_letters::DeadLetterLogs;
 pub use auth::TokenSet;
 pub use config::{
     default_max_json_depth, valid_route_path, ConnectionsConfig, WebhookSourceConfig,

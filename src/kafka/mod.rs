@@ -11,6 +11,7 @@ mod sink;
 mod source;
 mod source_config;
 pub mod topics;
+mod unassigned;
 
 pub use config::{
     replication, Deletes, KafkaSinkConfig, UnknownResource, RESERVED_LIBRDKAFKA_KEYS,

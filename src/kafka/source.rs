@@ -156,6 +156,9 @@ pub struct KafkaSource {
     metrics: Metrics,
     health: Health,
     drain_timeout: Duration,
+    /// `unassigned_rejoin_after_ms` (`None`: off) and where a group without commits starts.
+    rejoin_after: Option<Duration>,
+    reset: super::source_config::OffsetReset,
 }
 
 impl KafkaSourceConfig {
@@ -198,6 +201,8 @@ impl KafkaSourceConfig {
             sink,
             retry,
             dead_letter: Arc::new(dead_letter.build(connector, metrics.clone())?),
+            rejoin_after: self.unassigned_rejoin_after(),
+            reset: self.auto_offset_reset,
             metrics,
             health,
             drain_timeout: shutdown_timeout / 2,
@@ -289,6 +294,7 @@ impl KafkaSource {
             health: self.health.clone(),
             failing: Default::default(),
         });
+        let mut unassigned = super::unassigned::UnassignedWatch::default();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let failure = loop {
@@ -301,6 +307,9 @@ impl KafkaSource {
                     }
                     if let Some(dead) = self.dead_lane().await {
                         break Some(dead);
+                    }
+                    if let Some(stuck) = self.unassigned(&mut unassigned).await {
+                        break Some(stuck);
                     }
                 }
                 received = self.consumer.recv() => match received {
@@ -350,6 +359,37 @@ impl KafkaSource {
             "the lane of {} partition {} stopped ({why}); restarting the source",
             key.0, key.1
         )))
+    }
+
+    /// With no partition assigned, whether lagging partitions stayed unconsumed for
+    /// `unassigned_rejoin_after_ms` ([`super::unassigned`]): then the source is not ready and
+    /// stops, and its supervisor starts a consumer that joins the group afresh.
+    async fn unassigned(
+        &self,
+        watch: &mut super::unassigned::UnassignedWatch,
+    ) -> Option<SourceError> {
+        let bound = self.rejoin_after?;
+        let (consumer, topics, reset) = (self.consumer.clone(), self.topics.clone(), self.reset);
+        let checked = tokio::task::spawn_blocking(move || {
+            super::unassigned::lagging(&consumer, &topics, reset)
+        })
+        .await;
+        let lagging = match checked {
+            Ok(Ok(lagging)) => lagging,
+            Ok(Err(e)) => {
+                tracing::debug!(connector = %self.connector, error = %e, "cannot look at the lag of unassigned partitions; tried again");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(connector = %self.connector, error = %e, "lag check failed");
+                return None;
+            }
+        };
+        let why = watch.observe(lagging, bound)?;
+        tracing::warn!(connector = %self.connector, reason = %why, "kafka source holds no partition while lag waits; rejoining");
+        self.health.failed(Part::Source, &why);
+        self.metrics.consumer_rejoin(&self.connector);
+        Some(SourceError::Fatal(why))
     }
 
     /// Routes a record to its partition's lane; `false` when that lane has ended.

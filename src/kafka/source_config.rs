@@ -73,6 +73,14 @@ pub struct KafkaSourceConfig {
     /// librdkafka options whose values are secrets, by reference.
     #[serde(default)]
     pub librdkafka_secrets: BTreeMap<String, SecretRef>,
+    /// How long the source may hold no partition while partitions of its topics have lag that
+    /// nobody consumes (the group's committed offsets do not move) before it reports not ready
+    /// and rejoins the group (a coordinator can leave a member with an empty assignment). `0`
+    /// turns the check off. At least twice `session.timeout.ms` (a rejoin's rebalance can wait
+    /// that long for a member gone without leaving). Absent: 60000, or twice
+    /// `session.timeout.ms` when that is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_rejoin_after_ms: Option<u64>,
     /// Where records that are not EntityEvents go. Defaults to the webhook sink's
     /// `dead_letter`; required when the sink has none.
     #[serde(default)]
@@ -99,11 +107,28 @@ fn default_commit_interval_ms() -> u64 {
 fn default_statistics_interval_ms() -> u64 {
     5_000
 }
+/// `unassigned_rejoin_after_ms` unless the session timeout asks for more.
+pub const DEFAULT_UNASSIGNED_REJOIN_AFTER_MS: u64 = 60_000;
 fn default_max_buffered_events_per_partition() -> usize {
     10_000
 }
 
 impl KafkaSourceConfig {
+    /// The session timeout the consumer runs with (`librdkafka` override, or the bridge's).
+    pub fn session_timeout_ms(&self) -> u64 {
+        (self.librdkafka.get("session.timeout.ms"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS)
+    }
+
+    /// `unassigned_rejoin_after_ms` in effect: `None` when off.
+    pub fn unassigned_rejoin_after(&self) -> Option<std::time::Duration> {
+        let ms = self.unassigned_rejoin_after_ms.unwrap_or_else(|| {
+            DEFAULT_UNASSIGNED_REJOIN_AFTER_MS.max(self.session_timeout_ms().saturating_mul(2))
+        });
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+
     /// The consumer group of connector `connector`.
     pub fn group(&self, connector: &str) -> String {
         self.group_id
@@ -138,6 +163,20 @@ impl KafkaSourceConfig {
                 ));
             }
         }
+        if let Some(bound) = self.unassigned_rejoin_after_ms.filter(|b| *b != 0) {
+            // A rejoin starts a rebalance the coordinator may hold for a session timeout (a
+            // member gone without leaving): a shorter bound would rejoin again before it ends.
+            let least = self.session_timeout_ms().saturating_mul(2).max(1_000);
+            if !(least..=crate::http::MAX_TIMEOUT_MS).contains(&bound) {
+                return Err((
+                    "unassigned_rejoin_after_ms".into(),
+                    format!(
+                        "must be 0 (off) or between twice session.timeout.ms ({least}) and \
+                         86400000"
+                    ),
+                ));
+            }
+        }
         if self.topics.is_empty() {
             return Err((
                 "topics".into(),
@@ -148,6 +187,12 @@ impl KafkaSourceConfig {
             if topic.starts_with('^') {
                 if topic.len() < 2 {
                     return Err((format!("topics[{i}]"), "empty regular expression".into()));
+                }
+                if let Err(e) = regex::Regex::new(topic) {
+                    return Err((
+                        format!("topics[{i}]"),
+                        format!("not a regular expression: {e}"),
+                    ));
                 }
             } else {
                 super::topics::check_topic_name(topic).map_err(|e| (format!("topics[{i}]"), e))?;
@@ -265,9 +310,34 @@ impl crate::build::BuildSource for KafkaSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(text: &str) -> KafkaSourceConfig {
         toml::from_str(text).unwrap()
+    }
+
+    /// The rejoin bound follows the session timeout unless set, and a set one shorter than
+    /// twice the session is refused (a session of 45 s once made the default refuse to start).
+    #[test]
+    fn the_rejoin_bound_outlasts_two_sessions() {
+        let c = parse(r#"topics = ["t"]"#);
+        assert_eq!(c.unassigned_rejoin_after(), Some(Duration::from_secs(60)));
+        let long = parse("topics = [\"t\"]\n[librdkafka]\n\"session.timeout.ms\" = \"45000\"");
+        long.validate().unwrap();
+        assert_eq!(
+            long.unassigned_rejoin_after(),
+            Some(Duration::from_secs(90))
+        );
+        let short = parse("topics = [\"t\"]\nunassigned_rejoin_after_ms = 15000");
+        assert_eq!(
+            short.validate().unwrap_err().0,
+            "unassigned_rejoin_after_ms"
+        );
+        let off = parse("topics = [\"t\"]\nunassigned_rejoin_after_ms = 0");
+        off.validate().unwrap();
+        assert_eq!(off.unassigned_rejoin_after(), None);
+        let pattern = parse(r#"topics = ["^reso.(unclosed"]"#);
+        assert_eq!(pattern.validate().unwrap_err().0, "topics[0]");
     }
 
     #[test]

@@ -250,6 +250,7 @@ async fn a_send_dropped_mid_flight_releases_its_claims_at_once() {
             let tracking = entity_bridge::feeds::Tracking {
                 max_tracked_feeds: 64,
                 evict_idle_feeds_after_hours: 168,
+                mark_before_answer: false,
             };
             entity_bridge::feeds::wrap("it", Some(&config), tracking, &dir, sink, metrics)
                 .await

@@ -22,6 +22,7 @@ mod fuzz;
 mod hostile;
 mod idp;
 mod kafka_ingress;
+mod kafka_rejoin;
 mod openapi;
 mod order;
 mod partition;

@@ -181,6 +181,14 @@ async fn surface_routes_are_the_live_routes() {
         ),
     )
     .unwrap();
+    // A pull feed keeping its dead letters in its log: `/dead-letters/feed` (its producer
+    // does not answer; that only leaves it degraded).
+    std::fs::write(
+        dir.path().join("connectors/feed.toml"),
+        "readiness = \"report\"\n[source]\ntype = \"reso_poll\"\n\
+         url = \"http://127.0.0.1:9/odata/EntityEvent\"\n[sink]\ntype = \"embedded\"\nreplay = false\n",
+    )
+    .unwrap();
     let (config, _) = entity_bridge::config::load(&[dir.path().to_path_buf()]).unwrap();
     let running = entity_bridge::app::start(config).await.unwrap();
     let client = reqwest::Client::new();
@@ -193,6 +201,7 @@ async fn surface_routes_are_the_live_routes() {
             "http://{addr}{}",
             route
                 .path
+                .replace("/dead-letters/{connector}", "/dead-letters/feed")
                 .replace("{connector}", "it")
                 .replace("{Resource}", "Property")
         );

@@ -3,6 +3,7 @@
 //! does it (the real binary, no arguments, the repository's own default config).
 
 mod bounded_reads;
+mod dead_letters;
 mod egress;
 mod full;
 mod metadata;
