@@ -23,6 +23,7 @@ pub mod odata;
 mod reads;
 pub mod records;
 mod records_http;
+pub mod records_query;
 mod render;
 pub mod replay;
 mod replay_query;

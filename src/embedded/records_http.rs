@@ -1,6 +1,6 @@
 //! Serving the record resources of a log (`[sink.records]`): `GET {root}Property('235021')`
 //! (one record, 404 when unknown or deleted) and `GET {root}Property?$filter=ListingKey eq
-//! '…'` or `in ('…', …)` (at most [`MAX_KEYS`] keys), with the same tokens as the replay
+//! '…'` or `in ('…', …)` (at most [`MAX_KEYS`](super::records_query::MAX_KEYS) keys), with the same tokens as the replay
 //! resource. A record is the `Data` object of the latest event of its key, byte for byte, with
 //! `@odata.context` in front.
 //!
@@ -18,11 +18,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::reads::Reads;
+use super::records_query::{literal, parse_record_query, RecordQuery as Wanted};
 use crate::http::problem::Problem;
 use crate::http::TokenSet;
-
-/// Most keys one collection request may name.
-pub const MAX_KEYS: usize = 100;
 
 /// One served resource of one log.
 pub struct RecordResource {
@@ -39,19 +37,6 @@ pub struct RecordResource {
     pub link_base: String,
 }
 
-/// What a collection request asks for.
-#[derive(Debug, PartialEq, Eq)]
-struct Wanted {
-    /// The filter as given (repeated in next links).
-    filter: String,
-    /// Distinct keys, in the order first named.
-    keys: Vec<String>,
-    /// `$top`: most records answered over all pages.
-    top: Option<usize>,
-    /// `$skip`: keys passed over.
-    skip: usize,
-}
-
 fn bad(option: &str, detail: impl Into<String>) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
@@ -62,91 +47,9 @@ fn bad(option: &str, detail: impl Into<String>) -> Problem {
     )
 }
 
-/// A quoted OData string literal (`'K''5'` → `K'5`).
-fn literal(text: &str) -> Option<String> {
-    let inner = text.trim().strip_prefix('\'')?.strip_suffix('\'')?;
-    let mut out = String::new();
-    let mut chars = inner.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\'' && chars.next() != Some('\'') {
-            return None;
-        }
-        out.push(c);
-    }
-    Some(out)
-}
-
-/// Splits `('a', 'b')` into its literals (quotes respected).
-fn list(text: &str) -> Option<Vec<String>> {
-    let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
-    let mut items = Vec::new();
-    let (mut current, mut quoted) = (String::new(), false);
-    for c in inner.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                current.push(c);
-            }
-            ',' if !quoted => items.push(literal(&std::mem::take(&mut current))?),
-            _ => current.push(c),
-        }
-    }
-    items.push(literal(&current)?);
-    Some(items)
-}
-
-/// The keys a collection request asks for: `$filter=<key> eq '…'` or `<key> in (…)`.
+/// The keys a collection request asks for, or a 400 naming the option.
 fn keys(r: &RecordResource, query: Option<&str>) -> Result<Wanted, Problem> {
-    let (mut filter, mut top, mut skip) = (None, None, None);
-    let number = |option: &str, v: &str| {
-        v.parse::<usize>()
-            .map_err(|_| bad(option, "must be a non-negative integer"))
-    };
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*k {
-            "$filter" if filter.is_none() => filter = Some(v.into_owned()),
-            "$top" if top.is_none() => top = Some(number("$top", &v)?),
-            "$skip" if skip.is_none() => skip = Some(number("$skip", &v)?),
-            "$format" if v == "json" || v == "application/json" => {}
-            other => {
-                return Err(bad(
-                    other,
-                    "unsupported here (supported: $filter on the key, $top, $skip)",
-                ))
-            }
-        }
-    }
-    let need = format!("`{0} eq '…'` or `{0} in ('…', …)` is required", r.key_field);
-    let filter = filter.ok_or_else(|| bad("$filter", need.clone()))?;
-    let rest = filter
-        .trim()
-        .strip_prefix(r.key_field.as_str())
-        .ok_or_else(|| bad("$filter", need.clone()))?
-        .trim_start();
-    let named = if let Some(v) = rest.strip_prefix("eq ") {
-        vec![literal(v).ok_or_else(|| bad("$filter", need.clone()))?]
-    } else if let Some(v) = rest.strip_prefix("in ") {
-        list(v).ok_or_else(|| bad("$filter", need.clone()))?
-    } else {
-        return Err(bad("$filter", need));
-    };
-    if named.len() > MAX_KEYS {
-        return Err(bad(
-            "$filter",
-            format!("at most {MAX_KEYS} keys per request"),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    let keys = named
-        .into_iter()
-        .filter(|k| seen.insert(k.clone()))
-        .collect();
-    Ok(Wanted {
-        filter,
-        keys,
-        top,
-        skip: skip.unwrap_or(0),
-    })
+    parse_record_query(&r.key_field, query).map_err(|e| bad(&e.option, e.detail))
 }
 
 /// `data` (an object's bytes) with `@odata.context` as its first member.
@@ -287,14 +190,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn literals_lists_and_context() {
-        assert_eq!(literal("'K''5'").as_deref(), Some("K'5"));
-        assert_eq!(literal("'a'b'"), None);
-        assert_eq!(
-            list("('a', 'b,c')").unwrap(),
-            vec!["a".to_owned(), "b,c".to_owned()]
-        );
-        assert!(list("('a', b)").is_none());
+    fn context_comes_first() {
         assert_eq!(
             with_context("$metadata#Property/$entity", br#"{"ListPrice": 1.50}"#),
             br#"{"@odata.context":"$metadata#Property/$entity","ListPrice": 1.50}"#.to_vec()

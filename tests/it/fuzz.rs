@@ -1,5 +1,5 @@
 //! Property tests (a bounded fuzzing pass) for the parsers of untrusted bytes: webhook payloads,
-//! the replay resource's query string and `Retry-After`. Each starts from the checked-in seed
+//! the replay resource's query string, the record collections' `$filter` and `Retry-After`. Each starts from the checked-in seed
 //! corpus (`tests/fuzz-corpus/`, run as-is and mutated), then from generated inputs checked
 //! against a model of what the parser must answer. Bounded by `ENTITY_BRIDGE_FUZZ_CASES` (cases
 //! per property, default 256) so the test command stays short; no broker needed.
@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use entity_bridge::embedded::odata::{parse_query, MAX_FILTER_DEPTH, MAX_FILTER_TERMS};
+use entity_bridge::embedded::records_query::{parse_record_query, MAX_KEYS};
 use entity_bridge::event::{parse_payload, ParseOptions};
 use entity_bridge::outbound::answer::parse_retry_after;
 use entity_bridge::poll::events::parse_events_page;
@@ -364,6 +365,58 @@ proptest! {
     }
 
     #[test]
+    fn record_query_seeds_mutated_never_panic(seed in 0usize..64, edits in edits()) {
+        let seeds = corpus("record-query");
+        let raw = String::from_utf8_lossy(&mutate(&seeds[seed % seeds.len()], &edits)).into_owned();
+        match parse_record_query("ListingKey", Some(&raw)) {
+            Ok(q) => prop_assert!(!q.keys.is_empty() && q.keys.len() <= MAX_KEYS),
+            Err(e) => prop_assert!(!e.option.is_empty() && !e.detail.is_empty()),
+        }
+    }
+
+    #[test]
+    fn record_query_arbitrary_text_never_panics(raw in "[$a-zA-Z0-9 ()',&=%.+-]{0,300}") {
+        if let Err(e) = parse_record_query("ListingKey", Some(&raw)) {
+            prop_assert!(!e.option.is_empty());
+        }
+    }
+
+    /// Generated key lists against the model: any key text (quotes, commas, parentheses,
+    /// percent signs, non-ASCII) comes back exactly, each key once in first-named order, and
+    /// more than `MAX_KEYS` named keys are refused.
+    #[test]
+    fn record_query_keys_match_the_model(
+        keys in prop::collection::vec("[a-zA-Z0-9 ',()%&=+✓]{0,12}", 1..130),
+        single in any::<bool>(),
+    ) {
+        let quote = |k: &String| format!("'{}'", k.replace('\'', "''"));
+        let filter = if single {
+            format!("ListingKey eq {}", quote(&keys[0]))
+        } else {
+            let list: Vec<String> = keys.iter().map(quote).collect();
+            format!("ListingKey in ({})", list.join(","))
+        };
+        let raw: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("$filter", &filter)
+            .finish();
+        let answer = parse_record_query("ListingKey", Some(&raw));
+        let named = if single { 1 } else { keys.len() };
+        if named > MAX_KEYS {
+            prop_assert_eq!(answer.map_err(|e| e.option), Err("$filter".to_owned()));
+        } else {
+            let mut model: Vec<String> = Vec::new();
+            for k in keys.iter().take(named) {
+                if !model.contains(k) {
+                    model.push(k.clone());
+                }
+            }
+            let q = answer.unwrap();
+            prop_assert_eq!(q.keys, model);
+            prop_assert_eq!(q.filter, filter);
+        }
+    }
+
+    #[test]
     fn retry_after_seeds_mutated_never_panic(seed in 0usize..64, edits in edits()) {
         let seeds = corpus("retry-after");
         let raw = String::from_utf8_lossy(&mutate(&seeds[seed % seeds.len()], &edits)).into_owned();
@@ -410,6 +463,24 @@ fn seeds_as_they_are() {
     for seed in corpus("odata-query") {
         let _ = parse_query(Some(&String::from_utf8(seed).unwrap()));
     }
+    // Record queries: the first four are accepted, the rest refused naming the option.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus/record-query");
+    let query = |name: &str| {
+        let raw = std::fs::read_to_string(dir.join(name)).unwrap();
+        parse_record_query("ListingKey", Some(&raw))
+    };
+    assert_eq!(query("eq.txt").unwrap().keys, ["235021"]);
+    let q = query("in-quotes-commas.txt").unwrap();
+    assert_eq!(
+        (q.keys, q.top, q.skip),
+        (vec!["a".into(), "b'c".into(), "d,e".into()], Some(2), 1)
+    );
+    assert_eq!(query("repeated.txt").unwrap().keys, ["x"]);
+    assert_eq!(query("escaped-unicode.txt").unwrap().keys, ["''", "✓"]);
+    assert_eq!(query("unquoted.txt").unwrap_err().option, "$filter");
+    assert_eq!(query("bad-top.txt").unwrap_err().option, "$top");
+    assert_eq!(query("unknown-option.txt").unwrap_err().option, "$select");
+    assert_eq!(query("empty-name.txt").unwrap_err().option, "(empty name)");
     for seed in corpus("retry-after") {
         let text = String::from_utf8(seed).unwrap();
         assert!(
