@@ -8,7 +8,11 @@
 #   - PostgreSQL on 127.0.0.1:5432 (the shared dedupe store's tests): Debian's postgresql when
 #     absent, with a database `test` and the password `postgres` for the role `postgres`;
 #   - promtool (checks Prometheus config, alert rules and /metrics): Debian's prometheus package
-#     when absent (only the tool is used; the server the package may start is stopped).
+#     when absent (only the tool is used; the server the package may start is stopped);
+#   - cargo-audit (`cargo install`, ~4 minutes the first time), which checks Cargo.lock against
+#     the RustSec advisory database: fetched from GitHub when it answers, else the snapshot in
+#     deploy/dev/advisory-db.tar.gz (its date is printed; refresh it as advisory-db.snapshot says).
+#     Advisories that do not apply are listed, with reasons, in .cargo/audit.toml.
 # Then waits until both answer, checks formatting (`cargo fmt --check`) and lints (`cargo clippy
 # --all-targets -D warnings`, with the `[lints]` of Cargo.toml), and runs `cargo test`. Tests
 # never skip a missing broker: they fail. With arguments, only `cargo test <arguments>` runs.
@@ -16,6 +20,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 TANSU_VERSION=0.6.0
+CARGO_AUDIT_VERSION=0.22.2
 KAFKA_PORT=9092
 AMQP_PORT=5672
 PG_PORT=5432
@@ -143,6 +148,32 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 || { say "promtool still missing after install"; exit 1; }
 }
 
+# cargo audit against the live advisory database when GitHub answers, else the snapshot.
+run_audit() {
+  if ! cargo audit --version 2>/dev/null | grep -q "$CARGO_AUDIT_VERSION"; then
+    say "installing cargo-audit $CARGO_AUDIT_VERSION (cargo install; ~4 minutes the first time)"
+    cargo install cargo-audit --version "$CARGO_AUDIT_VERSION" --locked \
+      >"$LOG_DIR/cargo-audit-install.log" 2>&1 || { tail -40 "$LOG_DIR/cargo-audit-install.log"; exit 1; }
+  fi
+  local db="$LOG_DIR/advisory-db"
+  if timeout 15 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+    say "checking dependencies against the live RustSec advisory database (cargo audit)"
+    rm -rf "$db"
+    cargo audit --db "$db"
+  else
+    local date
+    date=$(sed -n 's/^date=//p' deploy/dev/advisory-db.snapshot)
+    say "GitHub unreachable: checking dependencies against the RustSec snapshot of $date (cargo audit)"
+    rm -rf "$db" && mkdir -p "$db"
+    tar xzf deploy/dev/advisory-db.tar.gz -C "$db"
+    # cargo audit reads a database from a git repository.
+    git -C "$db" init -q
+    git -C "$db" add -A
+    git -C "$db" -c user.name=snapshot -c user.email=snapshot@localhost commit -q -m snapshot
+    cargo audit --db "$db" --no-fetch
+  fi
+}
+
 ensure_kafka
 ensure_rabbitmq
 ensure_postgres
@@ -160,6 +191,7 @@ if [ "$#" -eq 0 ]; then
   cargo fmt --all -- --check
   say "checking lints (cargo clippy --all-targets -- -D warnings)"
   cargo clippy --locked --all-targets -- -D warnings
+  run_audit
   # Doc tests first, so the run closes on the summary of the integration suite.
   say "running cargo test"
   cargo test --locked --doc
