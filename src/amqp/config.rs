@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::topology::TopologyConfig;
-use crate::retry::RetryConfig;
 use crate::routing::TopicTemplate;
+use crate::runtime::retry::RetryConfig;
 use crate::secret::SecretRef;
 
 /// The URL used when neither `url_env` nor `url_file` is set (a local RabbitMQ, vhost `/`).

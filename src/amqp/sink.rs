@@ -331,14 +331,14 @@ impl Sink for AmqpSink {
 }
 
 #[async_trait]
-impl crate::build::BuildSink for AmqpSinkConfig {
+impl crate::runtime::build::BuildSink for AmqpSinkConfig {
     async fn build_sink(
         &self,
-        ctx: &crate::build::BuildContext,
-    ) -> Result<std::sync::Arc<dyn Sink>, crate::build::BuildError> {
+        ctx: &crate::runtime::build::BuildContext,
+    ) -> Result<std::sync::Arc<dyn Sink>, crate::runtime::build::BuildError> {
         let sink = self
             .build(&ctx.connector, ctx.metrics.clone())
-            .map_err(crate::build::BuildError::sink)?;
+            .map_err(crate::runtime::build::BuildError::sink)?;
         Ok(std::sync::Arc::new(sink))
     }
 }

@@ -380,17 +380,22 @@ impl Source for AmqpSource {
 }
 
 #[async_trait]
-impl crate::build::BuildSource for AmqpSourceConfig {
+impl crate::runtime::build::BuildSource for AmqpSourceConfig {
     async fn build_task(
         &self,
-        ctx: &crate::build::BuildContext,
+        ctx: &crate::runtime::build::BuildContext,
         sink: Arc<dyn crate::connector::Sink>,
         cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<crate::runtime::Run, crate::build::BuildError> {
+    ) -> Result<crate::runtime::Run, crate::runtime::build::BuildError> {
         let source = self
             .build(&ctx.connector, ctx.metrics.clone())
-            .map_err(crate::build::BuildError::source)?;
+            .map_err(crate::runtime::build::BuildError::source)?;
         tracing::info!(connector = %ctx.connector, queues = self.queues.len(), "AMQP source connector ready");
-        Ok(crate::pump::Pump::task(Box::new(source), sink, ctx, cancel))
+        Ok(crate::runtime::pump::Pump::task(
+            Box::new(source),
+            sink,
+            ctx,
+            cancel,
+        ))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Start-up resolves secrets and builds every sink and source before binding a port, so a bad
 //! config fails fast. Push sources (webhooks) become routes; pull sources get a task (a
-//! [`crate::pump::Pump`], or the Kafka source's own driver with one ordered lane per
+//! [`crate::runtime::pump::Pump`], or the Kafka source's own driver with one ordered lane per
 //! partition) that runs under its connector's supervisor, which restarts it when it fails
 //! ([`crate::runtime`]). Each connector has a [`Health`] that `/readyz` and the metrics read.
 //! Shutdown is ordered: `/readyz` turns 503, pumps stop taking batches and settle the one in
@@ -27,7 +27,6 @@ mod tasks;
 
 pub use preflight::{preflight, secret_refs};
 
-use crate::build::{BuildContext, BuildError};
 use crate::config::{Config, SourceConfig};
 use crate::connector::Sink;
 use crate::feeds;
@@ -36,6 +35,7 @@ use crate::http::{webhook_router, WebhookConnector};
 use crate::hydrate::Hydrate;
 use crate::layers::Observed;
 use crate::metrics::Metrics;
+use crate::runtime::build::{BuildContext, BuildError};
 use crate::runtime::{supervise, Health, Run};
 use tasks::TaskContext;
 
@@ -160,7 +160,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 let layer = Hydrate::new(name, h, sink, refuse, metrics.clone()).map_err(|e| {
                     AppError::Build {
                         connector: name.clone(),
-                        source: crate::build::BuildError {
+                        source: crate::runtime::build::BuildError {
                             part: "hydrate",
                             source: Box::new(e),
                         },
@@ -203,7 +203,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 let external =
                     crate::http::jwks::ExternalIssuer::new(j).map_err(|e| AppError::Build {
                         connector: name.clone(),
-                        source: crate::build::BuildError::source(e),
+                        source: crate::runtime::build::BuildError::source(e),
                     })?;
                 webhook = webhook.accepting_external_tokens(Arc::new(external));
             }
@@ -212,7 +212,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                     crate::http::token::build_endpoint(name, t, metrics.clone()).map_err(|e| {
                         AppError::Build {
                             connector: name.clone(),
-                            source: crate::build::BuildError {
+                            source: crate::runtime::build::BuildError {
                                 part: "source",
                                 source: Box::new(e),
                             },

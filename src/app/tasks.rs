@@ -1,4 +1,4 @@
-//! Builds a connector's parts from their configuration through the [`crate::build`] traits:
+//! Builds a connector's parts from their configuration through the [`crate::runtime::build`] traits:
 //! the sink once, and a pull connector's task once at start-up (where a build error stops the
 //! bridge before it binds a port) and again for every restart by the connector's supervisor.
 
@@ -8,9 +8,9 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::AppError;
-use crate::build::BuildContext;
 use crate::config::ConnectorConfig;
 use crate::connector::Sink;
+use crate::runtime::build::BuildContext;
 use crate::runtime::{Rebuild, Run};
 
 /// Everything a connector's task is built from; cloned into its supervisor's [`Rebuild`].

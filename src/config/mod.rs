@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 pub use load::{load, ConfigSources};
 
 use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
-use crate::build::{BuildSink, BuildSource};
 use crate::dead_letter::DeadLetterConfig;
 use crate::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
 use crate::feeds::DedupeConfig;
@@ -29,7 +28,8 @@ use crate::kafka::KafkaSinkConfig;
 use crate::kafka::KafkaSourceConfig;
 use crate::poll::{EventsPollConfig, ResoPollConfig};
 use crate::push::PushSinkConfig;
-use crate::retry::RetryConfig;
+use crate::runtime::build::{BuildSink, BuildSource};
+use crate::runtime::retry::RetryConfig;
 use crate::runtime::Readiness;
 
 /// The whole bridge: listeners, logging and the connectors.

@@ -49,12 +49,12 @@ pub use token::TokenNotice;
 impl EmbeddedError {
     /// This error as the `part` (`sink`, `source`) of a connector that failed to build; the
     /// caller names the connector, so a log error keeps only its cause.
-    pub fn into_build_error(self, part: &'static str) -> crate::build::BuildError {
+    pub fn into_build_error(self, part: &'static str) -> crate::runtime::build::BuildError {
         let source: Box<dyn std::error::Error + Send + Sync> = match self {
             EmbeddedError::Log { source, .. } => Box::new(source),
             other => Box::new(other),
         };
-        crate::build::BuildError { part, source }
+        crate::runtime::build::BuildError { part, source }
     }
 }
 

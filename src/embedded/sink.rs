@@ -128,11 +128,11 @@ impl Sink for EmbeddedSink {
 }
 
 #[async_trait]
-impl crate::build::BuildSink for EmbeddedSinkConfig {
+impl crate::runtime::build::BuildSink for EmbeddedSinkConfig {
     async fn build_sink(
         &self,
-        ctx: &crate::build::BuildContext,
-    ) -> Result<Arc<dyn Sink>, crate::build::BuildError> {
+        ctx: &crate::runtime::build::BuildContext,
+    ) -> Result<Arc<dyn Sink>, crate::runtime::build::BuildError> {
         let sink = self
             .build(&ctx.connector, ctx.metrics.clone())
             .await

@@ -185,17 +185,22 @@ impl Source for EmbeddedSource {
 }
 
 #[async_trait]
-impl crate::build::BuildSource for EmbeddedSourceConfig {
+impl crate::runtime::build::BuildSource for EmbeddedSourceConfig {
     async fn build_task(
         &self,
-        ctx: &crate::build::BuildContext,
+        ctx: &crate::runtime::build::BuildContext,
         sink: Arc<dyn crate::connector::Sink>,
         cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<crate::runtime::Run, crate::build::BuildError> {
+    ) -> Result<crate::runtime::Run, crate::runtime::build::BuildError> {
         let source = self
             .build(&ctx.connector, ctx.metrics.clone())
             .await
             .map_err(|e| e.into_build_error("source"))?;
-        Ok(crate::pump::Pump::task(Box::new(source), sink, ctx, cancel))
+        Ok(crate::runtime::pump::Pump::task(
+            Box::new(source),
+            sink,
+            ctx,
+            cancel,
+        ))
     }
 }

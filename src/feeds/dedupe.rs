@@ -16,7 +16,7 @@ use super::config::OnConflict;
 use super::store::{Identity, SeenStore};
 use crate::connector::SinkError;
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
+use crate::runtime::retry::Backoff;
 
 /// A (feed, sequence) pair.
 pub(super) type Key = (Arc<str>, i64);

@@ -400,14 +400,14 @@ impl Sink for KafkaSink {
 }
 
 #[async_trait]
-impl crate::build::BuildSink for KafkaSinkConfig {
+impl crate::runtime::build::BuildSink for KafkaSinkConfig {
     async fn build_sink(
         &self,
-        ctx: &crate::build::BuildContext,
-    ) -> Result<Arc<dyn Sink>, crate::build::BuildError> {
+        ctx: &crate::runtime::build::BuildContext,
+    ) -> Result<Arc<dyn Sink>, crate::runtime::build::BuildError> {
         let sink = self
             .build(&ctx.connector, ctx.metrics.clone())
-            .map_err(crate::build::BuildError::sink)?;
+            .map_err(crate::runtime::build::BuildError::sink)?;
         Ok(Arc::new(sink))
     }
 }

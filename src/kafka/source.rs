@@ -1,6 +1,6 @@
 //! The Kafka source: a consumer group member that feeds a sink through one lane per partition.
 //!
-//! Why not the generic [`crate::pump::Pump`]: the pump keeps one batch in flight for the whole
+//! Why not the generic [`crate::runtime::pump::Pump`]: the pump keeps one batch in flight for the whole
 //! connector, which is right for a queue but would serialize every partition behind the slowest
 //! one. Here a dispatcher task reads the consumer and routes each record to its partition's
 //! [`lane`](super::lane): per-partition order, cross-partition parallelism.
@@ -37,7 +37,7 @@ use super::source_config::KafkaSourceConfig;
 use crate::connector::{Origin, Sink, SourceError};
 use crate::dead_letter::{DeadLetter, DeadLetterConfig};
 use crate::metrics::Metrics;
-use crate::retry::RetryConfig;
+use crate::runtime::retry::RetryConfig;
 use crate::runtime::{panic_message, Health, Part};
 
 type Lanes = Arc<Mutex<HashMap<(Arc<str>, i32), LaneHandle>>>;

@@ -280,17 +280,17 @@ impl KafkaSourceConfig {
 struct NoDeadLetter;
 
 #[async_trait::async_trait]
-impl crate::build::BuildSource for KafkaSourceConfig {
+impl crate::runtime::build::BuildSource for KafkaSourceConfig {
     async fn build_task(
         &self,
-        ctx: &crate::build::BuildContext,
+        ctx: &crate::runtime::build::BuildContext,
         sink: std::sync::Arc<dyn crate::connector::Sink>,
         cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<crate::runtime::Run, crate::build::BuildError> {
+    ) -> Result<crate::runtime::Run, crate::runtime::build::BuildError> {
         use futures::FutureExt;
         let dead_letter = (self.dead_letter.as_ref())
             .or(ctx.sink_dead_letter.as_ref())
-            .ok_or_else(|| crate::build::BuildError::source(NoDeadLetter))?;
+            .ok_or_else(|| crate::runtime::build::BuildError::source(NoDeadLetter))?;
         let source = self
             .build(
                 &ctx.connector,
@@ -301,7 +301,7 @@ impl crate::build::BuildSource for KafkaSourceConfig {
                 ctx.health.clone(),
                 ctx.shutdown_timeout,
             )
-            .map_err(crate::build::BuildError::source)?;
+            .map_err(crate::runtime::build::BuildError::source)?;
         tracing::info!(connector = %ctx.connector, topics = ?self.topics, group = %self.group(&ctx.connector), "kafka source connector ready");
         Ok(source.run(cancel).boxed())
     }

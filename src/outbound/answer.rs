@@ -6,7 +6,7 @@
 //! - 429 or 503 with `Retry-After` (delta-seconds or HTTP-date, capped): the consumer said when to
 //!   come back, so the whole endpoint pauses until then and the same batch is retried.
 //! - 408, 429, 5xx except 501, timeouts and connection errors: retry the same batch after the
-//!   core retry engine's exponential backoff with full jitter ([`crate::retry`]).
+//!   core retry engine's exponential backoff with full jitter ([`crate::runtime::retry`]).
 //! - 401: the caller refreshes the token and retries once at once; if the fresh token is refused
 //!   too, it is an authorization problem of the connector, not of the batch, and is retried
 //!   with backoff like a 5xx (dead-lettering every batch because a secret is wrong would be worse).

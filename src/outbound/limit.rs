@@ -66,7 +66,7 @@ impl Endpoint {
 
     /// Pauses the whole endpoint for `pause` (never shortens a longer pause already set).
     pub fn pause(&self, pause: Duration) -> Instant {
-        let until = crate::retry::saturating_deadline(pause);
+        let until = crate::runtime::retry::saturating_deadline(pause);
         let mut current = self.paused_until.lock().expect("pause lock");
         let until = match *current {
             Some(existing) if existing > until => existing,

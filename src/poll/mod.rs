@@ -20,10 +20,10 @@ pub use config::{EventMapping, PollLimitsConfig, PollSourceConfig, PollStart, MA
 pub use page::{parse_reso_page, Invalid, Page, PageError};
 pub use source::{Api, PollParts, PollSource};
 
-use crate::build::{BuildContext, BuildError, BuildSource};
 use crate::connector::Sink;
 use crate::event::ParseOptions;
 use crate::outbound::LimitsConfig;
+use crate::runtime::build::{BuildContext, BuildError, BuildSource};
 use crate::runtime::Run;
 
 /// `type = "reso_poll"`: a remote RESO `EntityEvent` resource.
@@ -110,7 +110,12 @@ async fn build(
     let source = PollSource::open(parts)
         .await
         .map_err(|e| PollBuildError::Open(e.to_string()))?;
-    Ok(crate::pump::Pump::task(Box::new(source), sink, ctx, cancel))
+    Ok(crate::runtime::pump::Pump::task(
+        Box::new(source),
+        sink,
+        ctx,
+        cancel,
+    ))
 }
 
 #[async_trait::async_trait]

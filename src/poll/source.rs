@@ -1,5 +1,5 @@
 //! The poll source: asks a producer for the events after its checkpoint, page by page, and
-//! hands each page to the [`crate::pump::Pump`] as one batch.
+//! hands each page to the [`crate::runtime::pump::Pump`] as one batch.
 //!
 //! Delivery: the checkpoint (the highest sequence of the page) moves, durably, only when the
 //! pump settles the page — delivered, or its poison events dead-lettered. A retryable sink

@@ -95,9 +95,9 @@ pub struct PushRetryConfig {
 }
 
 impl PushRetryConfig {
-    /// The webhook sink's backoff: the core engine's ([`crate::retry`]) with these bounds.
-    pub fn backoff(&self) -> crate::retry::Backoff {
-        crate::retry::Backoff::new(
+    /// The webhook sink's backoff: the core engine's ([`crate::runtime::retry`]) with these bounds.
+    pub fn backoff(&self) -> crate::runtime::retry::Backoff {
+        crate::runtime::retry::Backoff::new(
             std::time::Duration::from_millis(self.min_backoff_ms),
             std::time::Duration::from_millis(self.max_backoff_ms),
         )
@@ -257,14 +257,14 @@ impl PushSinkConfig {
 }
 
 #[async_trait::async_trait]
-impl crate::build::BuildSink for PushSinkConfig {
+impl crate::runtime::build::BuildSink for PushSinkConfig {
     async fn build_sink(
         &self,
-        ctx: &crate::build::BuildContext,
-    ) -> Result<std::sync::Arc<dyn crate::connector::Sink>, crate::build::BuildError> {
+        ctx: &crate::runtime::build::BuildContext,
+    ) -> Result<std::sync::Arc<dyn crate::connector::Sink>, crate::runtime::build::BuildError> {
         let sink = self
             .build(&ctx.connector, ctx.metrics.clone(), ctx.stop.clone())
-            .map_err(crate::build::BuildError::sink)?;
+            .map_err(crate::runtime::build::BuildError::sink)?;
         Ok(std::sync::Arc::new(sink))
     }
 }

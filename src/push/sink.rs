@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::outbound::answer::{classify, status_class, Verdict};
 use crate::outbound::auth::{Auth, AuthBuildError, Token};
 use crate::outbound::limit::Endpoint;
-use crate::retry::{until_ok, Budget};
+use crate::runtime::retry::{until_ok, Budget};
 
 pub use crate::outbound::USER_AGENT;
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::health::{Health, Part};
 use crate::connector::SourceError;
 use crate::metrics::Metrics;
-use crate::retry::RetryConfig;
+use crate::runtime::retry::RetryConfig;
 
 /// A connector's running task: ends at shutdown (`Ok`) or when its source failed for good.
 pub type Run = BoxFuture<'static, Result<(), SourceError>>;

@@ -17,7 +17,7 @@ use entity_bridge::dead_letter::DeadLetterConfig;
 use entity_bridge::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
 use entity_bridge::kafka::KafkaSourceConfig;
 use entity_bridge::metrics::Metrics;
-use entity_bridge::pump::{Pump, RetryConfig};
+use entity_bridge::runtime::pump::{Pump, RetryConfig};
 use entity_bridge::runtime::{Health, Readiness};
 
 use crate::amqp::Rabbit;

@@ -15,7 +15,7 @@ use entity_bridge::connector::Source;
 use entity_bridge::dead_letter::DeadLetterConfig;
 use entity_bridge::kafka::KafkaSourceConfig;
 use entity_bridge::metrics::Metrics;
-use entity_bridge::pump::{Pump, RetryConfig};
+use entity_bridge::runtime::pump::{Pump, RetryConfig};
 use entity_bridge::runtime::{supervise, Health, Readiness, Rebuild, Run, State};
 
 use crate::amqp::Rabbit;

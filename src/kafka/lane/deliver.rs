@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use super::{Lane, PoisonRecord};
 use crate::connector::{Message, Retriable, RetryAction, SinkError};
 use crate::dead_letter::{DeadLetterInfo, DeadRecord};
-use crate::retry::{until_ok, wait_after};
+use crate::runtime::retry::{until_ok, wait_after};
 use crate::runtime::Part;
 
 impl Lane {

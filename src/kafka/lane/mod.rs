@@ -31,7 +31,7 @@ use super::source::SourceContext;
 use crate::connector::{BatchHint, Message, Sink};
 use crate::dead_letter::DeadLetter;
 use crate::metrics::Metrics;
-use crate::retry::{pause, RetryConfig};
+use crate::runtime::retry::{pause, RetryConfig};
 use crate::runtime::Health;
 
 /// What the dispatcher hands a lane, in offset order.

@@ -19,7 +19,7 @@ use crate::dead_letter::{
     DeadLetter, DeadLetterError, DeadLetterInfo, DeadLetterWriter, DeadRecord,
 };
 use crate::metrics::Metrics;
-use crate::retry::RetryConfig;
+use crate::runtime::retry::RetryConfig;
 use crate::runtime::{Health, Readiness, State};
 
 const TOPIC: &str = "reso.Property";

@@ -2,7 +2,7 @@
 //!
 //! This loop is the delivery contract for every pull-based connector (AMQP, embedded log,
 //! Kafka): a batch is acknowledged upstream only after the sink said `Ok`; a retryable sink
-//! error waits the retry engine's backoff ([`crate::retry`]) and offers the same batch again, in place, so
+//! error waits the retry engine's backoff ([`crate::runtime::retry`]) and offers the same batch again, in place, so
 //! nothing read after it overtakes it; it is handed back to the source only at shutdown. When the sink refuses a batch as poison, the pump isolates the refused messages
 //! (the sink names the one at fault, else the batch is split in halves) and delivers the others
 //! around them, in order; the source then acknowledges the delivered ones and dead-letters only
@@ -19,10 +19,10 @@ use crate::connector::{
     Message, Outcome, Retriable, RetryAction, Sink, SinkError, Source, SourceBatch, SourceError,
 };
 use crate::metrics::Metrics;
-use crate::retry::{pause, wait_after, Backoff};
+use crate::runtime::retry::{pause, wait_after, Backoff};
 use crate::runtime::{Health, Part};
 
-pub use crate::retry::RetryConfig;
+pub use crate::runtime::retry::RetryConfig;
 
 /// One pull-based connector's loop.
 pub struct Pump {
@@ -85,7 +85,7 @@ impl Pump {
     pub fn task(
         source: Box<dyn Source>,
         sink: Arc<dyn Sink>,
-        ctx: &crate::build::BuildContext,
+        ctx: &crate::runtime::build::BuildContext,
         cancel: CancellationToken,
     ) -> crate::runtime::Run {
         use futures::FutureExt;

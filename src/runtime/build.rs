@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::Sink;
 use crate::dead_letter::DeadLetterConfig;
 use crate::metrics::Metrics;
-use crate::retry::RetryConfig;
+use crate::runtime::retry::RetryConfig;
 use crate::runtime::{Health, Run};
 
 /// What every source and sink of a connector is built with.
@@ -74,7 +74,7 @@ pub trait BuildSink: Send + Sync {
 }
 
 /// A pull source's configuration, able to build the connector's task: the source and what
-/// drives it (a [`crate::pump::Pump`], or the source's own driver), feeding `sink` until
+/// drives it (a [`crate::runtime::pump::Pump`], or the source's own driver), feeding `sink` until
 /// `cancel`. Built once at start-up and again for every restart by the supervisor.
 #[async_trait]
 pub trait BuildSource: Send + Sync {
