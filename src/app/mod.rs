@@ -306,8 +306,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
     let admin_app = admin::router(AdminState {
-        dead_letters,
-        dead_letters_max_page_bytes: config.admin.dead_letters_max_page_bytes,
+        dead_letters: Arc::new(crate::http::DeadLetterPages {
+            logs: dead_letters,
+            max_page_bytes: config.admin.dead_letters_max_page_bytes,
+        }),
         tokens: (!admin_tokens.is_empty()).then(|| crate::http::TokenSet::new(&admin_tokens)),
         metrics_without_token: config.admin.metrics_without_token,
         metrics: metrics.clone(),

@@ -62,9 +62,7 @@ pub struct AdminState {
     /// `/metrics` is served without a token (`admin.metrics_without_token`).
     pub metrics_without_token: bool,
     /// The logs of connectors whose dead letters are embedded (`/dead-letters/{connector}`).
-    pub dead_letters: super::DeadLetterLogs,
-    /// Payload bytes of one `/dead-letters` page (`admin.dead_letters_max_page_bytes`).
-    pub dead_letters_max_page_bytes: usize,
+    pub dead_letters: Arc<super::admin_dead_letters::DeadLetterPages>,
 }
 
 /// Prometheus text exposition.
@@ -98,7 +96,10 @@ pub fn router(state: AdminState) -> Router {
         .route(HEALTHZ_PATH, get(healthz))
         .route(READYZ_PATH, get(readyz))
         .route(FEEDS_PATH, get(feeds))
-        .route(DEAD_LETTERS_PATH, get(super::admin_dead_letters::handle))
+        .route(
+            DEAD_LETTERS_PATH,
+            get(super::admin_dead_letters::handle).with_state(state.dead_letters.clone()),
+        )
         .fallback(super::admin_not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

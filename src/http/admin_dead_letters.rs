@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::admin::AdminState;
 use super::problem::{Item, Problem};
 use crate::embedded::dead_letter::list;
 use crate::embedded::Log;
@@ -29,13 +28,21 @@ const RETRY_AFTER_SECONDS: u64 = 5;
 /// The logs holding each connector's dead letters (connectors whose destination is embedded).
 pub type DeadLetterLogs = HashMap<String, Arc<Log>>;
 
+/// What `GET /dead-letters/{connector}` reads.
+pub struct DeadLetterPages {
+    /// Each connector's log.
+    pub logs: DeadLetterLogs,
+    /// Payload bytes of one page (`admin.dead_letters_max_page_bytes`).
+    pub max_page_bytes: usize,
+}
+
 /// The page of dead letters after `after` (an id; 0 = from the start).
 pub async fn handle(
-    State(state): State<Arc<AdminState>>,
+    State(state): State<Arc<DeadLetterPages>>,
     Path(connector): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let Some(log) = state.dead_letters.get(&connector) else {
+    let Some(log) = state.logs.get(&connector) else {
         return Problem::new(
             StatusCode::NOT_FOUND,
             "no connector of this name keeps its dead letters in an embedded log",
@@ -54,13 +61,7 @@ pub async fn handle(
                 .into_response()
         }
     };
-    let read = list(
-        log,
-        &connector,
-        after,
-        limit,
-        state.dead_letters_max_page_bytes,
-    );
+    let read = list(log, &connector, after, limit, state.max_page_bytes);
     let (rows, more) = match tokio::time::timeout(READ_TIMEOUT, read).await {
         Ok(Ok(page)) => page,
         Ok(Err(e)) => {

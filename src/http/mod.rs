@@ -25,7 +25,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
 
-pub use admin_dead_letters::DeadLetterLogs;
+pub use admin_dead_letters::{DeadLetterLogs, DeadLetterPages};
 pub use auth::TokenSet;
 pub use config::{
     default_max_json_depth, valid_route_path, ConnectionsConfig, WebhookSourceConfig,

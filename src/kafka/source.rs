@@ -371,7 +371,7 @@ impl KafkaSource {
         let bound = self.rejoin_after?;
         let (consumer, topics, reset) = (self.consumer.clone(), self.topics.clone(), self.reset);
         let checked = tokio::task::spawn_blocking(move || {
-            super::unassigned::lagging(&consumer, &topics, reset)
+            super::unassigned::lagging(&*consumer, &topics, reset)
         })
         .await;
         let lagging = match checked {

@@ -11,13 +11,11 @@
 //! partitions is not affected: the other members consume, so the committed offsets move.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::source::SourceContext;
 use super::source_config::OffsetReset;
 
 /// Bound on each metadata and offset request of a check.
@@ -68,8 +66,8 @@ impl UnassignedWatch {
 
 /// The lagging partitions of `topics` (names, or `^regex`) when `consumer` holds none; `None`
 /// when it holds some. Blocking: run on a blocking thread.
-pub fn lagging(
-    consumer: &Arc<StreamConsumer<SourceContext>>,
+pub fn lagging<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
     topics: &[String],
     reset: OffsetReset,
 ) -> Result<Option<Lagging>, String> {
