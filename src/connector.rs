@@ -32,7 +32,7 @@ pub struct Message {
     pub delete: bool,
     /// Set by the feeds layer on an event published under `on_conflict = "publish"` although
     /// its feed delivered its `EntityEventSequence` for another record: this event's identity
-    /// ([`crate::feeds::identity`]), which its idempotency key then names, so a consumer
+    /// ([`crate::layers::feeds::identity`]), which its idempotency key then names, so a consumer
     /// deduplicating by `message_id` keeps it. `None` for every other event.
     pub conflict: Option<i64>,
 }

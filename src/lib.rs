@@ -19,10 +19,10 @@
 //! - [`secret`]: secrets by reference (`env` / `file`), masked everywhere.
 //! - [`metrics`]: every Prometheus metric of the process, in one registry.
 //!
-//! Sink layers, wrapped around every connector's sink:
-//! - [`feeds`]: sequence tracking per feed and `[dedupe]` (outermost).
-//! - [`hydrate`]: fetches the record of events without `Data` (`[hydrate]`).
-//! - [`layers`]: `Observed`, the publish metrics of each send (innermost).
+//! Sink layers, wrapped around every connector's sink ([`layers`]):
+//! - [`layers::feeds`]: sequence tracking per feed and `[dedupe]` (outermost).
+//! - [`layers::hydrate`]: fetches the record of events without `Data` (`[hydrate]`).
+//! - [`layers::Observed`]: the publish metrics of each send (innermost).
 //!
 //! Buses and protocols (leaves):
 //! - [`http`]: the listeners (webhook and admin), the webhook source, its token endpoint,
@@ -51,9 +51,7 @@ pub mod connector;
 pub mod dead_letter;
 pub mod embedded;
 pub mod event;
-pub mod feeds;
 pub mod http;
-pub mod hydrate;
 pub mod kafka;
 pub mod layers;
 pub mod metrics;

@@ -8,7 +8,7 @@
 //! fail the batch as unavailable (503 + Retry-After to a webhook producer; the pump retries).
 //!
 //! `message_id` is deterministic and unique per connector and feed, so consumers can
-//! de-duplicate redeliveries and producer retries: [`crate::feeds::event_id`].
+//! de-duplicate redeliveries and producer retries: [`crate::layers::feeds::event_id`].
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Channel};
 use super::config::{AmqpSinkConfig, OnUnroutable, MAX_SHORT_STRING};
 use super::connection::{open_channel, AmqpBuildError, AmqpConnection};
 use crate::connector::{count_by_resource, Message, RejectKind, Sink, SinkError};
-use crate::feeds::event_id;
+use crate::layers::feeds::event_id;
 use crate::metrics::Metrics;
 use crate::resources::ResourcePolicy;
 use crate::routing::TopicTemplate;

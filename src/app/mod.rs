@@ -29,10 +29,10 @@ pub use preflight::{preflight, secret_refs};
 
 use crate::config::{Config, SourceConfig};
 use crate::connector::Sink;
-use crate::feeds;
 use crate::http::admin::{self, AdminState, ConnectorReadiness, FeedsOf};
 use crate::http::{webhook_router, WebhookConnector};
-use crate::hydrate::Hydrate;
+use crate::layers::feeds;
+use crate::layers::hydrate::Hydrate;
 use crate::layers::Observed;
 use crate::metrics::Metrics;
 use crate::runtime::build::{BuildContext, BuildError};
@@ -75,7 +75,7 @@ pub enum AppError {
         /// The connector.
         connector: String,
         /// Why.
-        source: crate::feeds::SeenStoreError,
+        source: crate::layers::feeds::SeenStoreError,
     },
     /// The configuration refers to something that does not resolve (a secret, a key, a
     /// route); [`preflight`] names the key to fix.

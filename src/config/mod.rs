@@ -22,10 +22,10 @@ pub use load::{load, ConfigSources};
 use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
 use crate::dead_letter::DeadLetterConfig;
 use crate::embedded::{EmbeddedSinkConfig, EmbeddedSourceConfig};
-use crate::feeds::DedupeConfig;
 use crate::http::WebhookSourceConfig;
 use crate::kafka::KafkaSinkConfig;
 use crate::kafka::KafkaSourceConfig;
+use crate::layers::feeds::DedupeConfig;
 use crate::poll::{EventsPollConfig, ResoPollConfig};
 use crate::push::PushSinkConfig;
 use crate::runtime::build::{BuildSink, BuildSource};
@@ -250,17 +250,17 @@ pub struct ConnectorConfig {
     /// Feeds (`EntityEventSource` labels, plus "no label") whose sequence this connector tracks
     /// and deduplicates; events of further feeds are published unchecked and counted under the
     /// feed `_other`. Bounds memory and metric series whatever labels producers send.
-    #[serde(default = "crate::feeds::default_max_tracked_feeds")]
+    #[serde(default = "crate::layers::feeds::default_max_tracked_feeds")]
     pub max_tracked_feeds: usize,
     /// Hours without an event after which a tracked feed is forgotten: its series leave
     /// `/metrics`, it leaves `GET /feeds`, and its slot under `max_tracked_feeds` is free for
     /// another label (0: never). Its dedupe store rows stay until the dedupe window drops them.
-    #[serde(default = "crate::feeds::default_evict_idle_feeds_after_hours")]
+    #[serde(default = "crate::layers::feeds::default_evict_idle_feeds_after_hours")]
     pub evict_idle_feeds_after_hours: u64,
     /// Record hydration (`[hydrate]`): events without `Data` get their record fetched from the
     /// producer's API before they are published. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hydrate: Option<crate::hydrate::HydrateConfig>,
+    pub hydrate: Option<crate::layers::hydrate::HydrateConfig>,
 }
 
 /// A connector's source, chosen by `type`.

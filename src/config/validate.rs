@@ -134,9 +134,9 @@ impl Config {
                     .validate()
                     .map_err(|(k, d)| invalid(&format!("hydrate.{k}"), d))?;
             }
-            crate::feeds::validate_max_tracked_feeds(connector.max_tracked_feeds)
+            crate::layers::feeds::validate_max_tracked_feeds(connector.max_tracked_feeds)
                 .map_err(|d| invalid("max_tracked_feeds", d))?;
-            crate::feeds::validate_evict_idle_feeds_after_hours(
+            crate::layers::feeds::validate_evict_idle_feeds_after_hours(
                 connector.evict_idle_feeds_after_hours,
             )
             .map_err(|d| invalid("evict_idle_feeds_after_hours", d))?;

@@ -18,7 +18,7 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::{Sink, SinkError};
-use crate::feeds::FeedMonitor;
+use crate::layers::feeds::FeedMonitor;
 use crate::metrics::Metrics;
 use crate::runtime::{Health, Part, Readiness};
 

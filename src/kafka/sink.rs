@@ -25,7 +25,7 @@ use super::delivery::{Batch, SinkContext};
 use super::healing::{Healing, Kind};
 use super::topics::TopicRouter;
 use crate::connector::{Message, RejectKind, Sink, SinkError};
-use crate::feeds::event_id;
+use crate::layers::feeds::event_id;
 use crate::metrics::Metrics;
 
 /// Errors building the sink (bad librdkafka options, unreadable secrets).

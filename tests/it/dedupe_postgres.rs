@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use entity_bridge::feeds::{PostgresSeen, PostgresStoreConfig, SeenStore, Window};
+use entity_bridge::layers::feeds::{PostgresSeen, PostgresStoreConfig, SeenStore, Window};
 
 use crate::common::*;
 use crate::dedupe::push;
@@ -240,19 +240,19 @@ async fn a_send_dropped_mid_flight_releases_its_claims_at_once() {
         table.url_ref(),
         table.name
     );
-    let config: entity_bridge::feeds::DedupeConfig = toml::from_str(&toml).unwrap();
+    let config: entity_bridge::layers::feeds::DedupeConfig = toml::from_str(&toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let layer = |delay| {
         let (config, dir) = (config.clone(), dir.path().to_owned());
         async move {
             let sink = Arc::new(Slow(delay));
             let metrics = entity_bridge::metrics::Metrics::new();
-            let tracking = entity_bridge::feeds::Tracking {
+            let tracking = entity_bridge::layers::feeds::Tracking {
                 max_tracked_feeds: 64,
                 evict_idle_feeds_after_hours: 168,
                 mark_before_answer: false,
             };
-            entity_bridge::feeds::wrap("it", Some(&config), tracking, &dir, sink, metrics)
+            entity_bridge::layers::feeds::wrap("it", Some(&config), tracking, &dir, sink, metrics)
                 .await
                 .unwrap()
         }

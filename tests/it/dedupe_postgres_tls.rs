@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use entity_bridge::feeds::{PostgresSeen, PostgresStoreConfig, SeenStore, Window};
+use entity_bridge::layers::feeds::{PostgresSeen, PostgresStoreConfig, SeenStore, Window};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;

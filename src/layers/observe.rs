@@ -1,7 +1,4 @@
-//! Sink layers: wrappers that add one concern to any sink, so that no sink implements it
-//! itself and no two sinks do it differently.
-//!
-//! [`Observed`] records the publish metrics of every `send`, once, in one vocabulary:
+//! The innermost sink layer: [`Observed`] records the publish metrics of every `send`, once, in one vocabulary:
 //! `entity_bridge_publish_duration_seconds{outcome}` (`ok`, `rejected`, `overloaded`,
 //! `unavailable`) and, on success, `entity_bridge_events_published_total{resource}`. Every
 //! connector's sink is built wrapped in it (`app`), whichever source feeds it.

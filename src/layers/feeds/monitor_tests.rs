@@ -1,7 +1,7 @@
 //! The monitor's counting, its cap and the eviction of idle feeds (with an explicit clock).
 
 use super::*;
-use crate::feeds::order::REORDER_WINDOW;
+use crate::layers::feeds::order::REORDER_WINDOW;
 
 #[test]
 fn counts_gaps_regressions_and_the_high_water_mark() {
@@ -170,7 +170,7 @@ fn without_eviction_feeds_stay_for_the_life_of_the_process() {
 
 #[test]
 fn the_idle_time_is_bounded() {
-    use crate::feeds::validate_evict_idle_feeds_after_hours as validate;
+    use crate::layers::feeds::validate_evict_idle_feeds_after_hours as validate;
     assert!(validate(0).is_ok(), "0: never");
     assert!(validate(87_840).is_ok());
     assert!(validate(87_841).is_err());

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::*;
-use crate::feeds::{wrap, DedupeConfig, Wrapped};
+use crate::layers::feeds::{wrap, DedupeConfig, Wrapped};
 
 /// Records what it published; fails while `down`, refuses events of `Bad`, and waits
 /// `delay` per send.
@@ -93,7 +93,7 @@ async fn layer_capped(
     config: Option<DedupeConfig>,
     cap: usize,
 ) -> Wrapped {
-    let tracking = crate::feeds::Tracking {
+    let tracking = crate::layers::feeds::Tracking {
         max_tracked_feeds: cap,
         evict_idle_feeds_after_hours: 168,
         mark_before_answer: false,
@@ -364,7 +364,7 @@ async fn feeds_past_the_cap_are_published_unchecked() {
 async fn a_pull_source_s_marks_are_written_before_the_answer() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Arc::new(Recording::default());
-    let tracking = crate::feeds::Tracking {
+    let tracking = crate::layers::feeds::Tracking {
         max_tracked_feeds: 64,
         evict_idle_feeds_after_hours: 168,
         mark_before_answer: true,
@@ -382,7 +382,7 @@ async fn a_pull_source_s_marks_are_written_before_the_answer() {
     .unwrap();
     w.sink.send_report(&events(1..=10)).await.unwrap();
     // Straight after the answer, before anything else may run: read the store's file.
-    let store = crate::feeds::embedded_store_path(dir.path(), "c");
+    let store = crate::layers::feeds::embedded_store_path(dir.path(), "c");
     let conn = rusqlite::Connection::open(store).unwrap();
     let marked: i64 = conn
         .query_row("SELECT coalesce(sum(events), 0) FROM runs", [], |r| {

@@ -435,7 +435,7 @@ mod tests {
         for i in 0..30_000 {
             count_marks(&mut counts, &format!("label-{i}"), 1, 16);
         }
-        assert!(counts.len() <= crate::feeds::config::MAX_TRACKED_FEEDS_LIMIT);
+        assert!(counts.len() <= crate::layers::feeds::config::MAX_TRACKED_FEEDS_LIMIT);
     }
 
     #[tokio::test]
