@@ -2,12 +2,14 @@
 //! tokens (fixed or OAuth2 client credentials, [`auth`]), per-endpoint politeness (rate,
 //! concurrency and `Retry-After` pauses, [`limit`]), what an answer means ([`answer`]: deliver,
 //! pause, retry or give up) and answers read only up to a cap ([`capped`]). The webhook sink
-//! is built from them; poll sources will be too.
+//! is built from them, and so is the GET client ([`get`]) that poll sources and record
+//! hydration read producers with.
 
 pub mod answer;
 pub mod auth;
 pub mod capped;
 pub mod config;
+pub mod get;
 pub mod limit;
 
 pub use config::{AuthConfig, ClientAuth, LimitsConfig};

@@ -4,7 +4,6 @@
 //! Both feed any sink through the pump, with a durable checkpoint in the data directory.
 
 mod checkpoint;
-pub mod client;
 mod config;
 pub mod events;
 mod page;
@@ -44,7 +43,7 @@ pub enum PollBuildError {
     Url(String),
     /// The producer client could not be built.
     #[error(transparent)]
-    Client(#[from] client::GetClientBuildError),
+    Client(#[from] crate::outbound::get::GetClientBuildError),
     /// The dead-letter writer could not be built.
     #[error("dead_letter: {0}")]
     DeadLetter(#[from] crate::dead_letter::DeadLetterBuildError),
@@ -66,8 +65,8 @@ async fn build(
     cancel: tokio_util::sync::CancellationToken,
 ) -> Result<Run, PollBuildError> {
     let url = reqwest::Url::parse(&c.url).map_err(|e| PollBuildError::Url(e.to_string()))?;
-    let client = client::GetClient::build(
-        client::GetClientConfig {
+    let client = crate::outbound::get::GetClient::build(
+        crate::outbound::get::GetClientConfig {
             connector: &ctx.connector,
             role: "poll",
             auth: c.auth.as_ref(),

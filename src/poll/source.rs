@@ -22,13 +22,13 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
-use super::client::{GetClient, GetError};
 use super::config::{EventMapping, PollStart};
 use super::page::{parse_reso_page, Page};
 use crate::connector::{Message, Outcome, Source, SourceBatch, SourceError};
 use crate::dead_letter::{DeadLetter, DeadLetterInfo, DeadRecord};
 use crate::event::ParseOptions;
 use crate::metrics::Metrics;
+use crate::outbound::get::{GetClient, GetError};
 use crate::outbound::percent_encode as encode;
 use crate::runtime::{Health, Part};
 

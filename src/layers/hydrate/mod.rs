@@ -35,8 +35,8 @@ pub use config::{origin_of, HydrateConfig, HydrateLimitsConfig};
 
 use crate::connector::{BatchHint, Message, RejectKind, SendReport, Sink, SinkError};
 use crate::metrics::Metrics;
+use crate::outbound::get::{GetClient, GetClientBuildError, GetClientConfig, GetError};
 use crate::outbound::LimitsConfig;
-use crate::poll::client::{GetClient, GetClientBuildError, GetClientConfig, GetError};
 use crate::poll::events::DELETED_ANNOTATION;
 
 /// What an event needs, read from its bytes.
