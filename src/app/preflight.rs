@@ -92,13 +92,8 @@ fn walk(value: &serde_json::Value, key: String, found: &mut Vec<(String, SecretR
 }
 
 /// The key an AMQP URL comes from (`url_env` wins when both are set, which `check` refuses).
-fn url_key(part: &str, file: bool) -> &'static str {
-    match (part, file) {
-        ("sink", true) => "sink.url_file",
-        ("sink", false) => "sink.url_env",
-        (_, true) => "source.url_file",
-        (_, false) => "source.url_env",
-    }
+fn url_key(part: &str, file: bool) -> String {
+    format!("{part}.{}", if file { "url_file" } else { "url_env" })
 }
 
 /// The settings handed to broker clients and the token endpoint, checked as their builders
@@ -113,8 +108,8 @@ fn clients(name: &str, connector: &ConnectorConfig) -> Result<(), (String, Strin
             })
             .map_err(|d| (key.to_owned(), d))
     };
-    let amqp = |key: &str, url: Option<&SecretRef>| {
-        (crate::amqp::check_url(url).map(|_| ())).map_err(|e| (key.to_owned(), e.to_string()))
+    let amqp = |key: String, url: Option<&SecretRef>| {
+        (crate::amqp::check_url(url).map(|_| ())).map_err(|e| (key, e.to_string()))
     };
     match &connector.sink {
         SinkConfig::Kafka(k) => kafka("sink.librdkafka", k.client_config(name))?,
@@ -149,7 +144,7 @@ fn clients(name: &str, connector: &ConnectorConfig) -> Result<(), (String, Strin
             DeadLetterConfig::Kafka(k) => {
                 kafka(&format!("{key}.librdkafka"), k.client_config(name))?
             }
-            DeadLetterConfig::Amqp(a) => amqp(&format!("{key}.url"), a.url.as_ref())?,
+            DeadLetterConfig::Amqp(a) => amqp(format!("{key}.url"), a.url.as_ref())?,
             // Which log it names is checked with the configuration (`config::validate`).
             DeadLetterConfig::Embedded(_) => {}
         }

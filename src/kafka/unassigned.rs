@@ -46,7 +46,8 @@ impl UnassignedWatch {
                 None
             }
             Some((since, _)) if since.elapsed() >= bound => {
-                let (topic, partition) = lagging.keys().min().expect("not empty");
+                // `lagging` is not empty (filtered above).
+                let (topic, partition) = lagging.keys().min()?;
                 Some(format!(
                     "no partition assigned for {} s while {} partition(s) of the subscribed \
                      topics have lag nobody consumes (e.g. {topic} partition {partition}); \

@@ -139,22 +139,11 @@ pub async fn wrap(
         }
     };
     let enabled = dedupe.is_some();
-    let sink = Arc::new(Feeds::new(
-        connector,
-        inner,
-        monitor.clone(),
-        dedupe,
-        metrics,
-    ));
-    let sink = if tracking.mark_before_answer {
-        Arc::new(
-            Arc::into_inner(sink)
-                .expect("just built")
-                .marking_before_answer(),
-        )
-    } else {
-        sink
-    };
+    let mut feeds = Feeds::new(connector, inner, monitor.clone(), dedupe, metrics);
+    if tracking.mark_before_answer {
+        feeds = feeds.marking_before_answer();
+    }
+    let sink = Arc::new(feeds);
     Ok(Wrapped {
         sink,
         monitor,
